@@ -1,0 +1,82 @@
+"""The DuckDB warehouse: connection rules and the raw schema that ingest owns.
+
+One process writes the warehouse file at a time (DuckDB's rule); the Dagster assets that
+write are in one concurrency pool (see orchestration/resources.py). Analysts never open this
+file: they read the published snapshot (funnelwatch/publish.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import duckdb
+
+from funnelwatch.contract import EVENT_FIELDS, REFERENCE_TABLES
+
+RAW_SCHEMA = "raw"
+EVENTS_TABLE = f"{RAW_SCHEMA}.events"
+QUARANTINE_TABLE = f"{RAW_SCHEMA}.events_quarantine"
+INGEST_LOG_TABLE = f"{RAW_SCHEMA}.ingest_log"
+
+# Columns ingest adds to every loaded event.
+LINEAGE_COLUMNS = (
+    ("event_hour", "TIMESTAMPTZ", "The UTC hour partition the event was loaded in."),
+    ("source_file", "VARCHAR", "Landing file the event came from."),
+    ("ingested_at", "TIMESTAMPTZ", "When the partition was loaded."),
+)
+
+
+def connect(path: Path | str, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    """Open the warehouse with the session settings every caller relies on (UTC)."""
+    path = Path(path)
+    if not read_only:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    con = duckdb.connect(str(path), read_only=read_only)
+    con.execute("SET TimeZone = 'UTC'")
+    return con
+
+
+@contextmanager
+def connection(path: Path | str, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+    con = connect(path, read_only=read_only)
+    try:
+        yield con
+    finally:
+        con.close()
+
+
+def events_ddl() -> str:
+    cols = [f"{f.name} {f.duckdb_type}" for f in EVENT_FIELDS]
+    cols += [f"{name} {typ}" for name, typ, _ in LINEAGE_COLUMNS]
+    return f"CREATE TABLE IF NOT EXISTS {EVENTS_TABLE} (\n  " + ",\n  ".join(cols) + "\n)"
+
+
+def quarantine_ddl() -> str:
+    # Quarantined rows keep every contract column as text: a row that broke the contract
+    # may not cast, and nothing may be lost. user_id/session_id are pseudonymised here too.
+    cols = [f"{f.name} VARCHAR" for f in EVENT_FIELDS]
+    cols += [
+        "event_hour TIMESTAMPTZ",
+        "source_file VARCHAR",
+        "source_row BIGINT",
+        "reason VARCHAR",
+        "quarantined_at TIMESTAMPTZ",
+    ]
+    return f"CREATE TABLE IF NOT EXISTS {QUARANTINE_TABLE} (\n  " + ",\n  ".join(cols) + "\n)"
+
+
+def ensure_raw_schema(con: duckdb.DuckDBPyConnection) -> None:
+    """Create the raw schema and tables if they do not exist (idempotent)."""
+    con.execute(f"CREATE SCHEMA IF NOT EXISTS {RAW_SCHEMA}")
+    con.execute(events_ddl())
+    con.execute(quarantine_ddl())
+    con.execute(
+        f"""CREATE TABLE IF NOT EXISTS {INGEST_LOG_TABLE} (
+          event_hour TIMESTAMPTZ, files VARCHAR[], rows_in BIGINT, rows_loaded BIGINT,
+          rows_quarantined BIGINT, duplicates_dropped BIGINT, ingested_at TIMESTAMPTZ)"""
+    )
+    for table in REFERENCE_TABLES:
+        cols = ", ".join(f"{n} {t}" for n, t, _ in table.columns)
+        con.execute(f"CREATE TABLE IF NOT EXISTS {RAW_SCHEMA}.{table.name} ({cols})")
