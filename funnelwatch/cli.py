@@ -1,0 +1,183 @@
+"""The `funnelwatch` command: what a user does outside the Dagster UI."""
+
+from __future__ import annotations
+
+import sys
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from funnelwatch.settings import Settings
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+import_app = typer.Typer(no_args_is_help=True, help="Convert a public data set into landing files.")
+app.add_typer(import_app, name="import")
+
+
+def _parse_day(value: str | None) -> datetime:
+    if value is None:
+        now = datetime.now(timezone.utc)
+        return now.replace(hour=0, minute=0, second=0, microsecond=0)
+    parsed = datetime.fromisoformat(value)
+    return parsed.replace(tzinfo=timezone.utc) if parsed.tzinfo is None else parsed
+
+
+@app.command()
+def simulate(
+    days: Annotated[int, typer.Option(help="Days of history to generate.")] = 21,
+    end: Annotated[Optional[str], typer.Option(help="End (exclusive, UTC), default today 00:00.")] = None,
+    sessions_per_hour: Annotated[int, typer.Option(help="Mean sessions per hour.")] = 1500,
+    seed: Annotated[int, typer.Option()] = 42,
+    scenario: Annotated[str, typer.Option(help="Incident scenario: default, none, or a YAML path.")] = "default",
+    ground_truth: Annotated[Optional[Path], typer.Option(help="Where to write the incident labels.")] = None,
+):
+    """Generate a simulated store's clickstream (with labelled incidents) into the landing folder."""
+    from simulator import SimulationConfig, load_incidents, simulate as run_simulation, write_simulation
+
+    settings = Settings.from_env()
+    end_time = _parse_day(end)
+    start_time = end_time - timedelta(days=days)
+    incidents = [] if scenario == "none" else load_incidents(scenario)
+    config = SimulationConfig(
+        start=start_time, end=end_time, sessions_per_hour=sessions_per_hour, seed=seed,
+        incidents=incidents,
+    )
+    truth = ground_truth or settings.landing.parent / "ground_truth.json"
+    result = run_simulation(config)
+    write_simulation(result, settings.landing, truth)
+    typer.echo(
+        f"simulated {len(result.events):,} events, {start_time:%Y-%m-%d %H:%M} .. "
+        f"{end_time:%Y-%m-%d %H:%M} UTC, {len(result.incidents)} incidents\n"
+        f"landing: {settings.landing}\nground truth: {truth}"
+    )
+
+
+@import_app.command("ga4")
+def import_ga4_cmd(src: Path):
+    """Import a GA4 BigQuery raw export (a Parquet file or a folder of them)."""
+    from funnelwatch.importers import import_ga4
+
+    typer.echo(str(import_ga4(src, Settings.from_env().landing)))
+
+
+@import_app.command("rees46")
+def import_rees46_cmd(src: Path):
+    """Import REES46 raw events (CSV)."""
+    from funnelwatch.importers import import_rees46
+
+    typer.echo(str(import_rees46(src, Settings.from_env().landing)))
+
+
+def _landed_window() -> tuple[datetime, datetime]:
+    from funnelwatch.landing import landed_hours
+
+    hours = list(landed_hours(Settings.from_env().landing))
+    if not hours:
+        raise typer.BadParameter("the landing folder has no event hours: run `funnelwatch simulate`")
+    return hours[0], hours[-1] + timedelta(hours=1)
+
+
+@app.command()
+def run(
+    start: Annotated[Optional[str], typer.Option(help="First hour (UTC), default: first landed hour.")] = None,
+    end: Annotated[Optional[str], typer.Option(help="End hour, exclusive, default: after the last landed hour.")] = None,
+):
+    """Run the hourly pipeline headless over a window, as ONE run (a single-run backfill),
+    recorded in the Dagster instance at $DAGSTER_HOME so `make dev` shows it."""
+    import dagster as dg
+
+    Settings.from_env()
+    first, last = _landed_window()
+    start_time = _parse_day(start) if start else first
+    end_time = _parse_day(end) if end else last
+    from orchestration.definitions import defs
+    from orchestration.partitions import hourly_partitions
+
+    keys = hourly_partitions.get_partition_keys_in_range(
+        dg.PartitionKeyRange(
+            hourly_partitions.get_partition_key_for_timestamp(start_time.timestamp()),
+            hourly_partitions.get_partition_key_for_timestamp((end_time - timedelta(hours=1)).timestamp()),
+        )
+    )
+    job = defs.resolve_job_def("hourly_pipeline")
+    instance = dg.DagsterInstance.get()
+    typer.echo(f"running hourly_pipeline over {len(keys)} hours: {keys[0]} .. {keys[-1]}")
+    result = job.execute_in_process(
+        instance=instance,
+        tags={
+            "dagster/asset_partition_range_start": keys[0],
+            "dagster/asset_partition_range_end": keys[-1],
+        },
+        raise_on_error=False,
+    )
+    if not result.success:
+        typer.echo(f"run {result.run_id} failed; see `make dev` for the logs", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"run {result.run_id} succeeded")
+
+
+@app.command()
+def summary(hours: int = 24):
+    """Print the hourly funnel of the last day and where the warehouse and snapshot are."""
+    from funnelwatch.publish import open_snapshot
+    from funnelwatch.reports import funnel_markdown, hourly_funnel
+
+    settings = Settings.from_env()
+    con = open_snapshot(settings.publish_dir)
+    try:
+        frame = hourly_funnel(con, hours=hours, table="fct_funnel_hourly")
+        info = con.execute("SELECT published_at FROM snapshot_info").fetchone()[0]
+    finally:
+        con.close()
+    typer.echo(f"Hourly funnel, last {hours} hours (all cohorts):\n")
+    typer.echo(funnel_markdown(frame))
+    typer.echo(
+        f"\nwarehouse (pipeline writes):   {settings.warehouse}\n"
+        f"analyst snapshot (read-only):  {settings.publish_dir / 'analytics.duckdb'} "
+        f"(published {info:%Y-%m-%d %H:%M:%S} UTC)\n"
+        f"query it:  funnelwatch sql \"SELECT * FROM fct_cohort_metrics_hourly LIMIT 10\""
+    )
+
+
+@app.command()
+def sql(query: Annotated[Optional[str], typer.Argument(help="A query; omit for a shell.")] = None):
+    """Query the analyst snapshot (read-only; safe while the pipeline runs)."""
+    from funnelwatch.publish import open_snapshot
+
+    settings = Settings.from_env()
+
+    def run_one(text: str) -> None:
+        con = open_snapshot(settings.publish_dir)  # reopen: always the newest snapshot
+        try:
+            frame = con.execute(text).df()
+        finally:
+            con.close()
+        typer.echo(frame.to_string(index=False, max_rows=200))
+
+    if query:
+        run_one(query)
+        return
+    typer.echo("funnelwatch sql: end a query with ';', quit with Ctrl-D. Tables: SHOW TABLES;")
+    buffer = ""
+    for line in sys.stdin:
+        buffer += line
+        if buffer.strip().endswith(";"):
+            try:
+                run_one(buffer)
+            except Exception as exc:  # a shell reports and goes on
+                typer.echo(f"error: {exc}", err=True)
+            buffer = ""
+
+
+@app.command()
+def contract(markdown: bool = typer.Option(True, help="Print the event contract as Markdown.")):
+    """Print the event contract (the source of docs/event_contract.md)."""
+    from funnelwatch.contract import contract_markdown
+
+    typer.echo(contract_markdown(), nl=False)
+
+
+if __name__ == "__main__":
+    app()

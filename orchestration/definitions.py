@@ -1,0 +1,18 @@
+"""The funnelwatch code location: one small entry point assembling the per-domain modules."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from orchestration import jobs
+from orchestration.ingest import assets as ingest
+from orchestration.resources import default_resources
+from orchestration.serve import assets as serve
+from orchestration.transform import assets as transform
+
+defs = dg.Definitions(
+    assets=[*ingest.assets, *transform.assets, *serve.assets],
+    jobs=[jobs.hourly_pipeline],
+    schedules=[jobs.hourly_pipeline_schedule],
+    resources=default_resources(),
+)

@@ -1,0 +1,86 @@
+"""Transform: the dbt project (staging -> intermediate -> marts) as hourly-partitioned assets."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+from dagster_dbt import DagsterDbtTranslator, DbtCliResource, dbt_assets
+
+from funnelwatch.dbt_vars import dbt_vars_json, load_cohort_config
+from funnelwatch.reports import funnel_markdown, hourly_funnel
+from funnelwatch.warehouse import connect
+from orchestration.partitions import hourly_partitions, single_run_backfill
+from orchestration.resources import WAREHOUSE_POOL, WarehouseResource
+from orchestration.transform.project import dbt_project
+
+PREVIEW_MODEL = "fct_funnel_hourly"
+
+
+class FunnelwatchDbtTranslator(DagsterDbtTranslator):
+    def get_group_name(self, dbt_resource_props: Mapping[str, Any]) -> str | None:
+        return "transform"
+
+    def get_owners(self, dbt_resource_props: Mapping[str, Any]):
+        return ["team:analytics-engineering"]
+
+
+def _window_row_count(con, relation: str, start, end) -> int | None:
+    has_hour = con.execute(
+        "SELECT count(*) FROM information_schema.columns "
+        "WHERE table_schema = ? AND table_name = ? AND column_name = 'event_hour'",
+        relation.split("."),
+    ).fetchone()[0]
+    if has_hour:
+        return con.execute(
+            f"SELECT count(*) FROM {relation} WHERE event_hour >= $s AND event_hour < $e",
+            {"s": start, "e": end},
+        ).fetchone()[0]
+    return con.execute(f"SELECT count(*) FROM {relation}").fetchone()[0]
+
+
+@dbt_assets(
+    manifest=dbt_project.manifest_path,
+    project=dbt_project,
+    partitions_def=hourly_partitions,
+    backfill_policy=single_run_backfill,
+    pool=WAREHOUSE_POOL,
+    dagster_dbt_translator=FunnelwatchDbtTranslator(),
+)
+def funnelwatch_dbt_models(
+    context: dg.AssetExecutionContext, dbt: DbtCliResource, warehouse: WarehouseResource
+):
+    window = context.partition_time_window
+    # The warehouse resource is the one source of truth for the file; dbt's profile reads it
+    # from this variable in the dbt subprocess.
+    os.environ["FUNNELWATCH_WAREHOUSE"] = str(Path(warehouse.path).resolve())
+    dbt_vars = dbt_vars_json(window.start, window.end, load_cohort_config())
+    context.log.info(f"dbt build --vars {dbt_vars}")
+    # Collect every event first: dbt holds the DuckDB file until it exits, and the row counts
+    # below need to open it.
+    events = list(dbt.cli(["build", "--vars", dbt_vars], context=context).stream())
+    with connect(warehouse.path) as con:
+        for event in events:
+            if isinstance(event, dg.Output):
+                node = context.assets_def.get_asset_spec(
+                    context.assets_def.get_asset_key_for_output(event.output_name)
+                )
+                relation = node.metadata.get("dagster/relation_identifier")
+                metadata = {}
+                name = event.output_name.split("__")[-1]
+                if relation:
+                    relation = str(relation).split(".", 1)[-1]  # drop the database name
+                    count = _window_row_count(con, relation, window.start, window.end)
+                    if count is not None:
+                        metadata["rows_in_window"] = dg.MetadataValue.int(count)
+                if name == PREVIEW_MODEL:
+                    preview = hourly_funnel(con, until=window.end, hours=24)
+                    metadata["funnel_preview"] = dg.MetadataValue.md(funnel_markdown(preview))
+                event = event.with_metadata({**event.metadata, **metadata})
+            yield event
+
+
+assets = [funnelwatch_dbt_models]

@@ -1,0 +1,185 @@
+"""Ingest of one hour: accounting, quarantine, duplicates, idempotence, bad files, privacy."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from funnelwatch.contract import contract_markdown, to_arrow
+from funnelwatch.ingest.loader import LandingFileError, load_hour
+from funnelwatch.ingest.pseudonymize import hmac_sha256_hex
+from funnelwatch.landing import hour_dir, write_events
+from funnelwatch.warehouse import connect
+
+HOUR = "2026-11-02T13:00:00+00:00"
+KEY = "test-key"
+
+
+def _events(n: int, hour: str = HOUR, prefix: str = "e") -> pd.DataFrame:
+    start = pd.Timestamp(hour)
+    return pd.DataFrame(
+        {
+            "event_id": [f"{prefix}{i}" for i in range(n)],
+            "event_time": [start + pd.Timedelta(seconds=10 * i) for i in range(n)],
+            "event_type": ["page_view"] * n,
+            "user_id": [f"user-{i % 3}" for i in range(n)],
+            "session_id": [f"sess-{i % 4}" for i in range(n)],
+            "device_type": ["mobile"] * n,
+            "price": [1.5] * n,
+        }
+    )
+
+
+def _count(con, sql, params=None):
+    return con.execute(sql, params or []).fetchone()[0]
+
+
+def test_accounting_quarantine_duplicates(tmp_path):
+    landing = tmp_path / "landing"
+    good = _events(10)
+    bad = _events(4, prefix="b")
+    bad.loc[0, "event_type"] = "wishlist_add"  # unknown type
+    bad.loc[1, "event_time"] = pd.Timestamp(HOUR) + pd.Timedelta(hours=2)  # wrong hour
+    bad.loc[2, "session_id"] = None  # required
+    bad.loc[3, "device_type"] = "fridge"  # not an accepted value
+    dupes = good.iloc[:3].copy()  # same event_ids again, another file
+    write_events(good, landing, "a")
+    # written straight into the 13:00 folder, as a faulty collector would (wrong-hour row too)
+    pq.write_table(to_arrow(pd.concat([bad, dupes])), hour_dir(landing, HOUR) / "b.parquet")
+    con = connect(tmp_path / "w.duckdb")
+
+    result = load_hour(con, landing, HOUR, KEY)
+
+    assert (result.rows_in, result.rows_loaded) == (17, 10)
+    assert (result.rows_quarantined, result.duplicates_dropped) == (4, 3)
+    assert result.rows_in == result.rows_loaded + result.rows_quarantined + result.duplicates_dropped
+    assert result.quarantine_reasons == {
+        "unknown_event_type": 1,
+        "event_time_outside_hour": 1,
+        "missing_session_id": 1,
+        "invalid_device_type": 1,
+    }
+    assert _count(con, "SELECT count(DISTINCT event_id) FROM raw.events") == 10
+    reasons = dict(con.execute("SELECT event_id, reason FROM raw.events_quarantine").fetchall())
+    assert reasons["b0"] == "unknown_event_type" and reasons["b1"] == "event_time_outside_hour"
+    # the first copy (file a) is kept
+    assert _count(con, "SELECT count(*) FROM raw.events WHERE source_file LIKE '%/b.parquet'") == 0
+    log = con.execute("SELECT rows_in, rows_loaded, rows_quarantined, duplicates_dropped "
+                      "FROM raw.ingest_log").fetchall()
+    assert log == [(17, 10, 4, 3)]
+
+
+def test_rerun_replaces_the_hour_and_leaves_others(tmp_path):
+    landing = tmp_path / "landing"
+    other_hour = "2026-11-02T14:00:00+00:00"
+    write_events(_events(5), landing, "a")
+    write_events(_events(7, hour=other_hour, prefix="o"), landing, "a")
+    con = connect(tmp_path / "w.duckdb")
+    load_hour(con, landing, HOUR, KEY)
+    load_hour(con, landing, other_hour, KEY)
+    load_hour(con, landing, HOUR, KEY)  # re-run: no duplicates
+    assert _count(con, "SELECT count(*) FROM raw.events") == 12
+
+    write_events(_events(8), landing, "a")  # the hour's file was re-delivered, larger
+    load_hour(con, landing, HOUR, KEY)
+    per_hour = dict(con.execute(
+        "SELECT strftime(event_hour, '%H'), count(*) FROM raw.events GROUP BY 1").fetchall())
+    assert per_hour == {"13": 8, "14": 7}
+
+
+def test_ids_are_pseudonymised_with_the_key(tmp_path):
+    landing = tmp_path / "landing"
+    write_events(_events(4), landing, "a")
+    con = connect(tmp_path / "w.duckdb")
+    load_hour(con, landing, HOUR, KEY)
+    users = {r[0] for r in con.execute("SELECT DISTINCT user_id FROM raw.events").fetchall()}
+    assert users == {hmac_sha256_hex(f"user-{i}", KEY) for i in range(3)}
+    sessions = {r[0] for r in con.execute("SELECT DISTINCT session_id FROM raw.events").fetchall()}
+    assert "sess-0" not in sessions and hmac_sha256_hex("sess-0", KEY) in sessions
+    # no raw id anywhere in the warehouse file
+    assert b"user-1" not in (tmp_path / "w.duckdb").read_bytes()
+
+
+@pytest.mark.parametrize(
+    "name, content, line",
+    [
+        ("bad.jsonl", '{"event_id": "x"}\n{not json\n', 2),
+        ("bad.csv", "event_id,event_time,event_type,user_id,session_id\n"
+                    "a,2026-11-02 13:00:00,page_view,u,s\nb,2026-11-02 13:00:01,page_view,u\n", 3),
+        ("bad.parquet", "PAR1 this is not parquet", None),
+    ],
+)
+def test_malformed_file_names_file_and_line_and_loses_nothing(tmp_path, name, content, line):
+    landing = tmp_path / "landing"
+    write_events(_events(5), landing, "a")
+    con = connect(tmp_path / "w.duckdb")
+    load_hour(con, landing, HOUR, KEY)
+    bad = hour_dir(landing, HOUR) / name
+    bad.write_text(content)
+
+    with pytest.raises(LandingFileError) as caught:
+        load_hour(con, landing, HOUR, KEY)
+
+    assert str(bad) in str(caught.value)
+    assert caught.value.line == line
+    if line:
+        assert f"line {line}" in str(caught.value)
+    # the hour loaded before is intact, the landing files are untouched
+    assert _count(con, "SELECT count(*) FROM raw.events") == 5
+    assert bad.exists() and (hour_dir(landing, HOUR) / "a.parquet").exists()
+
+
+def test_text_files_with_bad_values_are_quarantined_not_failed(tmp_path):
+    landing = tmp_path / "landing"
+    folder = hour_dir(landing, HOUR)
+    folder.mkdir(parents=True)
+    rows = [
+        {"event_id": "j1", "event_time": "2026-11-02T13:10:00Z", "event_type": "add_to_cart",
+         "user_id": "u", "session_id": "s", "price": "12.5", "quantity": "2"},
+        {"event_id": "j2", "event_time": "2026-11-02T13:11:00Z", "event_type": "add_to_cart",
+         "user_id": "u", "session_id": "s", "price": "twelve"},
+        {"event_id": "j3", "event_time": "yesterday", "event_type": "page_view",
+         "user_id": "u", "session_id": "s", "unexpected_column": 1},
+    ]
+    (folder / "collector.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    con = connect(tmp_path / "w.duckdb")
+    result = load_hour(con, landing, HOUR, KEY)
+    assert result.rows_loaded == 1
+    assert result.quarantine_reasons == {"invalid_price": 1, "missing_event_time": 1}
+    price, quantity = con.execute("SELECT price, quantity FROM raw.events").fetchone()
+    assert (price, quantity) == (12.5, 2)
+
+
+def test_empty_hour_clears_the_partition(tmp_path):
+    landing = tmp_path / "landing"
+    write_events(_events(3), landing, "a")
+    con = connect(tmp_path / "w.duckdb")
+    load_hour(con, landing, HOUR, KEY)
+    (hour_dir(landing, HOUR) / "a.parquet").unlink()
+    result = load_hour(con, landing, HOUR, KEY)
+    assert (result.rows_in, result.files) == (0, [])
+    assert _count(con, "SELECT count(*) FROM raw.events") == 0
+
+
+def test_nanosecond_and_naive_times_are_normalised(tmp_path):
+    """pandas 3 writes ns timestamps; naive times are UTC by contract."""
+    landing = tmp_path / "landing"
+    folder = hour_dir(landing, HOUR)
+    folder.mkdir(parents=True)
+    frame = _events(2)
+    frame["event_time"] = frame["event_time"].dt.tz_localize(None).astype("datetime64[ns]")
+    frame.to_parquet(folder / "naive_ns.parquet")
+    con = connect(tmp_path / "w.duckdb")
+    result = load_hour(con, landing, HOUR, KEY)
+    assert result.rows_loaded == 2
+    hour = con.execute("SELECT min(date_trunc('hour', event_time)) FROM raw.events").fetchone()[0]
+    assert pd.Timestamp(hour) == pd.Timestamp(HOUR)
+
+
+def test_contract_doc_is_generated_from_code():
+    from tests.conftest import REPO_ROOT
+
+    assert (REPO_ROOT / "docs" / "event_contract.md").read_text() == contract_markdown()
