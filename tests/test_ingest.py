@@ -183,3 +183,25 @@ def test_contract_doc_is_generated_from_code():
     from tests.conftest import REPO_ROOT
 
     assert (REPO_ROOT / "docs" / "event_contract.md").read_text() == contract_markdown()
+
+
+def test_large_hour_loads_every_row(tmp_path):
+    """Several DuckDB row groups in one transaction (guards a DuckDB 2.0 statistics bug that
+    made a large staged insert invisible to the queries after it)."""
+    n = 400_000
+    start = pd.Timestamp(HOUR)
+    frame = pd.DataFrame(
+        {
+            "event_id": pd.RangeIndex(n).astype(str),
+            "event_time": start + pd.to_timedelta(pd.RangeIndex(n) % 3_600_000, unit="ms"),
+            "event_type": "page_view",
+            "user_id": "u",
+            "session_id": "s",
+        }
+    )
+    landing = tmp_path / "landing"
+    write_events(frame, landing, "big")
+    con = connect(tmp_path / "w.duckdb")
+    result = load_hour(con, landing, HOUR, KEY)
+    assert (result.rows_in, result.rows_loaded) == (n, n)
+    assert _count(con, "SELECT count(*) FROM raw.events WHERE event_time IS NOT NULL") == n

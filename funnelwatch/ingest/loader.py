@@ -68,20 +68,21 @@ class HourIngestResult:
         return self.rows_in == self.rows_loaded + self.rows_quarantined + self.duplicates_dropped
 
 
-def _reader(path: Path) -> tuple[str, dict]:
+def _reader(path: Path, tag: str = "") -> tuple[str, dict]:
     """The DuckDB table function reading one landing file, and its parameters.
 
     Hive partitioning is off: the folder names (date=/hour=) are our layout, not columns.
     JSON lines and CSV are read as text: type problems become per-row quarantine reasons.
     """
     suffix = path.suffix.lower()
-    params: dict = {"path": str(path)}
+    p, c = f"path{tag}", f"columns{tag}"
+    params: dict = {p: str(path)}
     if suffix == ".parquet":
-        return "read_parquet($path, file_row_number = true, hive_partitioning = false)", params
+        return f"read_parquet(${p}, file_row_number = true, hive_partitioning = false)", params
     if suffix in (".jsonl", ".json"):
-        params["columns"] = _json_columns()
+        params[c] = _json_columns()
         return (
-            "read_json($path, format = 'newline_delimited', columns = $columns, "
+            f"read_json(${p}, format = 'newline_delimited', columns = ${c}, "
             "hive_partitioning = false)",
             params,
         )
@@ -92,10 +93,10 @@ def _reader(path: Path) -> tuple[str, dict]:
             header = next(csv.reader(handle), None)
         if not header:
             raise LandingFileError(path, "empty CSV file (no header row)", 1)
-        params["columns"] = {name: "VARCHAR" for name in header}
+        params[c] = {name: "VARCHAR" for name in header}
         return (
-            "read_csv($path, header = true, auto_detect = false, delim = ',', quote = '\"', "
-            "escape = '\"', columns = $columns, strict_mode = true, hive_partitioning = false)",
+            f"read_csv(${p}, header = true, auto_detect = false, delim = ',', quote = '\"', "
+            f"escape = '\"', columns = ${c}, strict_mode = true, hive_partitioning = false)",
             params,
         )
     raise LandingFileError(path, f"unsupported file type {suffix!r}")
@@ -147,7 +148,9 @@ def _describe(con: duckdb.DuckDBPyConnection, reader: str, params: dict, path: P
     return {name: typ for name, typ, *_ in rows}
 
 
-def _stage_file_sql(reader: str, file_columns: dict[str, str]) -> tuple[str, list[str]]:
+def _stage_file_sql(
+    reader: str, file_columns: dict[str, str], path_param: str = "$path"
+) -> tuple[str, list[str]]:
     """SELECT projecting one file onto the contract, plus the names of extra columns."""
     projections, cast_checks = [], []
     for f in EVENT_FIELDS:
@@ -187,7 +190,7 @@ def _stage_file_sql(reader: str, file_columns: dict[str, str]) -> tuple[str, lis
     )
     sql = (
         f"SELECT {', '.join(projections)}, {cast_errors} AS _cast_errors, "
-        f"$path AS _source_file, {row_number} AS _source_row "
+        f"{path_param} AS _source_file, {row_number} AS _source_row "
         f"FROM {reader}"
     )
     return sql, extra
@@ -211,85 +214,94 @@ def load_hour(
     ensure_raw_schema(con)
     ipad, opad = padded_keys(pseudonymization_key)
 
-    con.execute("DROP TABLE IF EXISTS _staged")
-    staged_parts = []
-    for path in files:
-        reader, params = _reader(path)
-        columns = _describe(con, reader, params, path)
-        select_sql, extra = _stage_file_sql(reader, columns)
+    con.execute("DROP TABLE IF EXISTS _ids")
+    # One SELECT over all the hour's files, projected onto the contract, with the reason.
+    # It is not materialised: each step below streams from the files (columnar Parquet reads
+    # only the columns a step needs), which keeps ingest close to a bare load.
+    selects, params = [], {"hour_start": hour_start, "hour_end": hour_end}
+    for index, path in enumerate(files):
+        reader, reader_params = _reader(path, tag=str(index))
+        columns = _describe(con, reader, reader_params, path)
+        select_sql, extra = _stage_file_sql(reader, columns, f"$path{index}")
         result.ignored_columns += [f"{path.name}:{c}" for c in extra]
-        staged_parts.append((select_sql, params, path))
+        selects.append(select_sql)
+        params.update(reader_params)
+    if not selects:  # an empty hour: still replace (delete) what was loaded before
+        selects.append(_empty_select())
+    landing_rows = (
+        f"(SELECT *, {quarantine_reason_sql()} AS _reason FROM ("
+        + " UNION ALL ".join(selects)
+        + "))"
+    )
 
     con.execute("BEGIN TRANSACTION")
     try:
-        # The staging table lives in the transaction: a failure leaves nothing behind.
-        con.execute(
-            "CREATE TEMP TABLE _staged AS SELECT "
-            + ", ".join(f"CAST(NULL AS {f.duckdb_type}) AS {f.name}" for f in EVENT_FIELDS)
-            + ", CAST([] AS VARCHAR[]) AS _cast_errors, '' AS _source_file, "
-            "CAST(0 AS BIGINT) AS _source_row LIMIT 0"
-        )
-        for select_sql, params, path in staged_parts:
-            try:
-                con.execute(f"INSERT INTO _staged {select_sql}", params)
-            except FILE_ERRORS as exc:
-                raise _file_error(path, exc) from exc
-
-        hour_params = {"hour_start": hour_start, "hour_end": hour_end}
-        con.execute(
-            f"""CREATE TEMP TABLE _checked AS
-                SELECT *, {quarantine_reason_sql()} AS _reason
-                FROM (SELECT *, $hour_start::TIMESTAMPTZ AS _hour_start,
-                             $hour_end::TIMESTAMPTZ AS _hour_end FROM _staged)""",
-            hour_params,
-        )
-        con.execute("DROP TABLE _staged")
-
-        counts = con.execute(
-            """SELECT count(*), count(*) FILTER (_reason IS NULL),
-                      count(DISTINCT event_id) FILTER (_reason IS NULL)
-               FROM _checked"""
-        ).fetchone()
-        result.rows_in, valid_rows, distinct_valid = counts
+        by_reason = _run(
+            con,
+            files,
+            f"SELECT _reason, count(*), count(DISTINCT event_id) FROM {landing_rows} "
+            "GROUP BY _reason",
+            params,
+        ).fetchall()
+        valid_rows = sum(n for reason, n, _ in by_reason if reason is None)
+        distinct_valid = sum(d for reason, _, d in by_reason if reason is None)
+        result.rows_in = sum(n for _, n, _ in by_reason)
         result.duplicates_dropped = valid_rows - distinct_valid
         result.rows_quarantined = result.rows_in - valid_rows
         result.quarantine_reasons = dict(
-            con.execute(
-                "SELECT _reason, count(*) FROM _checked WHERE _reason IS NOT NULL "
-                "GROUP BY _reason ORDER BY 2 DESC"
-            ).fetchall()
+            sorted(((r, n) for r, n, _ in by_reason if r is not None), key=lambda x: -x[1])
+        )
+
+        # Hash each distinct id once (an hour has far fewer users and sessions than events).
+        # Explicit DDL, not `CREATE TABLE AS ... LIMIT 0`: in DuckDB 2.0 such a table keeps
+        # all-NULL column statistics after a large insert in the same transaction, and later
+        # queries then read no rows (tests/test_ingest.py::test_large_hour_loads_every_row).
+        con.execute("CREATE TEMP TABLE _ids (raw_id VARCHAR, hashed VARCHAR)")
+        _run(
+            con,
+            files,
+            f"""INSERT INTO _ids SELECT raw_id, {hmac_sql('raw_id')} FROM (
+                  SELECT user_id AS raw_id FROM {landing_rows} WHERE user_id IS NOT NULL
+                  UNION SELECT session_id FROM {landing_rows} WHERE session_id IS NOT NULL)""",
+            {**params, "ipad": ipad, "opad": opad},
         )
 
         con.execute(f"DELETE FROM {EVENTS_TABLE} WHERE event_hour = $h", {"h": hour_start})
         con.execute(f"DELETE FROM {QUARANTINE_TABLE} WHERE event_hour = $h", {"h": hour_start})
 
-        hashed = {c: hmac_sql(c) for c in PSEUDONYMISED_COLUMNS}
-        event_columns = [hashed.get(f.name, f.name) for f in EVENT_FIELDS]
+        hashed = {c: f"_{c}_ids.hashed" for c in PSEUDONYMISED_COLUMNS}
+        joins = " ".join(
+            f"LEFT JOIN _ids AS _{c}_ids ON _{c}_ids.raw_id = c.{c}" for c in PSEUDONYMISED_COLUMNS
+        )
         dedupe = (
-            "QUALIFY row_number() OVER (PARTITION BY event_id "
-            "ORDER BY _source_file, _source_row) = 1"
+            "QUALIFY row_number() OVER (PARTITION BY c.event_id "
+            "ORDER BY c._source_file, c._source_row) = 1"
             if result.duplicates_dropped
             else ""
         )
-        con.execute(
+        _run(
+            con,
+            files,
             f"""INSERT INTO {EVENTS_TABLE}
-                SELECT {', '.join(event_columns)}, $h, _source_file, now()
-                FROM _checked WHERE _reason IS NULL {dedupe}""",
-            {"h": hour_start, "ipad": ipad, "opad": opad},
+                SELECT {', '.join(hashed.get(f.name, 'c.' + f.name) for f in EVENT_FIELDS)},
+                       $h, c._source_file, now()
+                FROM {landing_rows} AS c {joins} WHERE c._reason IS NULL {dedupe}""",
+            {**params, "h": hour_start},
         )
-        quarantine_columns = [
-            hmac_sql(f"CAST({f.name} AS VARCHAR)")
-            if f.name in PSEUDONYMISED_COLUMNS
-            else f"CAST({f.name} AS VARCHAR)"
-            for f in EVENT_FIELDS
-        ]
-        con.execute(
-            f"""INSERT INTO {QUARANTINE_TABLE}
-                SELECT {', '.join(quarantine_columns)}, $h, _source_file, _source_row,
-                       _reason, now()
-                FROM _checked WHERE _reason IS NOT NULL""",
-            {"h": hour_start, "ipad": ipad, "opad": opad},
-        )
+        if result.rows_quarantined:
+            quarantine_columns = [
+                hashed[f.name] if f.name in PSEUDONYMISED_COLUMNS else f"CAST(c.{f.name} AS VARCHAR)"
+                for f in EVENT_FIELDS
+            ]
+            _run(
+                con,
+                files,
+                f"""INSERT INTO {QUARANTINE_TABLE}
+                    SELECT {', '.join(quarantine_columns)}, $h, c._source_file, c._source_row,
+                           c._reason, now()
+                    FROM {landing_rows} AS c {joins} WHERE c._reason IS NOT NULL""",
+                {**params, "h": hour_start},
+            )
         result.rows_loaded = valid_rows - result.duplicates_dropped
         con.execute(
             f"INSERT INTO {INGEST_LOG_TABLE} VALUES ($h, $files, $rin, $rl, $rq, $dd, now())",
@@ -302,9 +314,39 @@ def load_hour(
                 "dd": result.duplicates_dropped,
             },
         )
-        con.execute("DROP TABLE _checked")
+        con.execute("DROP TABLE _ids")
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")
         raise
     return result
+
+
+def _empty_select() -> str:
+    columns = ", ".join(f"CAST(NULL AS {f.duckdb_type}) AS {f.name}" for f in EVENT_FIELDS)
+    return (
+        f"SELECT {columns}, CAST([] AS VARCHAR[]) AS _cast_errors, "
+        "CAST(NULL AS VARCHAR) AS _source_file, CAST(NULL AS BIGINT) AS _source_row WHERE false"
+    )
+
+
+def _run(con: duckdb.DuckDBPyConnection, files: list[Path], sql: str, params: dict):
+    """Execute a statement that reads the landing files; a read error names the bad file."""
+    try:
+        return con.execute(sql, params)
+    except FILE_ERRORS as exc:
+        raise _culprit(con, files, exc) from exc
+
+
+def _culprit(con, files: list[Path], exc: Exception) -> LandingFileError:  # noqa: RET503
+    """Find which file broke a statement over several files, by reading each on its own."""
+    for path in files:
+        if str(path) in str(exc):
+            return _file_error(path, exc)
+    for path in files:
+        reader, params = _reader(path)
+        try:
+            con.execute(f"SELECT count(*) FROM {reader}", params).fetchone()
+        except FILE_ERRORS as single:
+            return _file_error(path, single)
+    raise exc  # no file fails on its own: the statement itself is wrong (a bug of ours)

@@ -2,8 +2,8 @@
 reason of the first rule it breaks (rules are ordered from the most basic to the most specific).
 
 Each rule is a SQL predicate over the staged, typed columns of one hour's landing rows. The
-staged table also has `_cast_errors` (names of columns whose text could not be cast to the
-contract type) and the partition hour bounds as `_hour_start` / `_hour_end`.
+staged rows also have `_cast_errors` (names of columns whose text could not be cast to the
+contract type); the partition hour bounds are the bound parameters `$hour_start`/`$hour_end`.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def _build_rules() -> tuple[Rule, ...]:
         Rule(
             "event_time_outside_hour",
             "`event_time` is not inside the hour whose landing folder the row came from.",
-            "event_time < _hour_start OR event_time >= _hour_end",
+            "event_time < $hour_start::TIMESTAMPTZ OR event_time >= $hour_end::TIMESTAMPTZ",
         ),
         Rule(
             "invalid_checkout_step",
