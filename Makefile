@@ -54,7 +54,7 @@ bench: manifest
 	$(RUN) python bench/ingest.py
 
 docs: setup
-	$(RUN) funnelwatch contract --markdown > docs/event_contract.md
+	$(RUN) funnelwatch contract > docs/event_contract.md
 
 clean:
 	rm -rf data warehouse dagster_home/storage dagster_home/history dagster_home/schedules dagster_home/logs dbt_project/target

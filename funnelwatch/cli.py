@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -14,6 +15,23 @@ from funnelwatch.settings import Settings
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 import_app = typer.Typer(no_args_is_help=True, help="Convert a public data set into landing files.")
 app.add_typer(import_app, name="import")
+
+
+LandingOption = Annotated[
+    Optional[Path],
+    typer.Option("--landing", help="Landing folder (default: $FUNNELWATCH_LANDING or data/landing)."),
+]
+
+
+def _settings(landing: Path | None = None) -> Settings:
+    if landing is not None:
+        os.environ["FUNNELWATCH_LANDING"] = str(landing)
+    return Settings.from_env()
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    raise typer.Exit(2)
 
 
 def _parse_day(value: str | None) -> datetime:
@@ -32,14 +50,18 @@ def simulate(
     seed: Annotated[int, typer.Option()] = 42,
     scenario: Annotated[str, typer.Option(help="Incident scenario: default, none, or a YAML path.")] = "default",
     ground_truth: Annotated[Optional[Path], typer.Option(help="Where to write the incident labels.")] = None,
+    landing: LandingOption = None,
 ):
     """Generate a simulated store's clickstream (with labelled incidents) into the landing folder."""
     from simulator import SimulationConfig, load_incidents, simulate as run_simulation, write_simulation
 
-    settings = Settings.from_env()
+    settings = _settings(landing)
     end_time = _parse_day(end)
     start_time = end_time - timedelta(days=days)
-    incidents = [] if scenario == "none" else load_incidents(scenario)
+    try:
+        incidents = [] if scenario == "none" else load_incidents(scenario)
+    except (OSError, ValueError) as exc:
+        _fail(f"cannot load scenario {scenario!r}: {exc}")
     config = SimulationConfig(
         start=start_time, end=end_time, sessions_per_hour=sessions_per_hour, seed=seed,
         incidents=incidents,
@@ -54,28 +76,39 @@ def simulate(
     )
 
 
+def _import(importer, src: Path, landing: Path | None) -> None:
+    settings = _settings(landing)
+    try:
+        report = importer(src, settings.landing)
+    except (OSError, ValueError) as exc:
+        _fail(str(exc))
+    typer.echo(str(report))
+    typer.echo(f"landing: {settings.landing}")
+
+
 @import_app.command("ga4")
-def import_ga4_cmd(src: Path):
+def import_ga4_cmd(src: Path, landing: LandingOption = None):
     """Import a GA4 BigQuery raw export (a Parquet file or a folder of them)."""
     from funnelwatch.importers import import_ga4
 
-    typer.echo(str(import_ga4(src, Settings.from_env().landing)))
+    _import(import_ga4, src, landing)
 
 
 @import_app.command("rees46")
-def import_rees46_cmd(src: Path):
-    """Import REES46 raw events (CSV)."""
+def import_rees46_cmd(src: Path, landing: LandingOption = None):
+    """Import REES46 raw events (CSV, optionally .csv.gz)."""
     from funnelwatch.importers import import_rees46
 
-    typer.echo(str(import_rees46(src, Settings.from_env().landing)))
+    _import(import_rees46, src, landing)
 
 
 def _landed_window() -> tuple[datetime, datetime]:
     from funnelwatch.landing import landed_hours
 
-    hours = list(landed_hours(Settings.from_env().landing))
+    landing = Settings.from_env().landing
+    hours = list(landed_hours(landing))
     if not hours:
-        raise typer.BadParameter("the landing folder has no event hours: run `funnelwatch simulate`")
+        _fail(f"the landing folder {landing} has no event hours: run `funnelwatch simulate`")
     return hours[0], hours[-1] + timedelta(hours=1)
 
 
@@ -125,7 +158,10 @@ def summary(hours: int = 24):
     from funnelwatch.reports import funnel_markdown, hourly_funnel
 
     settings = Settings.from_env()
-    con = open_snapshot(settings.publish_dir)
+    try:
+        con = open_snapshot(settings.publish_dir)
+    except FileNotFoundError as exc:
+        _fail(str(exc))
     try:
         frame = hourly_funnel(con, hours=hours, table="fct_funnel_hourly")
         info = con.execute("SELECT published_at FROM snapshot_info").fetchone()[0]
@@ -144,6 +180,8 @@ def summary(hours: int = 24):
 @app.command()
 def sql(query: Annotated[Optional[str], typer.Argument(help="A query; omit for a shell.")] = None):
     """Query the analyst snapshot (read-only; safe while the pipeline runs)."""
+    import duckdb
+
     from funnelwatch.publish import open_snapshot
 
     settings = Settings.from_env()
@@ -157,7 +195,12 @@ def sql(query: Annotated[Optional[str], typer.Argument(help="A query; omit for a
         typer.echo(frame.to_string(index=False, max_rows=200))
 
     if query:
-        run_one(query)
+        try:
+            run_one(query)
+        except FileNotFoundError as exc:
+            _fail(str(exc))
+        except duckdb.Error as exc:
+            _fail(str(exc).splitlines()[0])
         return
     typer.echo("funnelwatch sql: end a query with ';', quit with Ctrl-D. Tables: SHOW TABLES;")
     buffer = ""
@@ -172,8 +215,8 @@ def sql(query: Annotated[Optional[str], typer.Argument(help="A query; omit for a
 
 
 @app.command()
-def contract(markdown: bool = typer.Option(True, help="Print the event contract as Markdown.")):
-    """Print the event contract (the source of docs/event_contract.md)."""
+def contract():
+    """Print the event contract as Markdown (the source of docs/event_contract.md)."""
     from funnelwatch.contract import contract_markdown
 
     typer.echo(contract_markdown(), nl=False)

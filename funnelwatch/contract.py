@@ -2,7 +2,7 @@
 
 Every producer (the simulator, the GA4 and REES46 importers, a real collector) writes events
 in this shape, and ingest validates every row against it. `docs/event_contract.md` is
-generated from this module (`funnelwatch contract --markdown`) and a test keeps the two equal.
+generated from this module (`funnelwatch contract`) and a test keeps the two equal.
 
 Times are UTC with microsecond precision everywhere: pandas 3 produces nanosecond
 timestamps, for which some DuckDB functions have no overload, so `normalise_times` is
@@ -204,7 +204,7 @@ def contract_markdown() -> str:
     lines = [
         "# The funnelwatch event contract",
         "",
-        "Generated from `funnelwatch/contract.py` by `funnelwatch contract --markdown`; "
+        "Generated from `funnelwatch/contract.py` by `funnelwatch contract`; "
         "do not edit by hand.",
         "",
         "All times are UTC with microsecond precision. Landing files live at",

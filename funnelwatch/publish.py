@@ -199,12 +199,19 @@ def collect_garbage(publish_dir: Path, manifest: dict, grace_seconds: float) -> 
 
 
 def open_snapshot(publish_dir: Path | str) -> duckdb.DuckDBPyConnection:
-    """A read-only connection to the current analyst snapshot."""
+    """A read-only connection to the current analyst snapshot.
+
+    `duckdb.connect(path)` would reuse a database instance already open in this process for
+    the same path, i.e. the file as it was before the last swap, forever. Attaching the path
+    to a new in-memory database resolves the current file every time.
+    """
     path = Path(publish_dir) / "analytics.duckdb"
     if not path.exists():
         raise FileNotFoundError(
             f"no analyst snapshot at {path}: run the pipeline (make demo) to publish one"
         )
-    con = duckdb.connect(str(path), read_only=True)
+    con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
+    con.execute("ATTACH ? AS snapshot (READ_ONLY)", [str(path)])
+    con.execute("USE snapshot")
     return con

@@ -7,6 +7,7 @@ import). `make demo` / `make dev` export working defaults (see the Makefile and 
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -66,6 +67,13 @@ class PseudonymizerResource(dg.ConfigurableResource):
         return DEMO_KEY, True
 
 
+def dbt_executable() -> str:
+    """The dbt installed beside the running Python (the project's environment), so dbt need
+    not be on PATH."""
+    candidate = Path(sys.executable).parent / "dbt"
+    return str(candidate) if candidate.exists() else "dbt"
+
+
 def default_resources() -> dict:
     from dagster_dbt import DbtCliResource
 
@@ -78,5 +86,5 @@ def default_resources() -> dict:
         ),
         "landing": LandingResource(path=dg.EnvVar("FUNNELWATCH_LANDING")),
         "pseudonymizer": PseudonymizerResource(),
-        "dbt": DbtCliResource(project_dir=dbt_project),
+        "dbt": DbtCliResource(project_dir=dbt_project, dbt_executable=dbt_executable()),
     }

@@ -26,3 +26,23 @@ def require_shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared data folder {SHARED_DATA} is absent (it sits beside the repo in CI)")
     return SHARED_DATA
+
+
+def dbt_executable() -> str:
+    import sys
+
+    return str(Path(sys.executable).parent / "dbt")
+
+
+@pytest.fixture(scope="session")
+def dbt_manifest() -> Path:
+    """The dbt manifest the Dagster code location is built from (what `make manifest` makes)."""
+    import subprocess
+
+    project = REPO_ROOT / "dbt_project"
+    subprocess.run(
+        [dbt_executable(), "parse", "--quiet", "--project-dir", str(project),
+         "--profiles-dir", str(project)],
+        check=True, cwd=project,
+    )
+    return project / "target" / "manifest.json"

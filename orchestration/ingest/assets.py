@@ -1,6 +1,5 @@
 """Ingest: landing files -> raw tables in DuckDB, one hour per partition."""
 
-from __future__ import annotations
 
 from pathlib import Path
 
@@ -20,26 +19,44 @@ from orchestration.resources import (
 OWNERS = ["team:data-platform"]
 
 
-@dg.asset(
-    group_name="ingest",
-    kinds={"duckdb", "python"},
-    owners=OWNERS,
+def _spec(key: str, description: str, deps=()) -> dg.AssetSpec:
+    return dg.AssetSpec(
+        key, group_name="ingest", kinds={"duckdb"}, owners=OWNERS, description=description,
+        deps=list(deps),
+    )
+
+
+@dg.multi_asset(
+    name="ingest_events",
+    specs=[
+        _spec(
+            "raw_events",
+            "Clickstream events of one UTC hour, loaded from the landing folder into "
+            "`raw.events`. Duplicate event_ids are dropped and counted; user and session ids are "
+            "pseudonymised with a keyed hash. Re-running a partition replaces the hour in one "
+            "transaction.",
+        ),
+        _spec(
+            "raw_events_quarantine",
+            "`raw.events_quarantine`: the hour's rows that broke the event contract, as text, "
+            "with the reason, the source file and row.",
+        ),
+        _spec(
+            "raw_ingest_log",
+            "`raw.ingest_log`: one line per loaded hour: files, rows in, loaded, quarantined, "
+            "duplicates dropped.",
+        ),
+    ],
     partitions_def=hourly_partitions,
     backfill_policy=single_run_backfill,
     pool=WAREHOUSE_POOL,
-    description=(
-        "Clickstream events of one UTC hour, loaded from the landing folder into `raw.events`. "
-        "Rows that break the event contract go to `raw.events_quarantine` with the reason; "
-        "duplicate event_ids are dropped and counted; user and session ids are pseudonymised "
-        "with a keyed hash. Re-running a partition replaces the hour in one transaction."
-    ),
 )
-def raw_events(
+def ingest_events(
     context: dg.AssetExecutionContext,
     warehouse: WarehouseResource,
     landing: LandingResource,
     pseudonymizer: PseudonymizerResource,
-) -> dg.MaterializeResult:
+):
     key, is_demo_key = pseudonymizer.key()
     if is_demo_key:
         context.log.warning(
@@ -55,7 +72,18 @@ def raw_events(
                 f"{hour:%Y-%m-%d %H:00}: {result.rows_in} in, {result.rows_loaded} loaded, "
                 f"{result.rows_quarantined} quarantined, {result.duplicates_dropped} duplicates"
             )
-    return dg.MaterializeResult(metadata=ingest_metadata(results, is_demo_key))
+    metadata = ingest_metadata(results, is_demo_key)
+    yield dg.MaterializeResult(asset_key="raw_events", metadata=metadata)
+    yield dg.MaterializeResult(
+        asset_key="raw_events_quarantine",
+        metadata={
+            "dagster/row_count": metadata["rows_quarantined"],
+            "quarantine_reasons": metadata["quarantine_reasons"],
+        },
+    )
+    yield dg.MaterializeResult(
+        asset_key="raw_ingest_log", metadata={"hours": metadata["hours"]}
+    )
 
 
 def ingest_metadata(results, is_demo_key: bool) -> dict:
@@ -103,26 +131,30 @@ def ingest_metadata(results, is_demo_key: bool) -> dict:
     }
 
 
-@dg.asset(
-    group_name="ingest",
-    kinds={"duckdb", "csv"},
-    owners=OWNERS,
+@dg.multi_asset(
+    name="ingest_reference",
+    specs=[
+        _spec("raw_deploys", "`raw.deploys`: deploys of the store's services (time, service, "
+              "version, description), from `<landing>/reference/deploys.csv`."),
+        _spec("raw_campaigns", "`raw.campaigns`: marketing campaigns (name, start, end, "
+              "channel), from `<landing>/reference/campaigns.csv`."),
+        _spec("raw_holidays", "`raw.holidays`: holidays and promotions (expected surges), "
+              "from `<landing>/reference/holidays.csv`."),
+    ],
     partitions_def=hourly_partitions,
     backfill_policy=single_run_backfill,
     pool=WAREHOUSE_POOL,
-    description=(
-        "Reference data the detection and root-cause layers correlate with: deploys, campaigns, "
-        "holidays and promotions, loaded from `<landing>/reference/*.csv` into `raw.deploys`, "
-        "`raw.campaigns` and `raw.holidays`. Each run reloads the whole (small) files, so it is "
-        "partitioned only to run beside the hourly events."
-    ),
 )
-def reference_data(warehouse: WarehouseResource, landing: LandingResource) -> dg.MaterializeResult:
+def ingest_reference(warehouse: WarehouseResource, landing: LandingResource):
+    """Reference data the detection and root-cause layers correlate with. Each run reloads the
+    whole (small) files, so it is partitioned only to run beside the hourly events."""
     with warehouse.get_connection() as con:
         counts = load_reference(con, Path(landing.root))
-    return dg.MaterializeResult(
-        metadata={f"{name}_rows": dg.MetadataValue.int(n) for name, n in counts.items()}
-    )
+    for name, n in counts.items():
+        metadata = {"dagster/row_count": dg.MetadataValue.int(max(n, 0))}
+        if n < 0:
+            metadata["note"] = dg.MetadataValue.text("no file in the landing folder: kept as is")
+        yield dg.MaterializeResult(asset_key=f"raw_{name}", metadata=metadata)
 
 
-assets = [raw_events, reference_data]
+assets = [ingest_events, ingest_reference]

@@ -1,6 +1,5 @@
 """Serve: publish the marts as a read-only snapshot analysts query while the pipeline runs."""
 
-from __future__ import annotations
 
 from datetime import timedelta
 

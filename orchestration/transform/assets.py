@@ -1,6 +1,5 @@
 """Transform: the dbt project (staging -> intermediate -> marts) as hourly-partitioned assets."""
 
-from __future__ import annotations
 
 import os
 from collections.abc import Mapping
@@ -65,10 +64,9 @@ def funnelwatch_dbt_models(
     with connect(warehouse.path) as con:
         for event in events:
             if isinstance(event, dg.Output):
-                node = context.assets_def.get_asset_spec(
-                    context.assets_def.get_asset_key_for_output(event.output_name)
-                )
-                relation = node.metadata.get("dagster/relation_identifier")
+                key = context.assets_def.keys_by_output_name[event.output_name]
+                spec = context.assets_def.specs_by_key[key]
+                relation = spec.metadata.get("dagster/relation_identifier")
                 metadata = {}
                 name = event.output_name.split("__")[-1]
                 if relation:
