@@ -12,7 +12,7 @@ export DAGSTER_HOME ?= $(CURDIR)/dagster_home
 # Unset -> ingest uses a clearly named DEMO key and says so. Set a real secret in production.
 # export FUNNELWATCH_PSEUDONYMIZATION_KEY=...
 
-DEMO_DAYS ?= 21
+DEMO_DAYS ?= 14
 DEMO_SESSIONS_PER_HOUR ?= 1500
 PYTEST_ARGS ?=
 # Slow tests (marked `slow`) run in CI (CI=true) and with `make test-all`.

@@ -44,7 +44,7 @@ def _parse_day(value: str | None) -> datetime:
 
 @app.command()
 def simulate(
-    days: Annotated[int, typer.Option(help="Days of history to generate.")] = 21,
+    days: Annotated[int, typer.Option(help="Days of history to generate.")] = 14,
     end: Annotated[Optional[str], typer.Option(help="End (exclusive, UTC), default today 00:00.")] = None,
     sessions_per_hour: Annotated[int, typer.Option(help="Mean sessions per hour.")] = 1500,
     seed: Annotated[int, typer.Option()] = 42,
@@ -139,6 +139,9 @@ def run(
     typer.echo(f"running hourly_pipeline over {len(keys)} hours: {keys[0]} .. {keys[-1]}")
     result = job.execute_in_process(
         instance=instance,
+        # INFO on the console: a range run records one materialization per hour and asset,
+        # thousands of DEBUG lines that would only slow the terminal down.
+        run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
         tags={
             "dagster/asset_partition_range_start": keys[0],
             "dagster/asset_partition_range_end": keys[-1],
