@@ -7,7 +7,6 @@ import). `make demo` / `make dev` export working defaults (see the Makefile and 
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -67,17 +66,10 @@ class PseudonymizerResource(dg.ConfigurableResource):
         return DEMO_KEY, True
 
 
-def dbt_executable() -> str:
-    """The dbt installed beside the running Python (the project's environment), so dbt need
-    not be on PATH."""
-    candidate = Path(sys.executable).parent / "dbt"
-    return str(candidate) if candidate.exists() else "dbt"
-
-
 def default_resources() -> dict:
     from dagster_dbt import DbtCliResource
 
-    from orchestration.transform.project import dbt_project
+    from orchestration.transform.project import dbt_executable, dbt_project
 
     return {
         "warehouse": WarehouseResource(

@@ -41,13 +41,8 @@ def _defs():
 def _resources(paths) -> dict:
     from dagster_dbt import DbtCliResource
 
-    from orchestration.resources import (
-        LandingResource,
-        PseudonymizerResource,
-        WarehouseResource,
-        dbt_executable,
-    )
-    from orchestration.transform.project import dbt_project
+    from orchestration.resources import LandingResource, PseudonymizerResource, WarehouseResource
+    from orchestration.transform.project import dbt_executable, dbt_project
 
     return {
         "warehouse": WarehouseResource(path=str(paths["warehouse"]),
