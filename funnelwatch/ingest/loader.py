@@ -150,9 +150,10 @@ def _describe(con: duckdb.DuckDBPyConnection, reader: str, params: dict, path: P
 
 def _stage_file_sql(
     reader: str, file_columns: dict[str, str], path_param: str = "$path"
-) -> tuple[str, list[str]]:
-    """SELECT projecting one file onto the contract, plus the names of extra columns."""
-    projections, cast_checks = [], []
+) -> tuple[str, list[str], set[str]]:
+    """SELECT projecting one file onto the contract, the names of its extra columns, and the
+    contract columns it casts (whose cast may fail)."""
+    projections, cast_checks, cast_columns = [], [], set()
     for f in EVENT_FIELDS:
         if f.name not in file_columns:
             projections.append(f"CAST(NULL AS {f.duckdb_type}) AS {f.name}")
@@ -172,6 +173,7 @@ def _stage_file_sql(
                 cast = f"CAST(CAST({quoted} AS TIMESTAMP) AS TIMESTAMPTZ)"
             projections.append(f"{cast} AS {f.name}")
             if f.duckdb_type != "VARCHAR":
+                cast_columns.add(f.name)
                 cast_checks.append(
                     f"CASE WHEN {quoted} IS NOT NULL AND {cast} IS NULL THEN '{f.name}' END"
                 )
@@ -193,7 +195,7 @@ def _stage_file_sql(
         f"{path_param} AS _source_file, {row_number} AS _source_row "
         f"FROM {reader}"
     )
-    return sql, extra
+    return sql, extra, cast_columns
 
 
 def _json_columns() -> dict[str, str]:
@@ -214,22 +216,25 @@ def load_hour(
     ensure_raw_schema(con)
     ipad, opad = padded_keys(pseudonymization_key)
 
-    con.execute("DROP TABLE IF EXISTS _ids")
+    for column in PSEUDONYMISED_COLUMNS:
+        con.execute(f"DROP TABLE IF EXISTS _{column}_ids")
     # One SELECT over all the hour's files, projected onto the contract, with the reason.
     # It is not materialised: each step below streams from the files (columnar Parquet reads
     # only the columns a step needs), which keeps ingest close to a bare load.
     selects, params = [], {"hour_start": hour_start, "hour_end": hour_end}
+    cast_columns: set[str] = set()
     for index, path in enumerate(files):
         reader, reader_params = _reader(path, tag=str(index))
         columns = _describe(con, reader, reader_params, path)
-        select_sql, extra = _stage_file_sql(reader, columns, f"$path{index}")
+        select_sql, extra, casts = _stage_file_sql(reader, columns, f"$path{index}")
+        cast_columns |= casts
         result.ignored_columns += [f"{path.name}:{c}" for c in extra]
         selects.append(select_sql)
         params.update(reader_params)
     if not selects:  # an empty hour: still replace (delete) what was loaded before
         selects.append(_empty_select())
     landing_rows = (
-        f"(SELECT *, {quarantine_reason_sql()} AS _reason FROM ("
+        f"(SELECT *, {quarantine_reason_sql(cast_columns)} AS _reason FROM ("
         + " UNION ALL ".join(selects)
         + "))"
     )
@@ -252,27 +257,32 @@ def load_hour(
             sorted(((r, n) for r, n, _ in by_reason if r is not None), key=lambda x: -x[1])
         )
 
-        # Hash each distinct id once (an hour has far fewer users and sessions than events).
-        # Explicit DDL, not `CREATE TABLE AS ... LIMIT 0`: in DuckDB 2.0 such a table keeps
-        # all-NULL column statistics after a large insert in the same transaction, and later
-        # queries then read no rows (tests/test_ingest.py::test_large_hour_loads_every_row).
-        con.execute("CREATE TEMP TABLE _ids (raw_id VARCHAR, hashed VARCHAR)")
-        _run(
-            con,
-            files,
-            f"""INSERT INTO _ids SELECT raw_id, {hmac_sql('raw_id')} FROM (
-                  SELECT user_id AS raw_id FROM {landing_rows} WHERE user_id IS NOT NULL
-                  UNION SELECT session_id FROM {landing_rows} WHERE session_id IS NOT NULL)""",
-            {**params, "ipad": ipad, "opad": opad},
-        )
+        # Hash each distinct id once (an hour has far fewer users and sessions than events),
+        # one small map per column. Explicit DDL, not `CREATE TABLE AS ... LIMIT 0`: in DuckDB
+        # 2.0 such a table keeps all-NULL column statistics after a large insert in the same
+        # transaction, and later queries then read no rows
+        # (tests/test_ingest.py::test_large_hour_loads_every_row).
+        for column in PSEUDONYMISED_COLUMNS:
+            con.execute(f"CREATE TEMP TABLE _{column}_ids (raw_id VARCHAR, hashed VARCHAR)")
+            _run(
+                con,
+                files,
+                f"""INSERT INTO _{column}_ids SELECT raw_id, {hmac_sql('raw_id')} FROM (
+                      SELECT DISTINCT {column} AS raw_id FROM {landing_rows}
+                      WHERE {column} IS NOT NULL)""",
+                {**params, "ipad": ipad, "opad": opad},
+            )
 
         con.execute(f"DELETE FROM {EVENTS_TABLE} WHERE event_hour = $h", {"h": hour_start})
         con.execute(f"DELETE FROM {QUARANTINE_TABLE} WHERE event_hour = $h", {"h": hour_start})
 
         hashed = {c: f"_{c}_ids.hashed" for c in PSEUDONYMISED_COLUMNS}
-        joins = " ".join(
-            f"LEFT JOIN _ids AS _{c}_ids ON _{c}_ids.raw_id = c.{c}" for c in PSEUDONYMISED_COLUMNS
-        )
+
+        def joins(kind: str) -> str:
+            return " ".join(
+                f"{kind} JOIN _{c}_ids ON _{c}_ids.raw_id = c.{c}" for c in PSEUDONYMISED_COLUMNS
+            )
+
         dedupe = (
             "QUALIFY row_number() OVER (PARTITION BY c.event_id "
             "ORDER BY c._source_file, c._source_row) = 1"
@@ -285,7 +295,8 @@ def load_hour(
             f"""INSERT INTO {EVENTS_TABLE}
                 SELECT {', '.join(hashed.get(f.name, 'c.' + f.name) for f in EVENT_FIELDS)},
                        $h, c._source_file, now()
-                FROM {landing_rows} AS c {joins} WHERE c._reason IS NULL {dedupe}""",
+                FROM {landing_rows} AS c {joins("INNER")}
+                WHERE c._reason IS NULL {dedupe}""",
             {**params, "h": hour_start},
         )
         if result.rows_quarantined:
@@ -299,7 +310,7 @@ def load_hour(
                 f"""INSERT INTO {QUARANTINE_TABLE}
                     SELECT {', '.join(quarantine_columns)}, $h, c._source_file, c._source_row,
                            c._reason, now()
-                    FROM {landing_rows} AS c {joins} WHERE c._reason IS NOT NULL""",
+                    FROM {landing_rows} AS c {joins("LEFT")} WHERE c._reason IS NOT NULL""",
                 {**params, "h": hour_start},
             )
         result.rows_loaded = valid_rows - result.duplicates_dropped
@@ -314,7 +325,8 @@ def load_hour(
                 "dd": result.duplicates_dropped,
             },
         )
-        con.execute("DROP TABLE _ids")
+        for column in PSEUDONYMISED_COLUMNS:
+            con.execute(f"DROP TABLE _{column}_ids")
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")

@@ -33,14 +33,18 @@ def _sql_list(values: tuple[str, ...]) -> str:
     return ", ".join("'" + v.replace("'", "''") + "'" for v in values)
 
 
+_TYPES = {f.name: f.duckdb_type for f in EVENT_FIELDS}
+
+
 def _build_rules() -> tuple[Rule, ...]:
     rules: list[Rule] = []
     for column in REQUIRED_COLUMNS:
+        empty = f" OR trim({column}) = ''" if _TYPES[column] == "VARCHAR" else ""
         rules.append(
             Rule(
                 f"missing_{column}",
-                f"`{column}` is required and is null or empty.",
-                f"{column} IS NULL OR trim(CAST({column} AS VARCHAR)) = ''",
+                f"`{column}` is required and is null" + (" or empty." if empty else "."),
+                f"{column} IS NULL{empty}",
             )
         )
     for field in EVENT_FIELDS:
@@ -104,11 +108,21 @@ def _build_rules() -> tuple[Rule, ...]:
 QUARANTINE_RULES: tuple[Rule, ...] = _build_rules()
 
 
-def quarantine_reason_sql() -> str:
-    """A SQL expression giving the first broken rule's reason, or NULL for a valid row."""
+def quarantine_reason_sql(cast_columns: set[str] | None = None) -> str:
+    """A SQL expression giving the first broken rule's reason, or NULL for a valid row.
+
+    `cast_columns`: the columns some file had to cast from text; the cast-failure rules of the
+    other columns cannot fire and are left out (a cheaper expression on the Parquet path).
+    """
+    rules = [
+        rule
+        for rule in QUARANTINE_RULES
+        if cast_columns is None
+        or not rule.predicate.startswith("list_contains(_cast_errors")
+        or rule.reason.removeprefix("invalid_") in cast_columns
+    ]
     # COALESCE guards: a NULL predicate (e.g. price IS NULL) means "rule not broken".
     whens = "\n".join(
-        f"  WHEN coalesce(({rule.predicate}), false) THEN '{rule.reason}'"
-        for rule in QUARANTINE_RULES
+        f"  WHEN coalesce(({rule.predicate}), false) THEN '{rule.reason}'" for rule in rules
     )
     return f"CASE\n{whens}\n  ELSE NULL\nEND"
