@@ -25,11 +25,11 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from funnelwatch.dbt_vars import dbt_vars_json, load_cohort_config  # noqa: E402
-from funnelwatch.ingest.loader import load_hour  # noqa: E402
-from funnelwatch.landing import event_files, write_events  # noqa: E402
-from funnelwatch.publish import publish_marts  # noqa: E402
-from funnelwatch.warehouse import connect  # noqa: E402
+from funnelwatch.dbt_vars import dbt_vars_json, load_cohort_config
+from funnelwatch.ingest.loader import load_hour
+from funnelwatch.landing import event_files, write_events
+from funnelwatch.publish import publish_marts
+from funnelwatch.warehouse import connect
 
 HOUR = pd.Timestamp("2026-11-02T13:00:00Z")
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -18,7 +18,7 @@ app.add_typer(import_app, name="import")
 
 
 LandingOption = Annotated[
-    Optional[Path],
+    Path | None,
     typer.Option("--landing", help="Landing folder (default: $FUNNELWATCH_LANDING or data/landing)."),
 ]
 
@@ -36,24 +36,25 @@ def _fail(message: str) -> None:
 
 def _parse_day(value: str | None) -> datetime:
     if value is None:
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         return now.replace(hour=0, minute=0, second=0, microsecond=0)
     parsed = datetime.fromisoformat(value)
-    return parsed.replace(tzinfo=timezone.utc) if parsed.tzinfo is None else parsed
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed
 
 
 @app.command()
 def simulate(
     days: Annotated[int, typer.Option(help="Days of history to generate.")] = 14,
-    end: Annotated[Optional[str], typer.Option(help="End (exclusive, UTC), default today 00:00.")] = None,
+    end: Annotated[str | None, typer.Option(help="End (exclusive, UTC), default today 00:00.")] = None,
     sessions_per_hour: Annotated[int, typer.Option(help="Mean sessions per hour.")] = 1500,
     seed: Annotated[int, typer.Option()] = 42,
     scenario: Annotated[str, typer.Option(help="Incident scenario: default, none, or a YAML path.")] = "default",
-    ground_truth: Annotated[Optional[Path], typer.Option(help="Where to write the incident labels.")] = None,
+    ground_truth: Annotated[Path | None, typer.Option(help="Where to write the incident labels.")] = None,
     landing: LandingOption = None,
 ):
     """Generate a simulated store's clickstream (with labelled incidents) into the landing folder."""
-    from simulator import SimulationConfig, load_incidents, simulate as run_simulation, write_simulation
+    from simulator import SimulationConfig, load_incidents, write_simulation
+    from simulator import simulate as run_simulation
 
     settings = _settings(landing)
     end_time = _parse_day(end)
@@ -114,8 +115,8 @@ def _landed_window() -> tuple[datetime, datetime]:
 
 @app.command()
 def run(
-    start: Annotated[Optional[str], typer.Option(help="First hour (UTC), default: first landed hour.")] = None,
-    end: Annotated[Optional[str], typer.Option(help="End hour, exclusive, default: after the last landed hour.")] = None,
+    start: Annotated[str | None, typer.Option(help="First hour (UTC), default: first landed hour.")] = None,
+    end: Annotated[str | None, typer.Option(help="End hour, exclusive, default: after the last landed hour.")] = None,
 ):
     """Run the hourly pipeline headless over a window, as ONE run (a single-run backfill),
     recorded in the Dagster instance at $DAGSTER_HOME so `make dev` shows it."""
@@ -181,7 +182,7 @@ def summary(hours: int = 24):
 
 
 @app.command()
-def sql(query: Annotated[Optional[str], typer.Argument(help="A query; omit for a shell.")] = None):
+def sql(query: Annotated[str | None, typer.Argument(help="A query; omit for a shell.")] = None):
     """Query the analyst snapshot (read-only; safe while the pipeline runs)."""
     import duckdb
 
@@ -212,7 +213,7 @@ def sql(query: Annotated[Optional[str], typer.Argument(help="A query; omit for a
         if buffer.strip().endswith(";"):
             try:
                 run_one(buffer)
-            except Exception as exc:  # a shell reports and goes on
+            except (duckdb.Error, FileNotFoundError) as exc:  # a shell reports and goes on
                 typer.echo(f"error: {exc}", err=True)
             buffer = ""
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
@@ -52,7 +52,7 @@ def landed_hours(landing: Path | str) -> Iterator[datetime]:
     for day in sorted(root.glob("date=*")):
         for hour in sorted(day.glob("hour=*")):
             stamp = f"{day.name.removeprefix('date=')}T{hour.name.removeprefix('hour=')}:00"
-            yield datetime.fromisoformat(stamp).replace(tzinfo=timezone.utc)
+            yield datetime.fromisoformat(stamp).replace(tzinfo=UTC)
 
 
 def _atomic_write_parquet(table, path: Path) -> None:

@@ -22,7 +22,7 @@ import os
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import duckdb
@@ -97,7 +97,7 @@ def publish_marts(
     manifest = load_manifest(publish_dir)
     schemas: dict[str, list[tuple[str, str]]] = {}
     result = PublishResult(snapshot_path=publish_dir / "analytics.duckdb")
-    version = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+    version = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
 
     with connect(warehouse) as con:
         for mart in marts:
@@ -147,7 +147,7 @@ def publish_marts(
                 entries[WHOLE_TABLE] = str(target)
                 result.files_written += 1
 
-    result.published_at = datetime.now(timezone.utc)
+    result.published_at = datetime.now(UTC)
     _build_snapshot(publish_dir, manifest, schemas, result)
     _write_json_atomic(_manifest_path(publish_dir), manifest)
     result.files_removed = collect_garbage(publish_dir, manifest, grace_seconds)

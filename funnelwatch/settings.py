@@ -23,7 +23,7 @@ class Settings:
     publish_dir: Path
 
     @classmethod
-    def from_env(cls, export: bool = True) -> "Settings":
+    def from_env(cls, export: bool = True) -> Settings:
         """Read the paths from the environment (defaults where unset). With `export`, write the
         resolved absolute paths back so Dagster's EnvVar and dbt's profile see the same ones."""
         values = {k: str(Path(os.environ.get(k) or v).resolve()) for k, v in DEFAULTS.items()}

@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
+import itertools
 from pathlib import Path
 
 import dagster as dg
 import duckdb
 import pandas as pd
 import pytest
-
-from tests.conftest import REPO_ROOT
 
 DAY = "2026-11-02"
 SESSIONS_PER_HOUR = 120
@@ -191,7 +186,7 @@ def test_multiprocess_executor_never_opens_two_writers(paths, simulated, tmp_pat
     # every step of the job writes the warehouse, so no two may have run at the same time
     assert {"ingest_events", "ingest_reference", "analyst_snapshot"} <= set(intervals)
     ordered = sorted(intervals.values())
-    for (_, end), (next_start, _) in zip(ordered, ordered[1:]):
+    for (_, end), (next_start, _) in itertools.pairwise(ordered):
         assert end <= next_start, f"writer steps overlapped: {intervals}"
 
 

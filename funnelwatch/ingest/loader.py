@@ -350,7 +350,7 @@ def _run(con: duckdb.DuckDBPyConnection, files: list[Path], sql: str, params: di
         raise _culprit(con, files, exc) from exc
 
 
-def _culprit(con, files: list[Path], exc: Exception) -> LandingFileError:  # noqa: RET503
+def _culprit(con, files: list[Path], exc: Exception) -> LandingFileError:
     """Find which file broke a statement over several files, by reading each on its own."""
     for path in files:
         if str(path) in str(exc):
