@@ -6,12 +6,14 @@ import dagster as dg
 
 from orchestration import jobs
 from orchestration.ingest import assets as ingest
+from orchestration.quality import checks as quality
 from orchestration.resources import default_resources
 from orchestration.serve import assets as serve
 from orchestration.transform import assets as transform
 
 defs = dg.Definitions(
     assets=[*ingest.assets, *transform.assets, *serve.assets],
+    asset_checks=[*quality.checks],
     jobs=[jobs.hourly_pipeline],
     schedules=[jobs.hourly_pipeline_schedule],
     resources=default_resources(),

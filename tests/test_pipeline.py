@@ -49,8 +49,9 @@ def _resources(paths) -> dict:
 
 
 def _pipeline_assets():
+    """Every asset and asset check of the code location, as the hourly job runs them."""
     defs = _defs()
-    return list(defs.assets)
+    return [*defs.assets, *defs.asset_checks]
 
 
 def _query(path: Path, sql: str, params=None):

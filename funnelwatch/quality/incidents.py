@@ -1,0 +1,98 @@
+"""Where data-quality outcomes live: `quality.check_results` (every check of every hour) and
+`quality.incidents` (one incident per broken hour, kind 'data_quality').
+
+Detection reads `failed_hours` so that no business anomaly is raised from a broken hour.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+
+import duckdb
+
+from funnelwatch.landing import as_utc_hour
+from funnelwatch.quality.suites import CheckOutcome
+
+SCHEMA = "quality"
+
+
+def ensure_quality_schema(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
+    con.execute(
+        f"""CREATE TABLE IF NOT EXISTS {SCHEMA}.check_results (
+              event_hour TIMESTAMPTZ, check_name VARCHAR, passed BOOLEAN, description VARCHAR,
+              evidence JSON, checked_at TIMESTAMPTZ)"""
+    )
+    con.execute(
+        f"""CREATE TABLE IF NOT EXISTS {SCHEMA}.incidents (
+              incident_id VARCHAR, kind VARCHAR, event_hour TIMESTAMPTZ,
+              failed_checks VARCHAR[], summary VARCHAR, status VARCHAR,
+              opened_at TIMESTAMPTZ, updated_at TIMESTAMPTZ)"""
+    )
+
+
+def incident_id(hour: datetime) -> str:
+    """Stable per hour: re-checking an hour updates its incident instead of adding one."""
+    return f"dq-{as_utc_hour(hour):%Y%m%d%H}"
+
+
+def record_outcomes(
+    con: duckdb.DuckDBPyConnection, hour: datetime, outcomes: list[CheckOutcome]
+) -> str | None:
+    """Replace the hour's check results; open, update or resolve its data-quality incident.
+    Returns the incident id when the hour is broken."""
+    hour = as_utc_hour(hour)
+    ensure_quality_schema(con)
+    failed = [o.name for o in outcomes if not o.passed]
+    key = incident_id(hour)
+    con.execute("BEGIN TRANSACTION")
+    try:
+        con.execute(f"DELETE FROM {SCHEMA}.check_results WHERE event_hour = $h", {"h": hour})
+        for o in outcomes:
+            con.execute(
+                f"INSERT INTO {SCHEMA}.check_results VALUES ($h, $n, $p, $d, $e, now())",
+                {"h": hour, "n": o.name, "p": o.passed, "d": o.description,
+                 "e": json.dumps(o.evidence, default=str)},
+            )
+        existing = con.execute(
+            f"SELECT status FROM {SCHEMA}.incidents WHERE incident_id = $k", {"k": key}
+        ).fetchone()
+        if failed:
+            summary = f"data-quality checks failed for {hour:%Y-%m-%d %H:00} UTC: " + ", ".join(
+                failed
+            )
+            if existing:
+                con.execute(
+                    f"UPDATE {SCHEMA}.incidents SET failed_checks = $f, summary = $s, "
+                    "status = 'open', updated_at = now() WHERE incident_id = $k",
+                    {"f": failed, "s": summary, "k": key},
+                )
+            else:
+                con.execute(
+                    f"INSERT INTO {SCHEMA}.incidents VALUES "
+                    "($k, 'data_quality', $h, $f, $s, 'open', now(), now())",
+                    {"k": key, "h": hour, "f": failed, "s": summary},
+                )
+        elif existing and existing[0] == "open":
+            con.execute(
+                f"UPDATE {SCHEMA}.incidents SET status = 'resolved', updated_at = now() "
+                "WHERE incident_id = $k",
+                {"k": key},
+            )
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    return key if failed else None
+
+
+def failed_hours(con: duckdb.DuckDBPyConnection, start: datetime, end: datetime) -> set[datetime]:
+    """Hours in [start, end) with an open data-quality incident."""
+    ensure_quality_schema(con)
+    rows = con.execute(
+        f"SELECT event_hour FROM {SCHEMA}.incidents WHERE status = 'open' "
+        "AND event_hour >= $s AND event_hour < $e",
+        {"s": start, "e": end},
+    ).fetchall()
+    return {r[0] for r in rows}

@@ -1,0 +1,234 @@
+"""Great Expectations suites over one loaded hour: the data-quality gate of detection.
+
+A broken hour (a tracking outage, a half-loaded hour, a field gone null, duplicated or
+unknown events) must raise a data-quality incident, not page anyone as a business anomaly.
+Each suite is validated by Great Expectations on a small frame computed in DuckDB (the
+hour's events, or per-type counts against the same hour of previous weeks), so its evidence
+is GE's own result. `great_expectations` takes ~10 s to import: it is imported inside
+`run_suites`, never at module level.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import duckdb
+import pandas as pd
+
+from funnelwatch.contract import EVENT_COLUMNS, EVENT_TYPES
+from funnelwatch.landing import as_utc_hour
+from funnelwatch.warehouse import EVENTS_TABLE, INGEST_LOG_TABLE, LINEAGE_COLUMNS
+
+# Session attributes that define cohorts: their null rate must stay low.
+COHORT_FIELDS = ("device_type", "os", "browser", "country")
+
+
+@dataclass(frozen=True)
+class QualitySettings:
+    """One configuration for every hour and store (no per-scenario tuning)."""
+
+    max_cohort_null_rate: float = 0.05
+    # per-event-type volume against the median of the same hour in previous weeks
+    volume_weeks: int = 4
+    # Only missing data is a data fault: surges (Black Friday, a campaign, a bot flood) are
+    # business signals for detection, and duplicated rows are caught at ingest.
+    volume_min_ratio: float = 0.4
+    volume_min_baseline: int = 50  # types rarer than this are not volume-checked
+    # share of the hour's landed rows that ingest quarantined or dropped as duplicates
+    max_rejected_share: float = 0.01
+    # completeness: with enough traffic, the last event lands in the hour's last minutes
+    completeness_min_events: int = 500
+    completeness_last_minutes: int = 15
+
+
+@dataclass
+class CheckOutcome:
+    name: str
+    passed: bool
+    description: str
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+
+CHECK_DESCRIPTIONS = {
+    "events_schema": "raw.events has exactly the contract's columns plus lineage columns.",
+    "events_unique_event_id": "No event_id appears twice in the hour.",
+    "events_accepted_event_types": "Every event_type is one of the contract's types.",
+    "events_cohort_null_rates": "Cohort fields (device_type, os, browser, country) are "
+    "null in at most 5% of the hour's events.",
+    "events_volume_vs_previous_weeks": "Each event type's count is at least 0.4x the median "
+    "of the same hour in the previous 4 weeks (types with a baseline of 50+): missing data.",
+    "events_ingest_rejections": "Ingest quarantined at most 1% of the hour's landed rows and "
+    "dropped at most 1% as duplicate event_ids (raw.ingest_log).",
+    "events_completeness": "With 500+ events expected, events reach the hour's last 15 "
+    "minutes (a half-loaded or cut-off hour fails).",
+}
+CHECK_NAMES = tuple(CHECK_DESCRIPTIONS)
+
+
+def _gx_validate(frame: pd.DataFrame, expectations: list) -> list:
+    """Validate `frame` against `expectations` with an ephemeral GX context."""
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")  # no network here
+    import great_expectations as gx
+
+    context = gx.get_context(mode="ephemeral")
+    batch = (
+        context.data_sources.add_pandas("warehouse")
+        .add_dataframe_asset("frame")
+        .add_batch_definition_whole_dataframe("hour")
+        .get_batch(batch_parameters={"dataframe": frame})
+    )
+    suite = gx.ExpectationSuite(name="funnelwatch_hour")
+    for expectation in expectations:
+        suite.add_expectation(expectation)
+    return list(batch.validate(suite).results)
+
+
+def _evidence(result) -> dict[str, Any]:
+    keep = ("observed_value", "element_count", "unexpected_count", "unexpected_percent",
+            "partial_unexpected_list")
+    out = {"expectation": result.expectation_config.type}
+    out.update({k: result.result[k] for k in keep if result.result.get(k) is not None})
+    kwargs = result.expectation_config.kwargs
+    out.update({k: kwargs[k] for k in ("column", "mostly", "min_value", "max_value") if k in kwargs})
+    if "partial_unexpected_list" in out:
+        out["partial_unexpected_list"] = [str(v) for v in out["partial_unexpected_list"][:10]]
+    return out
+
+
+def _previous_week_counts(con, hour: datetime, weeks: int) -> pd.DataFrame:
+    hours = [hour - timedelta(weeks=w) for w in range(1, weeks + 1)]
+    return con.execute(
+        f"""SELECT event_type, median(n) AS baseline, count(*) AS weeks_seen FROM (
+              SELECT event_hour, event_type, count(*) AS n FROM {EVENTS_TABLE}
+              WHERE event_hour IN (SELECT unnest($hours::TIMESTAMPTZ[]))
+              GROUP BY ALL)
+            GROUP BY event_type""",
+        {"hours": hours},
+    ).df()
+
+
+def run_suites(
+    con: duckdb.DuckDBPyConnection,
+    hour: datetime | str,
+    settings: QualitySettings = QualitySettings(),
+) -> list[CheckOutcome]:
+    """Validate one loaded hour of raw.events. Reads only; the caller records the outcome."""
+    import great_expectations as gx
+
+    hour = as_utc_hour(hour)
+    events = con.execute(
+        f"SELECT event_id, event_type, event_time, {', '.join(COHORT_FIELDS)} "
+        f"FROM {EVENTS_TABLE} WHERE event_hour = $h",
+        {"h": hour},
+    ).df()
+    outcomes: list[CheckOutcome] = []
+
+    # schema: the table's columns (a one-row frame of column names is what GE sees)
+    columns = [r[0] for r in con.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_schema = 'raw' "
+        "AND table_name = 'events' ORDER BY ordinal_position").fetchall()]
+    expected_columns = list(EVENT_COLUMNS) + [name for name, _, _ in LINEAGE_COLUMNS]
+    (schema,) = _gx_validate(
+        pd.DataFrame(columns=columns),
+        [gx.expectations.ExpectTableColumnsToMatchOrderedList(column_list=expected_columns)],
+    )
+    outcomes.append(CheckOutcome("events_schema", schema.success,
+                                 CHECK_DESCRIPTIONS["events_schema"], _evidence(schema)))
+
+    row_results = _gx_validate(
+        events,
+        [
+            gx.expectations.ExpectColumnValuesToBeUnique(column="event_id"),
+            gx.expectations.ExpectColumnValuesToBeInSet(
+                column="event_type", value_set=list(EVENT_TYPES)),
+            *[
+                gx.expectations.ExpectColumnValuesToNotBeNull(
+                    column=c, mostly=1 - settings.max_cohort_null_rate)
+                for c in COHORT_FIELDS
+            ],
+        ],
+    )
+    unique, types, *nulls = row_results
+    outcomes.append(CheckOutcome("events_unique_event_id", unique.success,
+                                 CHECK_DESCRIPTIONS["events_unique_event_id"], _evidence(unique)))
+    outcomes.append(CheckOutcome("events_accepted_event_types", types.success,
+                                 CHECK_DESCRIPTIONS["events_accepted_event_types"],
+                                 _evidence(types)))
+    outcomes.append(CheckOutcome(
+        "events_cohort_null_rates", all(r.success for r in nulls),
+        CHECK_DESCRIPTIONS["events_cohort_null_rates"],
+        {"fields": {c: _evidence(r) for c, r in zip(COHORT_FIELDS, nulls)},
+         "events": len(events)},
+    ))
+
+    # volume per event type against the same hour of previous weeks
+    baseline = _previous_week_counts(con, hour, settings.volume_weeks)
+    counts = events.groupby("event_type").size().rename("observed").reset_index()
+    volume = baseline.merge(counts, on="event_type", how="left").fillna({"observed": 0})
+    volume = volume[volume["baseline"] >= settings.volume_min_baseline].copy()
+    volume["ratio"] = volume["observed"] / volume["baseline"]
+    if volume.empty:
+        outcomes.append(CheckOutcome(
+            "events_volume_vs_previous_weeks", True,
+            CHECK_DESCRIPTIONS["events_volume_vs_previous_weeks"],
+            {"note": "no previous weeks with enough volume yet (cold start): not checked"}))
+    else:
+        (ratio,) = _gx_validate(volume, [gx.expectations.ExpectColumnValuesToBeBetween(
+            column="ratio", min_value=settings.volume_min_ratio)])
+        evidence = _evidence(ratio)
+        evidence["by_event_type"] = volume.round(3).to_dict(orient="records")
+        outcomes.append(CheckOutcome("events_volume_vs_previous_weeks", ratio.success,
+                                     CHECK_DESCRIPTIONS["events_volume_vs_previous_weeks"],
+                                     evidence))
+
+    # ingest's own accounting: rows that broke the contract or came twice
+    log = con.execute(
+        f"""SELECT rows_in, rows_quarantined, duplicates_dropped FROM {INGEST_LOG_TABLE}
+            WHERE event_hour = $h ORDER BY ingested_at DESC LIMIT 1""",
+        {"h": hour},
+    ).df()
+    if log.empty or int(log["rows_in"].iloc[0]) == 0:
+        outcomes.append(CheckOutcome(
+            "events_ingest_rejections", True, CHECK_DESCRIPTIONS["events_ingest_rejections"],
+            {"note": "no ingest of this hour with rows"}))
+    else:
+        shares = pd.DataFrame({
+            "quarantined_share": log["rows_quarantined"] / log["rows_in"],
+            "duplicate_share": log["duplicates_dropped"] / log["rows_in"],
+        })
+        rejected = _gx_validate(shares, [
+            gx.expectations.ExpectColumnValuesToBeBetween(
+                column=c, min_value=0, max_value=settings.max_rejected_share)
+            for c in ("quarantined_share", "duplicate_share")])
+        evidence = {
+            "rows_in": int(log["rows_in"].iloc[0]),
+            "rows_quarantined": int(log["rows_quarantined"].iloc[0]),
+            "duplicates_dropped": int(log["duplicates_dropped"].iloc[0]),
+            "quarantined_share": round(float(shares["quarantined_share"].iloc[0]), 4),
+            "duplicate_share": round(float(shares["duplicate_share"].iloc[0]), 4),
+            "max_share": settings.max_rejected_share,
+        }
+        outcomes.append(CheckOutcome("events_ingest_rejections",
+                                     all(r.success for r in rejected),
+                                     CHECK_DESCRIPTIONS["events_ingest_rejections"], evidence))
+
+    # completeness: a busy hour whose events stop early was cut off or half loaded
+    expected_events = float(baseline["baseline"].sum()) if not baseline.empty else 0.0
+    if expected_events < settings.completeness_min_events:
+        outcomes.append(CheckOutcome(
+            "events_completeness", True, CHECK_DESCRIPTIONS["events_completeness"],
+            {"note": f"expected volume {expected_events:.0f} is below "
+                     f"{settings.completeness_min_events}: not checked"}))
+    else:
+        minutes = pd.DataFrame({"minute_of_hour": [
+            (pd.Timestamp(events["event_time"].max()) - pd.Timestamp(hour)).total_seconds() / 60
+            if len(events) else 0.0]})
+        (last,) = _gx_validate(minutes, [gx.expectations.ExpectColumnMaxToBeBetween(
+            column="minute_of_hour", min_value=60 - settings.completeness_last_minutes,
+            max_value=60)])
+        outcomes.append(CheckOutcome("events_completeness", last.success,
+                                     CHECK_DESCRIPTIONS["events_completeness"], _evidence(last)))
+    return outcomes

@@ -1,0 +1,68 @@
+"""Data-quality gate: Great Expectations suites as blocking asset checks on `raw_events`.
+
+A failed check opens a data-quality incident for the hour (`quality.incidents`). In a live
+one-hour run it fails with ERROR severity, which blocks everything downstream of
+`raw_events` in the run: the broken hour does not reach the marts or the detectors. In a
+multi-hour backfill the failures are recorded per hour with WARN severity, so one bad hour
+in history does not stop the rest from loading; detection skips hours with an open
+data-quality incident either way.
+"""
+
+import json
+
+import dagster as dg
+
+from funnelwatch.quality.incidents import record_outcomes
+from funnelwatch.quality.suites import CHECK_DESCRIPTIONS, CHECK_NAMES, run_suites
+from orchestration.partitions import hourly_partitions, partition_hours
+from orchestration.resources import WAREHOUSE_POOL, WarehouseResource
+
+
+@dg.multi_asset_check(
+    name="raw_events_quality",
+    specs=[
+        dg.AssetCheckSpec(
+            name, asset="raw_events", blocking=True, description=CHECK_DESCRIPTIONS[name],
+            partitions_def=hourly_partitions,
+        )
+        for name in CHECK_NAMES
+    ],
+    pool=WAREHOUSE_POOL,
+)
+def raw_events_quality(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource):
+    hours = partition_hours(context.op_execution_context)
+    severity = dg.AssetCheckSeverity.ERROR if len(hours) == 1 else dg.AssetCheckSeverity.WARN
+    failures: dict[str, list[str]] = {name: [] for name in CHECK_NAMES}
+    evidence: dict[str, dict] = {}
+    incidents = []
+    with warehouse.get_connection() as con:
+        for hour in hours:
+            outcomes = run_suites(con, hour)
+            incident = record_outcomes(con, hour, outcomes)
+            if incident:
+                incidents.append(incident)
+            for outcome in outcomes:
+                if not outcome.passed:
+                    failures[outcome.name].append(f"{hour:%Y-%m-%d %H:00}")
+                    evidence.setdefault(outcome.name, outcome.evidence)
+                elif len(hours) == 1:
+                    evidence[outcome.name] = outcome.evidence
+    for name in CHECK_NAMES:
+        metadata = {
+            "hours_checked": dg.MetadataValue.int(len(hours)),
+            "failed_hours": dg.MetadataValue.json(failures[name][:50]),
+            "failed_hour_count": dg.MetadataValue.int(len(failures[name])),
+        }
+        if name in evidence:
+            metadata["evidence"] = dg.MetadataValue.json(
+                json.loads(json.dumps(evidence[name], default=str))
+            )
+        if incidents and failures[name]:
+            metadata["data_quality_incidents"] = dg.MetadataValue.json(incidents[:50])
+        yield dg.AssetCheckResult(
+            asset_key="raw_events", check_name=name, passed=not failures[name],
+            severity=severity, metadata=metadata,
+        )
+
+
+checks = [raw_events_quality]
