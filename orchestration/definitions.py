@@ -5,6 +5,7 @@ from __future__ import annotations
 import dagster as dg
 
 from orchestration import jobs
+from orchestration.detect import assets as detect
 from orchestration.ingest import assets as ingest
 from orchestration.quality import checks as quality
 from orchestration.resources import default_resources
@@ -12,9 +13,9 @@ from orchestration.serve import assets as serve
 from orchestration.transform import assets as transform
 
 defs = dg.Definitions(
-    assets=[*ingest.assets, *transform.assets, *serve.assets],
+    assets=[*ingest.assets, *transform.assets, *serve.assets, *detect.assets],
     asset_checks=[*quality.checks],
-    jobs=[jobs.hourly_pipeline],
+    jobs=[jobs.hourly_pipeline, jobs.detect_anomalies],
     schedules=[jobs.hourly_pipeline_schedule],
     resources=default_resources(),
 )

@@ -69,6 +69,7 @@ class PseudonymizerResource(dg.ConfigurableResource):
 def default_resources() -> dict:
     from dagster_dbt import DbtCliResource
 
+    from orchestration.detect.assets import DetectionSettings
     from orchestration.transform.project import dbt_executable, dbt_project
 
     return {
@@ -79,4 +80,5 @@ def default_resources() -> dict:
         "landing": LandingResource(path=dg.EnvVar("FUNNELWATCH_LANDING")),
         "pseudonymizer": PseudonymizerResource(),
         "dbt": DbtCliResource(project_dir=dbt_project, dbt_executable=dbt_executable()),
+        "detection": DetectionSettings(),
     }

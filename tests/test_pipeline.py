@@ -37,6 +37,7 @@ def _resources(paths) -> dict:
     from dagster_dbt import DbtCliResource
 
     from orchestration.resources import LandingResource, PseudonymizerResource, WarehouseResource
+    from orchestration.detect.assets import DetectionSettings
     from orchestration.transform.project import dbt_executable, dbt_project
 
     return {
@@ -45,13 +46,16 @@ def _resources(paths) -> dict:
         "landing": LandingResource(path=str(paths["landing"])),
         "pseudonymizer": PseudonymizerResource(),
         "dbt": DbtCliResource(project_dir=dbt_project, dbt_executable=dbt_executable()),
+        "detection": DetectionSettings(use_prophet=False),
     }
 
 
 def _pipeline_assets():
-    """Every asset and asset check of the code location, as the hourly job runs them."""
+    """The assets and checks of the hourly job (detection runs as its own job)."""
     defs = _defs()
-    return [*defs.assets, *defs.asset_checks]
+    return [a for a in defs.assets if "cohort_anomalies" not in {k.path[-1] for k in a.keys}] + [
+        *defs.asset_checks
+    ]
 
 
 def _query(path: Path, sql: str, params=None):

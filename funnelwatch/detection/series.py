@@ -1,0 +1,63 @@
+"""Cohort-metric series for the detectors, read from `marts.fct_cohort_metrics_hourly`.
+
+A series is one (metric, cohort); `series_id` is `metric|cohort`. Hours with an open
+data-quality incident are left out of both history and the scored window: a broken hour
+must neither page anyone nor teach the detectors that broken is normal.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import duckdb
+import pandas as pd
+
+from funnelwatch.quality.incidents import ensure_quality_schema
+
+METRICS_TABLE = "marts.fct_cohort_metrics_hourly"
+SEPARATOR = "|"
+
+
+def series_id(metric: str, cohort: str) -> str:
+    return f"{metric}{SEPARATOR}{cohort}"
+
+
+def load_series(
+    con: duckdb.DuckDBPyConnection,
+    start: datetime,
+    end: datetime,
+    history_days: int = 28,
+) -> tuple[pd.DataFrame, pd.DataFrame, set[datetime]]:
+    """(history, current, skipped_hours): the long frames the detectors take.
+
+    history: [start - history_days, start); current: [start, end). Both have series_id, ts
+    (UTC), metric, cohort, cohort_dimensions, value, numerator, denominator."""
+    ensure_quality_schema(con)
+    frame = con.execute(
+        f"""SELECT m.metric || '{SEPARATOR}' || m.cohort AS series_id,
+                   m.event_hour AS ts, m.metric, m.cohort, m.cohort_dimensions,
+                   CAST(m.value AS DOUBLE) AS value,
+                   CAST(m.numerator AS DOUBLE) AS numerator,
+                   CAST(m.denominator AS DOUBLE) AS denominator
+            FROM {METRICS_TABLE} AS m
+            WHERE m.event_hour >= $history_start AND m.event_hour < $end
+              AND m.event_hour NOT IN (
+                  SELECT event_hour FROM quality.incidents WHERE status = 'open')
+            ORDER BY series_id, ts""",
+        {"history_start": start - timedelta(days=history_days), "end": end},
+    ).df()
+    skipped = {
+        r[0]
+        for r in con.execute(
+            "SELECT event_hour FROM quality.incidents WHERE status = 'open' "
+            "AND event_hour >= $s AND event_hour < $e",
+            {"s": start, "e": end},
+        ).fetchall()
+    }
+    frame["ts"] = pd.to_datetime(frame["ts"], utc=True).astype("datetime64[us, UTC]")
+    is_current = frame["ts"] >= pd.Timestamp(start)
+    return (
+        frame[~is_current].reset_index(drop=True),
+        frame[is_current].reset_index(drop=True),
+        skipped,
+    )

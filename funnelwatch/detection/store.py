@@ -1,0 +1,70 @@
+"""The `detection.anomalies` table: every scored point of every monitored series per hour,
+with the ensemble's verdict. Incidents and alerts (next layer) read the rows flagged
+`is_anomaly`; analysts and the UI read the rest for context."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import duckdb
+import pandas as pd
+
+SCHEMA = "detection"
+TABLE = f"{SCHEMA}.anomalies"
+COLUMNS = {
+    "event_hour": "TIMESTAMPTZ",
+    "metric": "VARCHAR",
+    "cohort": "VARCHAR",
+    "cohort_dimensions": "VARCHAR",
+    "value": "DOUBLE",
+    "numerator": "DOUBLE",
+    "denominator": "DOUBLE",
+    "expected": "DOUBLE",
+    "lower": "DOUBLE",
+    "upper": "DOUBLE",
+    "score": "DOUBLE",
+    "p_value": "DOUBLE",
+    "severity": "DOUBLE",
+    "direction": "VARCHAR",
+    "is_anomaly": "BOOLEAN",
+    "detectors_fired": "VARCHAR[]",
+    "why": "VARCHAR",
+    "scored_at": "TIMESTAMPTZ",
+}
+
+
+def ensure_detection_schema(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
+    cols = ", ".join(f'"{n}" {t}' for n, t in COLUMNS.items())
+    con.execute(f"CREATE TABLE IF NOT EXISTS {TABLE} ({cols})")
+
+
+def replace_window(
+    con: duckdb.DuckDBPyConnection, start: datetime, end: datetime, scored: pd.DataFrame
+) -> int:
+    """Replace the window's rows with `scored` in one transaction (re-runs are idempotent)."""
+    ensure_detection_schema(con)
+    frame = scored.copy()
+    frame["scored_at"] = pd.Timestamp.now(tz="UTC")
+    for column in COLUMNS:
+        if column not in frame.columns:
+            frame[column] = None
+    frame = frame[list(COLUMNS)]
+    frame["event_hour"] = pd.to_datetime(frame["event_hour"], utc=True).astype(
+        "datetime64[us, UTC]"
+    )
+    frame["scored_at"] = frame["scored_at"].astype("datetime64[us, UTC]")
+    con.execute("BEGIN TRANSACTION")
+    try:
+        con.execute(
+            f"DELETE FROM {TABLE} WHERE event_hour >= $s AND event_hour < $e",
+            {"s": start, "e": end},
+        )
+        con.register("_scored", frame)
+        con.execute(f"INSERT INTO {TABLE} SELECT * FROM _scored")
+        con.unregister("_scored")
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    return len(frame)
