@@ -23,6 +23,8 @@ dispersion. For n > ``exact_max_n`` the beta-binomial p-value uses the same norm
 
 from __future__ import annotations
 
+from abc import abstractmethod
+
 import numpy as np
 import pandas as pd
 from scipy import stats
@@ -106,11 +108,13 @@ class _StatTest(Detector):
             exp = np.where(np.isfinite(given), given, exp)
         return exp
 
+    @abstractmethod
     def _prepare(self, frame: pd.DataFrame) -> pd.DataFrame:
-        raise NotImplementedError
+        """The history/current frame with the columns this test needs (per subclass)."""
 
+    @abstractmethod
     def _fit_dispersion(self, h: pd.DataFrame) -> None:
-        raise NotImplementedError
+        """Estimate the per-series overdispersion from history (per subclass)."""
 
 
 class RateTest(_StatTest):
