@@ -7,15 +7,14 @@ import). `make demo` / `make dev` export working defaults (see the Makefile and 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import dagster as dg
 import duckdb
 
 from funnelwatch.ingest.pseudonymize import DEMO_KEY
-from funnelwatch.warehouse import connect
+from funnelwatch.warehouse import connection
 
 # Every asset that opens the warehouse for writing (or runs dbt on it) is in this pool.
 # The instance limits it to one slot (dagster.yaml: concurrency.pools.default_limit = 1), so
@@ -29,13 +28,8 @@ class WarehouseResource(dg.ConfigurableResource):
     path: str
     publish_dir: str
 
-    @contextmanager
-    def get_connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        con = connect(self.path)
-        try:
-            yield con
-        finally:
-            con.close()
+    def get_connection(self) -> AbstractContextManager[duckdb.DuckDBPyConnection]:
+        return connection(self.path)
 
 
 class LandingResource(dg.ConfigurableResource):

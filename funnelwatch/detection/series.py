@@ -12,14 +12,10 @@ from datetime import datetime, timedelta
 import duckdb
 import pandas as pd
 
-from funnelwatch.quality.incidents import ensure_quality_schema
+from funnelwatch.quality.incidents import ensure_quality_schema, failed_hours
 
 METRICS_TABLE = "marts.fct_cohort_metrics_hourly"
-SEPARATOR = "|"
-
-
-def series_id(metric: str, cohort: str) -> str:
-    return f"{metric}{SEPARATOR}{cohort}"
+SEPARATOR = "|"  # as detectors.config.make_series_id
 
 
 def load_series(
@@ -46,14 +42,7 @@ def load_series(
             ORDER BY series_id, ts""",
         {"history_start": start - timedelta(days=history_days), "end": end},
     ).df()
-    skipped = {
-        r[0]
-        for r in con.execute(
-            "SELECT event_hour FROM quality.incidents WHERE status = 'open' "
-            "AND event_hour >= $s AND event_hour < $e",
-            {"s": start, "e": end},
-        ).fetchall()
-    }
+    skipped = failed_hours(con, start, end)
     frame["ts"] = pd.to_datetime(frame["ts"], utc=True).astype("datetime64[us, UTC]")
     is_current = frame["ts"] >= pd.Timestamp(start)
     return (

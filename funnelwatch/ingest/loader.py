@@ -63,10 +63,6 @@ class HourIngestResult:
     quarantine_reasons: dict[str, int] = field(default_factory=dict)
     ignored_columns: list[str] = field(default_factory=list)
 
-    @property
-    def balanced(self) -> bool:
-        return self.rows_in == self.rows_loaded + self.rows_quarantined + self.duplicates_dropped
-
 
 def _reader(path: Path, tag: str = "") -> tuple[str, dict]:
     """The DuckDB table function reading one landing file, and its parameters.
