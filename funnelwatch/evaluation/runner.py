@@ -1,0 +1,184 @@
+"""Run an evaluation suite through the real pipeline.
+
+Every (run, seed) gets its own folder under the output directory, with its own landing files,
+warehouse and Dagster instance, and is driven by the same commands a user types:
+`funnelwatch simulate` then `funnelwatch run` (ingest, data-quality gate, dbt, detection), as
+subprocesses with that folder's environment. A folder whose pipeline already finished is
+reused (`rescore=True` re-runs only the detection job over it, e.g. after a detector change).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+import yaml
+
+from funnelwatch.evaluation import scoring
+
+ROOT = Path(__file__).resolve().parents[2]
+SUITE_DIR = Path(__file__).parent / "suites"
+DAGSTER_CONFIG = ROOT / "dagster_home" / "dagster.yaml"
+DONE_MARKER = "pipeline.done"
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    name: str
+    scenario: str
+    seed: int
+    end: datetime
+    days: int
+    sessions_per_hour: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}-seed{self.seed}"
+
+    @property
+    def start(self) -> datetime:
+        return self.end - timedelta(days=self.days)
+
+
+def load_suite(name_or_path: str | Path) -> tuple[str, list[RunSpec]]:
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = SUITE_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in SUITE_DIR.glob("*.yaml"))
+        raise FileNotFoundError(f"no evaluation suite {str(name_or_path)!r} (known: {known})")
+    doc = yaml.safe_load(path.read_text()) or {}
+    defaults = doc.get("defaults", {})
+    runs = []
+    for item in doc.get("runs", []):
+        merged = {**defaults, **item}
+        missing = {"name", "scenario", "seeds", "end", "days", "sessions_per_hour"} - set(merged)
+        if missing:
+            raise ValueError(f"{path}: run {item.get('name')!r} lacks {sorted(missing)}")
+        end = pd.Timestamp(str(merged["end"])).tz_localize("UTC").to_pydatetime()
+        for seed in merged["seeds"]:
+            runs.append(RunSpec(merged["name"], str(merged["scenario"]), int(seed), end,
+                                int(merged["days"]), int(merged["sessions_per_hour"])))
+    if not runs:
+        raise ValueError(f"{path}: no runs")
+    return doc.get("name", path.stem), runs
+
+
+def run_environment(folder: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({
+        "FUNNELWATCH_LANDING": str(folder / "landing"),
+        "FUNNELWATCH_WAREHOUSE": str(folder / "warehouse" / "funnelwatch.duckdb"),
+        "FUNNELWATCH_PUBLISH_DIR": str(folder / "warehouse" / "published"),
+        "DAGSTER_HOME": str(folder / "dagster_home"),
+    })
+    return env
+
+
+def _funnelwatch(args: list[str], folder: Path, log) -> None:
+    """One CLI call with the run folder's environment; output to the run's log file (a pipe
+    that nobody reads would fill up and stall the child)."""
+    command = [sys.executable, "-m", "funnelwatch.cli", *args]
+    log.write(f"$ funnelwatch {' '.join(args)}\n")
+    log.flush()
+    completed = subprocess.run(command, cwd=ROOT, env=run_environment(folder), stdout=log,
+                               stderr=subprocess.STDOUT, check=False)
+    if completed.returncode != 0:
+        raise RuntimeError(
+            f"`funnelwatch {' '.join(args)}` failed ({completed.returncode}); see {log.name}"
+        )
+
+
+def execute(spec: RunSpec, out: Path, rescore: bool = False, echo=print) -> Path:
+    """Make sure the run's folder holds a finished pipeline (and fresh detections)."""
+    folder = out / spec.key
+    done = folder / DONE_MARKER
+    if not done.exists():
+        if folder.exists():  # an interrupted build: start it again from nothing
+            shutil.rmtree(folder)
+        (folder / "dagster_home").mkdir(parents=True)
+        shutil.copy(DAGSTER_CONFIG, folder / "dagster_home" / "dagster.yaml")
+        echo(f"[{spec.key}] simulate + pipeline ({spec.days} days, {spec.scenario})")
+        with open(folder / "pipeline.log", "a") as log:
+            _funnelwatch(["simulate", "--days", str(spec.days), "--end", spec.end.strftime("%Y-%m-%d"),
+                          "--sessions-per-hour", str(spec.sessions_per_hour), "--seed", str(spec.seed),
+                          "--scenario", spec.scenario,
+                          "--ground-truth", str(folder / "ground_truth.json")], folder, log)
+            _funnelwatch(["run"], folder, log)
+            if not _has_detections(folder):  # a pipeline without the detect step: run it
+                _funnelwatch(["run", "--job", "detect_anomalies"], folder, log)
+        done.write_text(datetime.now().isoformat())
+    elif rescore:
+        echo(f"[{spec.key}] re-running detection")
+        with open(folder / "pipeline.log", "a") as log:
+            _funnelwatch(["run", "--job", "detect_anomalies"], folder, log)
+    return folder
+
+
+def _warehouse(folder: Path) -> Path:
+    return folder / "warehouse" / "funnelwatch.duckdb"
+
+
+def _has_detections(folder: Path) -> bool:
+    with duckdb.connect(str(_warehouse(folder)), read_only=True) as con:
+        found = con.execute(
+            "SELECT count(*) FROM information_schema.tables "
+            "WHERE table_schema = 'detection' AND table_name = 'anomalies'"
+        ).fetchone()[0]
+        return bool(found) and con.execute("SELECT count(*) FROM detection.anomalies").fetchone()[0] > 0
+
+
+@dataclass
+class RunOutcome:
+    spec: RunSpec
+    events: pd.DataFrame
+    incidents: pd.DataFrame
+    flagged: pd.DataFrame
+    days: float
+    cohort_sessions: pd.DataFrame  # mean sessions/h per cohort
+    checkout_ratio: tuple[float, float]  # (checkout starts per session, checkout conversion)
+
+
+def collect(spec: RunSpec, folder: Path, rules: scoring.MatchingRules = scoring.MatchingRules(),
+            cold_start_hours: float = 48) -> RunOutcome:
+    """Read what the pipeline produced and match it against the run's ground truth."""
+    truth = scoring.truth_frame(json.loads((folder / "ground_truth.json").read_text()))
+    with duckdb.connect(str(_warehouse(folder)), read_only=True) as con:
+        flagged = con.execute(
+            "SELECT event_hour, metric, cohort, value, expected, severity, why "
+            "FROM detection.anomalies WHERE is_anomaly ORDER BY event_hour, severity DESC"
+        ).df()
+        scored = con.execute(
+            "SELECT min(event_hour), max(event_hour) FROM detection.anomalies"
+        ).fetchone()
+        dq_hours = [r[0] for r in con.execute(
+            "SELECT DISTINCT event_hour FROM quality.incidents").fetchall()]
+        special = con.execute(
+            "SELECT holiday_date AS day, holiday_name AS name FROM marts.dim_holidays "
+            "WHERE country = 'ALL'"
+        ).df()
+        cohort_sessions = con.execute(
+            "SELECT cohort, avg(value) AS sessions_per_hour FROM marts.fct_cohort_metrics_hourly "
+            "WHERE metric = 'sessions' GROUP BY cohort"
+        ).df()
+        starts, purchases, sessions = con.execute(
+            "SELECT sum(c.denominator), sum(c.numerator), sum(s.value) "
+            "FROM marts.fct_cohort_metrics_hourly c JOIN marts.fct_cohort_metrics_hourly s "
+            "  ON s.event_hour = c.event_hour AND s.cohort = c.cohort AND s.metric = 'sessions' "
+            "WHERE c.metric = 'checkout_conversion_rate' AND c.cohort = 'all'"
+        ).fetchone()
+    events, incidents = scoring.match(flagged, truth, dq_hours, special, rules)
+    first, last = (pd.Timestamp(v) for v in scored)
+    days = max(0.0, ((last - first) / pd.Timedelta(hours=1) + 1 - cold_start_hours) / 24)
+    for frame in (events, incidents):
+        frame.insert(0, "run", spec.key)
+    return RunOutcome(spec, events, incidents, flagged, days, cohort_sessions,
+                      (starts / sessions, purchases / starts))

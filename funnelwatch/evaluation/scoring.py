@@ -1,0 +1,228 @@
+"""Match detections to labelled incidents and compute the numbers we stand behind (pure: frames
+in, frames out, no I/O).
+
+Definitions (docs/evaluation.md repeats them):
+
+* **Alert event**: flagged points (``is_anomaly``) grouped in time. Hours with at least one
+  flagged point that are at most ``merge_gap`` apart form one event, since one problem that
+  lasts several hours pages once (the incident layer merges them the same way).
+* An event is **true** when it overlaps the window of a business incident, [start floored to
+  the hour, end + ``grace``). An event that overlaps only a data-quality fault's window is a
+  **business alert from a data-quality fault** (must be 0: those come as data-quality
+  incidents). Any other event is a **false alert**.
+* A business incident is **detected** when a flagged point falls in its window; time to
+  detect = end of the first flagged hour - incident start (an hourly partition is scored when
+  its hour is complete). **First partition** = flagged in the hour the incident starts in.
+* A data-quality fault is detected when the data-quality gate flagged an hour of its window.
+* Each alert event is named by the metric of its highest-severity point; its **category**
+  (what the on-call reads: checkout, payments, traffic, catalog, errors) gives the per-type
+  precision: of the events in a category, the share that were true.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+HOUR = pd.Timedelta(hours=1)
+
+# What an alert on a metric tells the on-call, and which incident types that category names.
+METRIC_CATEGORY = {
+    "checkout_conversion_rate": "checkout",
+    "shipping_step_rate": "checkout",
+    "payment_step_rate": "checkout",
+    "review_step_rate": "checkout",
+    "payment_attempt_rate": "checkout",
+    "session_conversion_rate": "checkout",
+    "purchases": "checkout",
+    "revenue": "checkout",
+    "payment_failure_rate": "payments",
+    "sessions": "traffic",
+    "events": "traffic",
+    "product_view_sessions": "catalog",
+    "product_view_rate": "catalog",
+    "add_to_cart_rate": "catalog",
+    "checkout_start_rate": "catalog",
+    "js_error_session_rate": "errors",
+}
+TYPE_CATEGORY = {
+    "cohort_checkout_drop": "checkout",
+    "checkout_conversion_drop": "checkout",
+    "payment_provider_errors": "payments",
+    "bot_spike": "traffic",
+    "stock_out": "catalog",
+}
+
+
+@dataclass(frozen=True)
+class MatchingRules:
+    merge_gap: pd.Timedelta = pd.Timedelta(hours=2)
+    grace: pd.Timedelta = pd.Timedelta(hours=2)
+
+
+def _utc(values) -> pd.Series:
+    return pd.to_datetime(pd.Series(values), utc=True).astype("datetime64[us, UTC]")
+
+
+def truth_frame(labels: Iterable[dict]) -> pd.DataFrame:
+    """Ground-truth labels (the simulator's JSON) as a frame with window_start/window_end."""
+    frame = pd.DataFrame(list(labels))
+    if frame.empty:
+        return pd.DataFrame(
+            columns=["id", "type", "kind", "start", "end", "metric", "cohort", "magnitude",
+                     "window_start", "window_end"]
+        )
+    frame["start"], frame["end"] = _utc(frame["start"]), _utc(frame["end"])
+    frame["window_start"] = frame["start"].dt.floor("h")
+    return frame
+
+
+def alert_events(flagged: pd.DataFrame, rules: MatchingRules = MatchingRules()) -> pd.DataFrame:
+    """Group flagged points into alert events (one row each)."""
+    columns = ["event", "start", "end", "points", "series", "max_severity", "metric", "cohort",
+               "category"]
+    if flagged.empty:
+        return pd.DataFrame(columns=columns)
+    rows = flagged.assign(event_hour=_utc(flagged["event_hour"]).to_numpy())
+    hours = np.sort(rows["event_hour"].unique())
+    new_event = np.r_[True, np.diff(hours) > rules.merge_gap.to_timedelta64()]
+    event_of_hour = pd.Series(np.cumsum(new_event) - 1, index=pd.DatetimeIndex(hours))
+    rows["event"] = event_of_hour.reindex(pd.DatetimeIndex(rows["event_hour"])).to_numpy()
+    top = rows.sort_values(["event", "severity"], ascending=[True, False]).drop_duplicates("event")
+    grouped = rows.groupby("event").agg(
+        start=("event_hour", "min"),
+        last=("event_hour", "max"),
+        points=("metric", "size"),
+        series=("metric", lambda s: len(set(zip(s, rows.loc[s.index, "cohort"])))),
+        max_severity=("severity", "max"),
+    )
+    events = grouped.join(top.set_index("event")[["metric", "cohort"]]).reset_index()
+    events["end"] = events.pop("last") + HOUR
+    events["category"] = events["metric"].map(METRIC_CATEGORY).fillna("other")
+    return events[columns]
+
+
+def _overlaps(start, end, windows: pd.DataFrame) -> np.ndarray:
+    if windows.empty:
+        return np.zeros(0, dtype=bool)
+    return ((windows["window_start"] < end) & (windows["window_end"] > start)).to_numpy()
+
+
+def match(
+    flagged: pd.DataFrame,
+    truth: pd.DataFrame,
+    dq_hours: Iterable[pd.Timestamp] = (),
+    special_days: pd.DataFrame | None = None,
+    rules: MatchingRules = MatchingRules(),
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(events, incidents): every alert event with its verdict, every labelled incident with
+    detected / first alert / hours to detect.
+
+    `special_days`: holiday and promotion dates (columns day, name) to flag false alerts on them.
+    """
+    truth = truth.copy()
+    truth["window_end"] = truth["end"] + rules.grace
+    business = truth[truth["kind"] == "business"]
+    quality = truth[truth["kind"] != "business"]
+    events = alert_events(flagged, rules)
+    verdicts, matched_ids, special = [], [], []
+    specials = {}
+    if special_days is not None and len(special_days):
+        specials = dict(zip(pd.to_datetime(special_days["day"]).dt.date, special_days["name"]))
+    for event in events.itertuples():
+        hit = business[_overlaps(event.start, event.end, business)] if len(business) else business
+        if len(hit):
+            verdicts.append("true")
+            matched_ids.append(",".join(hit["id"]))
+        elif len(quality) and _overlaps(event.start, event.end, quality).any():
+            verdicts.append("data_quality_fault")
+            matched_ids.append(",".join(quality[_overlaps(event.start, event.end, quality)]["id"]))
+        else:
+            verdicts.append("false")
+            matched_ids.append("")
+        days = pd.date_range(event.start.floor("D"), event.end - pd.Timedelta(microseconds=1),
+                             freq="D").date
+        special.append(", ".join(sorted({specials[d] for d in days if d in specials})))
+    events["verdict"] = verdicts
+    events["incident_ids"] = matched_ids
+    events["special_day"] = special
+
+    flagged_hours = _utc(flagged["event_hour"]) if len(flagged) else pd.Series([], dtype=object)
+    dq = pd.DatetimeIndex(_utc(list(dq_hours)), tz="UTC")
+    incidents = truth.copy()
+    first_alert, dq_flagged = [], []
+    for inc in incidents.itertuples():
+        inside = flagged_hours[(flagged_hours >= inc.window_start) & (flagged_hours < inc.window_end)]
+        first_alert.append(inside.min() if len(inside) else pd.NaT)
+        dq_flagged.append(bool(((dq >= inc.window_start) & (dq < inc.window_end)).any()))
+    incidents["first_alert_hour"] = pd.to_datetime(pd.Series(first_alert, index=incidents.index,
+                                                             dtype="object"), utc=True)
+    incidents["dq_flagged"] = dq_flagged
+    is_business = incidents["kind"] == "business"
+    incidents["detected"] = np.where(
+        is_business, incidents["first_alert_hour"].notna(), incidents["dq_flagged"]
+    )
+    incidents["hours_to_detect"] = (
+        (incidents["first_alert_hour"] + HOUR - incidents["start"]) / HOUR
+    ).where(is_business)
+    incidents["first_partition"] = (incidents["first_alert_hour"] == incidents["window_start"]) & is_business
+    return events, incidents
+
+
+def summary(events: pd.DataFrame, incidents: pd.DataFrame, days: float) -> dict[str, float]:
+    """Headline numbers over one or more runs (`days` = scored days, after cold start)."""
+    business = incidents[incidents["kind"] == "business"]
+    n_true = int((events["verdict"] == "true").sum())
+    n_false = int((events["verdict"] == "false").sum())
+    n_dq = int((events["verdict"] == "data_quality_fault").sum())
+    precision = n_true / (n_true + n_false) if n_true + n_false else float("nan")
+    recall = float(business["detected"].mean()) if len(business) else float("nan")
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {
+        "alert_events": len(events),
+        "true_alerts": n_true,
+        "false_alerts": n_false,
+        "alerts_from_dq_faults": n_dq,
+        "false_alerts_per_day": n_false / days if days else float("nan"),
+        "false_alerts_on_special_days": int(
+            ((events["verdict"] == "false") & (events["special_day"] != "")).sum()
+        ),
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "days": days,
+    }
+
+
+def per_type(events: pd.DataFrame, incidents: pd.DataFrame) -> pd.DataFrame:
+    """Per incident type: incidents, detected, recall, first-partition rate, median hours to
+    detect, and precision/F1 of the alert category that names the type."""
+    rows = []
+    judged = events[events["verdict"] != "data_quality_fault"]
+    for incident_type, group in incidents.groupby("type", sort=True):
+        kind = group["kind"].iloc[0]
+        recall = float(group["detected"].mean())
+        category = TYPE_CATEGORY.get(incident_type)
+        precision = float("nan")
+        if category is not None:
+            in_category = judged[judged["category"] == category]
+            if len(in_category):
+                precision = float((in_category["verdict"] == "true").mean())
+        f1 = (2 * precision * recall / (precision + recall)
+              if np.isfinite(precision) and precision + recall else float("nan"))
+        rows.append({
+            "type": incident_type,
+            "kind": kind,
+            "incidents": len(group),
+            "detected": int(group["detected"].sum()),
+            "recall": recall,
+            "first_partition": float(group["first_partition"].mean()) if kind == "business" else float("nan"),
+            "median_hours_to_detect": float(group["hours_to_detect"].median()) if kind == "business" else float("nan"),
+            "alert_category": category or ("data-quality gate" if kind != "business" else ""),
+            "precision": precision,
+            "f1": f1,
+        })
+    return pd.DataFrame(rows)
