@@ -18,7 +18,7 @@ PYTEST_ARGS ?=
 # Slow tests (marked `slow`) run in CI (CI=true) and with `make test-all`.
 PYTEST_MARK := $(if $(CI),,-m "not slow")
 
-.PHONY: help setup manifest demo dev test test-all bench clean docs
+.PHONY: help setup manifest demo dev test test-all bench evaluate clean docs
 
 help:
 	@echo "make demo      set up, simulate $(DEMO_DAYS) days, run the pipeline headless, print a summary"
@@ -26,6 +26,7 @@ help:
 	@echo "make test-all  the whole suite, slow tests included (CI)"
 	@echo "make dev       the Dagster UI on the demo warehouse"
 	@echo "make bench     the ingest benchmark"
+	@echo "make evaluate  simulator scenarios through the pipeline -> docs/evaluation.md (~40 min)"
 
 setup: .venv/.synced
 .venv/.synced: pyproject.toml uv.lock
@@ -53,8 +54,15 @@ test-all: manifest
 bench: manifest
 	$(RUN) python bench/ingest.py
 
+# Every run of the suite in its own folder under evaluation_runs/ (reused when finished;
+# EVALUATE_ARGS=--rescore re-runs only detection over them).
+EVALUATE_SUITE ?= default
+EVALUATE_ARGS ?=
+evaluate: manifest
+	$(RUN) funnelwatch evaluate --suite $(EVALUATE_SUITE) --out evaluation_runs $(EVALUATE_ARGS)
+
 docs: setup
 	$(RUN) funnelwatch contract > docs/event_contract.md
 
 clean:
-	rm -rf data warehouse dagster_home/storage dagster_home/history dagster_home/schedules dagster_home/logs dbt_project/target
+	rm -rf data warehouse evaluation_runs dagster_home/storage dagster_home/history dagster_home/schedules dagster_home/logs dbt_project/target

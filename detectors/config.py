@@ -66,6 +66,16 @@ COLD_START_HOURS = 48
 WARM_UP_HOURS = 168
 WARM_UP_BAND_FACTOR = 1.5
 
+# On a holiday or promotion day a count may rise up to CALENDAR_LIFT x its usual level without
+# an alert (Black Friday is ~2.5x sessions, ~3.3x events); beyond that it is still an alert (a
+# bot spike is ~5x sessions and more events).
+CALENDAR_LIFT = 4.0
+
+# Practical significance of counts (sessions, events, purchases, revenue): an alert needs a rise
+# of at least MIN_COUNT_RISE or a drop of at least MIN_COUNT_DROP relative to the expected level.
+MIN_COUNT_RISE = 0.5
+MIN_COUNT_DROP = 0.25
+
 SENSITIVITY_LEVELS = {"low": 0.25, "medium": 0.5, "high": 0.75}
 
 
@@ -140,11 +150,14 @@ def log10p(p):
 
 
 __all__ = [
+    "CALENDAR_LIFT",
     "COLD_START_HOURS",
     "COUNT_METRICS",
     "DEFAULT_DIRECTION",
     "METRIC_DIRECTIONS",
     "MIN_COUNT",
+    "MIN_COUNT_DROP",
+    "MIN_COUNT_RISE",
     "MIN_DENOMINATOR",
     "RATE_METRICS",
     "WARM_UP_BAND_FACTOR",

@@ -29,7 +29,13 @@ import numpy as np
 import pandas as pd
 
 from detectors import config as cfg
-from detectors.base import SCORE_COLUMNS, Detector, direction_of, validate_frame
+from detectors.base import (
+    SCORE_COLUMNS,
+    Detector,
+    direction_of,
+    normalize_ts,
+    validate_frame,
+)
 from detectors.baselines import EWMABaseline, HourOfWeekBaseline
 from detectors.changepoint import CUSUMDetector
 from detectors.config import log10p
@@ -63,6 +69,9 @@ class Ensemble(Detector):
         weeks: int = 4,
         days: int = 7,
         cusum_lookback: int = 48,
+        calendar_lift: float = cfg.CALENDAR_LIFT,
+        min_count_rise: float = cfg.MIN_COUNT_RISE,
+        min_count_drop: float = cfg.MIN_COUNT_DROP,
     ):
         super().__init__(sensitivity)
         if mode not in ("rate", "univariate"):
@@ -80,6 +89,9 @@ class Ensemble(Detector):
             cusum_lookback,
         )
         self.requires_counts = False
+        self.calendar_lift = calendar_lift
+        self.min_count_rise, self.min_count_drop = min_count_rise, min_count_drop
+        self.calendar_days_ = _calendar_days(holidays)
         # persistent across fits: the Prophet model cache and when each series was first seen
         self.prophet_ = ProphetDetector(
             sensitivity, holidays=holidays, refit_every=prophet_refit_every
@@ -105,8 +117,14 @@ class Ensemble(Detector):
 
         t = {}
         t0 = time.perf_counter()
+        # first seen = first *active* hour (a cohort zero-filled before its campaign started is
+        # new when its traffic starts, and gets the cold start then)
+        active = np.where(
+            history["denominator"].notna(), history["denominator"] > 0, history["value"].abs() > 0
+        )
         fs = history.groupby("series_id")["ts"].min()
-        self.first_seen_ = pd.concat([self.first_seen_, fs]).groupby(level=0).min()
+        first_active = history[active].groupby("series_id")["ts"].min()
+        self.first_seen_ = pd.concat([self.first_seen_, first_active]).groupby(level=0).min()
         self.how_ = HourOfWeekBaseline(self.sensitivity, weeks=self.weeks, days=self.days)
         self.how_._fit(history)
         self.how_.fitted_ = True
@@ -275,10 +293,22 @@ class Ensemble(Detector):
                 log10p(np.nan_to_num(p_value, nan=1.0)) / -np.log10(th.alpha),
                 0.0,
             )
+            # an immature baseline (warm-up) is less reliable for the test too
+            e_stat = e_stat / band
             fired["stats"] = e_stat > 1.0
             raw = np.minimum(e_shape, e_stat)
             den = current["denominator"].to_numpy()
             exp_h = parts["hour_of_week"]["expected"].to_numpy()
+            # Practical significance for counts: traffic 20% above a weekday-heavy baseline on
+            # a Saturday is significant but nobody's problem. A count alerts only when it is at
+            # least `min_count_rise` above or `min_count_drop` below its expected level.
+            with np.errstate(divide="ignore", invalid="ignore"):
+                rel = (x - exp_h) / np.abs(exp_h)
+            small_effect = ~is_rate & (
+                ((rel > 0) & (rel < self.min_count_rise))
+                | ((rel < 0) & (rel > -self.min_count_drop))
+            )
+            raw = np.where(small_effect, np.minimum(raw, 1.0), raw)
             vol_count = np.fmax(np.abs(x), np.abs(exp_h))
             low_volume = np.where(
                 is_rate, ~(den >= self.min_denominator), ~(vol_count >= self.min_count)
@@ -292,6 +322,22 @@ class Ensemble(Detector):
                 else np.zeros((n, 1))
             )
             raw = stack[:, -2] if stack.shape[1] >= 2 else stack[:, -1]
+        # Holidays and promotions lift traffic by design: on those days (+-12 h, for the
+        # store's time zones) a rise of a count is an alert only beyond `calendar_lift` times
+        # the usual level (a bot spike, not a Black Friday: ~2.5x sessions, ~3.3x events).
+        expected_count = parts["hour_of_week"]["expected"].to_numpy()
+        calendar_rise = np.zeros(n, dtype=bool)
+        if self.mode == "rate" and self.calendar_days_.size:
+            ts_naive = normalize_ts(current["ts"])
+            near = np.zeros(n, dtype=bool)
+            for shift in (-12, 0, 12):
+                days = (ts_naive + pd.Timedelta(hours=shift)).dt.normalize().to_numpy()
+                near |= np.isin(days, self.calendar_days_)
+            calendar_rise = (
+                near & ~is_rate & (x > expected_count)
+                & (x <= self.calendar_lift * np.abs(expected_count))
+            )
+            raw = np.where(calendar_rise, 0.0, raw)
         cold = hours < self.cold_start_hours
         missing = ~np.isfinite(x)
         blocked = cold | low_volume | missing
@@ -341,6 +387,10 @@ class Ensemble(Detector):
             if low_volume[i]:
                 detectors_fired.append([]), why.append("low volume"), short.append("low volume")
                 continue
+            if calendar_rise[i]:
+                note = f"holiday/promotion rise within {self.calendar_lift:g}x the usual level"
+                detectors_fired.append([]), why.append(note), short.append(note)
+                continue
             fl = [k for j, k in enumerate(names) if fired_mat[i, j]]
             if mv_fired[i]:
                 fl.append("multivariate")
@@ -375,6 +425,14 @@ class Ensemble(Detector):
         for k, e in norm.items():
             out[f"e_{k}"] = e
         return out
+
+
+def _calendar_days(holidays: pd.DataFrame | None) -> np.ndarray:
+    """The holiday/promotion dates as naive datetime64 days (empty without a calendar)."""
+    if holidays is None or len(holidays) == 0 or "holiday_date" not in holidays.columns:
+        return np.array([], dtype="datetime64[ns]")
+    days = normalize_ts(pd.Series(pd.to_datetime(holidays["holiday_date"])))
+    return np.unique(days.dt.normalize().to_numpy(dtype="datetime64[ns]"))
 
 
 def score_streaming(

@@ -137,9 +137,31 @@ class RateTest(_StatTest):
             raise ValueError(f"family must be 'binomial' or 'betabinomial', got {family!r}")
         self.family, self.max_rho, self.exact_max_n = family, max_rho, exact_max_n
 
+    def _fit(self, history: pd.DataFrame) -> None:
+        h = history[history["denominator"] >= 1]
+        sums = h.groupby("series_id")[["numerator", "denominator"]].sum()
+        self.pooled_ = sums["numerator"] / sums["denominator"].where(sums["denominator"] > 0)
+        self.nbar_ = history.groupby("series_id")["denominator"].mean()
+        super()._fit(history)
+
     def _prepare(self, frame):
         f = frame.copy()
-        f["p"] = np.clip(self._expected(f), 1e-6, 1 - 1e-6)
+        p = self._expected(f)
+        # Rare events (a few JS errors an hour in a small cohort): the median of hourly rates is
+        # 0 because most hours have none, and 2 of 44 against "0" looks like p=1e-5. Where the
+        # baseline expects fewer than one event (or one non-event) an hour, the series' pooled
+        # rate (all events / all trials of the history) is the better estimate.
+        if hasattr(self, "pooled_") and hasattr(self, "nbar_"):
+            sids = f["series_id"].to_numpy()
+            pooled = self.pooled_.reindex(sids).to_numpy(dtype=float)
+            nbar = self.nbar_.reindex(sids).to_numpy(dtype=float)
+            p0 = np.nan_to_num(p, nan=0.0)
+            rare = np.isfinite(pooled) & (p0 * np.nan_to_num(nbar) < 1.0)
+            p = np.where(rare, np.fmax(p, pooled), p)
+            # the same at the top: a step nearly everyone passes has a median rate of 1
+            rare_miss = np.isfinite(pooled) & ((1.0 - p0) * np.nan_to_num(nbar) < 1.0)
+            p = np.where(rare_miss, np.fmin(p, pooled), p)
+        f["p"] = np.clip(p, 1e-6, 1 - 1e-6)
         # uncertainty of the expected rate itself (a median of `count` rates, each from about
         # mean-denominator trials) folded into rho: Var(p_hat) ~ (pi/2) p(1-p) / (count * n_bar)
         cnt = self.baseline_.expected(f)["count"].to_numpy()

@@ -117,9 +117,11 @@ def _landed_window() -> tuple[datetime, datetime]:
 def run(
     start: Annotated[str | None, typer.Option(help="First hour (UTC), default: first landed hour.")] = None,
     end: Annotated[str | None, typer.Option(help="End hour, exclusive, default: after the last landed hour.")] = None,
+    job: Annotated[str, typer.Option(help="The partitioned job to run.")] = "hourly_pipeline",
 ):
-    """Run the hourly pipeline headless over a window, as ONE run (a single-run backfill),
-    recorded in the Dagster instance at $DAGSTER_HOME so `make dev` shows it."""
+    """Run the hourly pipeline (or another partitioned job) headless over a window, as ONE run
+    (a single-run backfill), recorded in the Dagster instance at $DAGSTER_HOME so `make dev`
+    shows it."""
     import dagster as dg
 
     Settings.from_env()
@@ -135,10 +137,13 @@ def run(
             hourly_partitions.get_partition_key_for_timestamp((end_time - timedelta(hours=1)).timestamp()),
         )
     )
-    job = defs.resolve_job_def("hourly_pipeline")
+    try:
+        job_def = defs.resolve_job_def(job)
+    except dg.DagsterInvariantViolationError:
+        _fail(f"no job {job!r} (jobs: {sorted(j.name for j in defs.resolve_all_job_defs())})")
     instance = dg.DagsterInstance.get()
-    typer.echo(f"running hourly_pipeline over {len(keys)} hours: {keys[0]} .. {keys[-1]}")
-    result = job.execute_in_process(
+    typer.echo(f"running {job} over {len(keys)} hours: {keys[0]} .. {keys[-1]}")
+    result = job_def.execute_in_process(
         instance=instance,
         # INFO on the console: a range run records one materialization per hour and asset,
         # thousands of DEBUG lines that would only slow the terminal down.
@@ -153,6 +158,19 @@ def run(
         typer.echo(f"run {result.run_id} failed; see `make dev` for the logs", err=True)
         raise typer.Exit(1)
     typer.echo(f"run {result.run_id} succeeded")
+
+
+def _top_anomalies_text(warehouse: Path, hours: int) -> str:
+    import duckdb
+
+    from funnelwatch.reports import top_anomalies
+
+    try:
+        with duckdb.connect(str(warehouse), read_only=True) as con:
+            frame = top_anomalies(con, hours=hours)
+    except duckdb.IOException as exc:  # the pipeline holds the write lock right now
+        return f"_warehouse busy ({exc}); try again when the run ends_"
+    return frame.to_markdown(index=False) if not frame.empty else "_no anomalies_"
 
 
 @app.command()
@@ -173,6 +191,8 @@ def summary(hours: int = 24):
         con.close()
     typer.echo(f"Hourly funnel, last {hours} hours (all cohorts):\n")
     typer.echo(funnel_markdown(frame))
+    typer.echo(f"\nMost severe anomalies, last {hours} scored hours:\n")
+    typer.echo(_top_anomalies_text(settings.warehouse, hours))
     typer.echo(
         f"\nwarehouse (pipeline writes):   {settings.warehouse}\n"
         f"analyst snapshot (read-only):  {settings.publish_dir / 'analytics.duckdb'} "
@@ -216,6 +236,37 @@ def sql(query: Annotated[str | None, typer.Argument(help="A query; omit for a sh
             except (duckdb.Error, FileNotFoundError) as exc:  # a shell reports and goes on
                 typer.echo(f"error: {exc}", err=True)
             buffer = ""
+
+
+@app.command()
+def evaluate(
+    suite: Annotated[str, typer.Option(help="A suite in funnelwatch/evaluation/suites, or a YAML path.")] = "default",
+    out: Annotated[Path, typer.Option(help="Where each run's landing files, warehouse and Dagster instance go.")] = Path("evaluation_runs"),
+    report: Annotated[Path, typer.Option(help="The Markdown report to write.")] = Path("docs/evaluation.md"),
+    rescore: Annotated[bool, typer.Option(help="Re-run detection on finished runs (after a detector change).")] = False,
+):
+    """Run simulator scenarios with ground truth through the real pipeline and report precision,
+    recall, false alerts per day and time to detect (docs/evaluation.md)."""
+    import time
+
+    from funnelwatch.evaluation.report import write_report
+    from funnelwatch.evaluation.runner import collect, execute, load_suite
+
+    try:
+        name, runs = load_suite(suite)
+    except (OSError, ValueError) as exc:
+        _fail(str(exc))
+    started = time.perf_counter()
+    outcomes = []
+    for spec in runs:
+        try:
+            folder = execute(spec, out.resolve(), rescore=rescore, echo=typer.echo)
+        except RuntimeError as exc:
+            _fail(str(exc))
+        outcomes.append(collect(spec, folder))
+    text = write_report(name, outcomes, report, elapsed_s=time.perf_counter() - started)
+    typer.echo(text.split("## ", 2)[1] if "## " in text else text)
+    typer.echo(f"report: {report}")
 
 
 @app.command()

@@ -53,3 +53,26 @@ def funnel_markdown(frame: pd.DataFrame) -> str:
     if frame.empty:
         return "_no funnel rows yet_"
     return frame.to_markdown(index=False)
+
+
+_TOP_ANOMALIES_SQL = """
+SELECT strftime(event_hour, '%Y-%m-%d %H:00') AS hour, metric, cohort,
+       round(value, 4) AS value, round(expected, 4) AS expected,
+       round(severity) AS severity, direction
+FROM detection.anomalies
+WHERE is_anomaly AND event_hour >= $since
+ORDER BY severity DESC, event_hour
+LIMIT $limit
+"""
+
+
+def top_anomalies(con: duckdb.DuckDBPyConnection, hours: int = 24, limit: int = 10) -> pd.DataFrame:
+    """The most severe anomalies of the last `hours` scored hours (empty before detection ran)."""
+    try:
+        last = con.execute("SELECT max(event_hour) FROM detection.anomalies").fetchone()[0]
+    except duckdb.CatalogException:
+        return pd.DataFrame()
+    if last is None:
+        return pd.DataFrame()
+    since = pd.Timestamp(last) - pd.Timedelta(hours=hours - 1)
+    return con.execute(_TOP_ANOMALIES_SQL, {"since": since.to_pydatetime(), "limit": limit}).df()

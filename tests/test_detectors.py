@@ -320,3 +320,91 @@ def test_ensemble_univariate_streaming_is_causal():
     )
     assert res.loc[df.index[-30], "is_anomaly"]
     assert res["is_anomaly"].sum() <= 3
+
+
+def test_ensemble_calendar_allows_holiday_traffic_but_not_a_bot_spike():
+    hist, cur = split(funnel(n_cohorts=1))
+    cur = cur.copy()
+    day = cur["ts"].iloc[14].normalize()
+    sessions = cur["series_id"] == "sessions|c0"
+    hour14 = sessions & (cur["ts"] == cur["ts"].iloc[14])
+    hour18 = sessions & (cur["ts"] == cur["ts"].iloc[18])
+    cur.loc[hour14, ["value", "numerator"]] = cur.loc[hour14, "value"].iloc[0] * 2.5  # promotion
+    cur.loc[hour18, ["value", "numerator"]] = cur.loc[hour18, "value"].iloc[0] * 6.0  # bots
+    plain = Ensemble(use_prophet=False).fit(hist).score(cur)
+    assert plain.loc[hour14, "is_anomaly"].all() and plain.loc[hour18, "is_anomaly"].all()
+    holidays = pd.DataFrame({"holiday_date": [day.tz_localize(None)], "name": ["Black Friday"]})
+    aware = Ensemble(use_prophet=False, holidays=holidays).fit(hist).score(cur)
+    assert not aware.loc[hour14, "is_anomaly"].any()
+    assert aware.loc[hour14, "why"].iloc[0].startswith("holiday/promotion rise")
+    assert aware.loc[hour18, "is_anomaly"].all()  # 6x is beyond any promotion
+
+
+def test_univariate_post_processing_is_causal_and_series_relative():
+    from detectors.univariate import onset_only, series_relative
+
+    rng = np.random.default_rng(0)
+    quiet = np.zeros(2000)
+    quiet[1500] = 0.7  # a rare alert in a quiet series keeps (almost) its full score
+    noisy = rng.uniform(0.6, 0.8, 2000)  # the same level is routine in a noisy series
+    noisy[1500] = 0.7
+    assert series_relative(quiet)[1500] > 0.65
+    assert series_relative(noisy)[1500] < 0.01
+    # causal: changing later scores never changes earlier outputs
+    later = noisy.copy()
+    later[1600:] = 0.0
+    for f in (series_relative, onset_only):
+        assert np.array_equal(f(noisy)[:1600], f(later)[:1600])
+    # a persisting deviation reports its onset only
+    shift = np.r_[np.zeros(100), np.full(50, 0.9), np.zeros(100)]
+    kept = onset_only(shift, window=288)
+    assert kept[100] == 0.9 and np.count_nonzero(kept) == 1
+
+
+def _rate_series(rate, n, hours=HOURS + 24, seed=0, sid="js_error_session_rate|c"):
+    rng = np.random.default_rng(seed)
+    ts = pd.date_range("2024-01-01", periods=hours, freq="h", tz="UTC")
+    den = np.full(hours, float(n))
+    num = rng.binomial(n, rate, hours).astype(float)
+    return pd.DataFrame({"series_id": sid, "ts": ts, "value": num / den, "numerator": num,
+                         "denominator": den})
+
+
+@pytest.mark.parametrize(
+    "sid, rate, normal_k, broken_k",
+    [("js_error_session_rate|c", 0.012, 2, 15),  # rare events: most hours have none
+     ("payment_attempt_rate|c", 0.99, 42, 25)],  # a near-certain step: most hours are 44/44
+)
+def test_rate_test_uses_pooled_rate_at_the_boundaries(sid, rate, normal_k, broken_k):
+    hist, cur = split(_rate_series(rate, 44, sid=sid))
+    cur = cur.copy()
+    assert hist["value"].isin([0.0, 1.0]).mean() > 0.5  # so the hourly medians sit at 0 or 1
+    first, second = cur.index[10], cur.index[16]
+    cur.loc[first, "numerator"], cur.loc[second, "numerator"] = normal_k, broken_k
+    cur["value"] = cur["numerator"] / cur["denominator"]
+    r = Ensemble(use_prophet=False).fit(hist).score(cur)
+    assert not r.loc[first, "is_anomaly"]  # an ordinary hour for this series
+    assert r.loc[second, "is_anomaly"]
+
+
+def test_small_count_changes_are_not_alerts_large_ones_are():
+    hist, cur = split(funnel(n_cohorts=1, base_sessions=5000.0))
+    cur = cur.copy()
+    sessions = cur.index[cur["series_id"] == "sessions|c0"]
+    cur.loc[sessions[10], ["value", "numerator"]] *= 1.3  # significant at 5,000/h, not a problem
+    cur.loc[sessions[16], ["value", "numerator"]] *= 1.8
+    cur.loc[sessions[20], ["value", "numerator"]] *= 0.6
+    r = Ensemble(use_prophet=False).fit(hist).score(cur)
+    assert not r.loc[sessions[10], "is_anomaly"]
+    assert r.loc[sessions[16], "is_anomaly"] and r.loc[sessions[20], "is_anomaly"]
+
+
+def test_cold_start_counts_from_the_first_active_hour():
+    frame = funnel(n_cohorts=1)
+    late = frame["ts"] < frame["ts"].min() + pd.Timedelta(days=20)  # inactive for 20 days
+    frame.loc[late, ["value", "numerator"]] = 0.0
+    frame.loc[late & frame["denominator"].notna(), "denominator"] = 0.0
+    frame.loc[late & frame["denominator"].notna(), "value"] = np.nan
+    hist, cur = split(frame, hours=24 * 7 + 24)  # ~1 day of activity in the history
+    r = Ensemble(use_prophet=False).fit(hist).score(cur.head(12))
+    assert (r["reason"] == "cold start").all()

@@ -85,3 +85,21 @@ def test_cohort_key_and_power_bound():
     # 60 checkout starts an hour at p=0.57: a one-hour test cannot see less than ~60%
     assert min_detectable_drop(60, 0.57) > 0.5
     assert min_detectable_drop(10_000, 0.57) < 0.05
+
+
+def test_a_point_shows_an_incident_only_in_a_compatible_cohort_and_metric():
+    truth = scoring.truth_frame([
+        {"id": "ios", "type": "cohort_checkout_drop", "kind": "business", "start": str(hour(10)),
+         "end": str(hour(14)), "metric": "checkout_conversion_rate",
+         "cohort": {"os": "iOS", "browser": "Safari"}, "magnitude": -0.2},
+    ])
+    assert scoring.cohort_compatible("all", {"os": "iOS"})
+    assert scoring.cohort_compatible("os=iOS&utm_campaign=ig_sale", {"os": "iOS", "browser": "Safari"})
+    assert not scoring.cohort_compatible("os=Android", {"os": "iOS"})
+    rows = flagged((11, "checkout_conversion_rate", "os=Android", 90),  # wrong cohort
+                   (12, "sessions", "os=iOS", 90))  # a metric a checkout break does not move
+    events, incidents = scoring.match(rows, truth)
+    assert list(events["verdict"]) == ["false"] and not incidents["detected"].any()
+    rows = flagged((11, "payment_step_rate", "os=iOS", 70))
+    events, incidents = scoring.match(rows, truth)
+    assert list(events["verdict"]) == ["true"] and incidents["detected"].all()

@@ -17,6 +17,7 @@ import duckdb
 import pandas as pd
 
 from funnelwatch.detection.model_store import load_prophet_models, save_prophet_models
+from funnelwatch.detection.planned import campaign_windows, suppress_outside_campaigns
 from funnelwatch.detection.series import load_series
 
 
@@ -29,6 +30,7 @@ class WindowResult:
     prophet_fitted: int = 0  # Prophet fits done in this call (~0.2 s each)
     prophet_reused: int = 0  # series scored with a model fitted before this call (stored)
     prophet_saved: int = 0  # models written to detection.prophet_models
+    planned_cleared: int = 0  # alerts cleared as planned changes (a campaign not running)
 
 
 def _chunks(start: datetime, end: datetime) -> list[tuple[datetime, datetime]]:
@@ -106,7 +108,9 @@ def score_window(
         if persist_models and refitted:
             saved = save_prophet_models(con, prophet.export_models(refitted))
     out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    planned_cleared = 0
     if not out.empty:
+        planned_cleared = suppress_outside_campaigns(out, campaign_windows(con, start, end))
         out = out.rename(columns={"ts": "event_hour"})
         if "detectors_fired" in out.columns:
             out["detectors_fired"] = out["detectors_fired"].apply(
@@ -116,4 +120,5 @@ def score_window(
         prophet_fitted=(prophet.n_fits_ - fits_before) if prophet is not None else 0,
         prophet_reused=len(reused),
         prophet_saved=saved,
+        planned_cleared=planned_cleared,
     )

@@ -106,13 +106,14 @@ def write_report(suite: str, outcomes, path: Path, elapsed_s: float | None = Non
          "value": float(first_business["first_partition"].mean()) if len(first_business) else float("nan"),
          "aim": "", "met": ""},
     ])
-    lines += [_table(headline), f"Scored days (after the 48 h cold start): {days:.1f}; "
-              f"alert events: {head['alert_events']}.", ""]
-    lines += ["## Per incident type", "",
-              "Recall: share of the type's incidents with an alert (business) or a data-quality "
-              "incident (data-quality faults) inside the incident window. Precision: of the alert "
-              "events whose top metric names the type's category, the share that were true.", "",
-              _table(types)]
+    scored_text = f"Scored days (after the 48 h cold start): {days:.1f}; alert events: {head['alert_events']}."
+    lines += [_table(headline), scored_text, ""]
+    per_type_text = (
+        "Recall: share of the type's incidents with an alert (business) or a data-quality "
+        "incident (data-quality faults) inside the incident window. Precision: of the alert "
+        "events whose top metric names the type's category, the share that were true."
+    )
+    lines += ["## Per incident type", "", per_type_text, "", _table(types)]
     business = incidents[incidents["kind"] == "business"].copy()
     lines += ["## Every business incident", "",
               _table(business[["run", "id", "type", "start", "magnitude", "detected", "first_partition",
@@ -131,9 +132,11 @@ def write_report(suite: str, outcomes, path: Path, elapsed_s: float | None = Non
             frame.columns = [c if isinstance(c, str) else f"-{c:.0%}" for c in frame.columns]
         smallest = (grid[grid["first_partition"]].groupby("cohort")["drop"].min()
                     .rename("smallest drop caught in its first hour"))
-        lines += ["## Smallest checkout-conversion drop caught, by cohort size", "",
-                  "Share of the checkout-conversion drops caught in the first hourly partition "
-                  "(1 = caught, 0 = missed; rows: cohort and its mean sessions/hour):", "",
+        grid_text = (
+            "Share of the checkout-conversion drops caught in the first hourly partition "
+            "(1 = caught, 0 = missed; rows: cohort and its mean sessions/hour):"
+        )
+        lines += ["## Smallest checkout-conversion drop caught, by cohort size", "", grid_text, "",
                   _table(caught_first), "Caught at any hour of the incident:", "", _table(caught_any),
                   _table(smallest.reset_index())]
     lines += _power_section(outcomes)
@@ -167,8 +170,10 @@ def _power_section(outcomes) -> list[str]:
         rows.append({"sessions/hour": sessions, "checkout starts/hour": round(n, 1),
                      "smallest drop one hour can show (alpha 1e-4, power 0.95)":
                          f"{min_detectable_drop(n, conversion):.1%}"})
-    return ["## What one hour of data can show", "",
-            "Checkout conversion is k of n checkout starts. Whatever the detector, a one-hour "
-            "test at the ensemble's alpha (1e-4) finds a relative drop d with 95% probability "
-            "only when d >= (z_alpha/2 + z_0.95) * sqrt((1 - p) / (n p)). With the simulated "
-            "store's own ratios:", "", _table(pd.DataFrame(rows))]
+    text = (
+        "Checkout conversion is k of n checkout starts. Whatever the detector, a one-hour "
+        "test at the ensemble's alpha (1e-4) finds a relative drop d with 95% probability "
+        "only when d >= (z_alpha/2 + z_0.95) * sqrt((1 - p) / (n p)). With the simulated "
+        "store's own ratios:"
+    )
+    return ["## What one hour of data can show", "", text, "", _table(pd.DataFrame(rows))]

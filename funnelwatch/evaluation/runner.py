@@ -147,7 +147,7 @@ class RunOutcome:
     checkout_ratio: tuple[float, float]  # (checkout starts per session, checkout conversion)
 
 
-def collect(spec: RunSpec, folder: Path, rules: scoring.MatchingRules = scoring.MatchingRules(),
+def collect(spec: RunSpec, folder: Path, rules: scoring.MatchingRules = scoring.DEFAULT_RULES,
             cold_start_hours: float = 48) -> RunOutcome:
     """Read what the pipeline produced and match it against the run's ground truth."""
     truth = scoring.truth_frame(json.loads((folder / "ground_truth.json").read_text()))

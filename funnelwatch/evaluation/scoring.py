@@ -6,11 +6,15 @@ Definitions (docs/evaluation.md repeats them):
 * **Alert event**: flagged points (``is_anomaly``) grouped in time. Hours with at least one
   flagged point that are at most ``merge_gap`` apart form one event, since one problem that
   lasts several hours pages once (the incident layer merges them the same way).
-* An event is **true** when it overlaps the window of a business incident, [start floored to
-  the hour, end + ``grace``). An event that overlaps only a data-quality fault's window is a
-  **business alert from a data-quality fault** (must be 0: those come as data-quality
-  incidents). Any other event is a **false alert**.
-* A business incident is **detected** when a flagged point falls in its window; time to
+* A flagged point **shows** a business incident when it lies in the incident's window, [start
+  floored to the hour, end + ``grace``), in a cohort that does not contradict the incident's
+  (the store as a whole can show an iOS-only break, os=Android cannot), on a metric the
+  incident type can move (``TYPE_MOVES``).
+* An event is **true** when one of its points shows a business incident. An event that
+  overlaps only a data-quality fault's window is a **business alert from a data-quality
+  fault** (must be 0: those come as data-quality incidents). Any other event is a **false
+  alert**.
+* A business incident is **detected** when a flagged point shows it; time to
   detect = end of the first flagged hour - incident start (an hourly partition is scored when
   its hour is complete). **First partition** = flagged in the hour the incident starts in.
 * A data-quality fault is detected when the data-quality gate flagged an hour of its window.
@@ -48,6 +52,15 @@ METRIC_CATEGORY = {
     "checkout_start_rate": "catalog",
     "js_error_session_rate": "errors",
 }
+# The alert categories in which each business incident type can show (a bot spike also
+# dilutes conversion rates; a payment outage also drops checkout conversion).
+TYPE_MOVES = {
+    "cohort_checkout_drop": {"checkout"},
+    "checkout_conversion_drop": {"checkout"},
+    "payment_provider_errors": {"payments", "checkout"},
+    "bot_spike": {"traffic", "checkout", "catalog", "errors"},
+    "stock_out": {"catalog", "checkout"},
+}
 TYPE_CATEGORY = {
     "cohort_checkout_drop": "checkout",
     "checkout_conversion_drop": "checkout",
@@ -57,10 +70,17 @@ TYPE_CATEGORY = {
 }
 
 
+MERGE_GAP = pd.Timedelta(hours=2)  # flagged hours at most this far apart are one event
+GRACE = pd.Timedelta(hours=2)  # an incident's window runs this long past its end
+
+
 @dataclass(frozen=True)
 class MatchingRules:
-    merge_gap: pd.Timedelta = pd.Timedelta(hours=2)
-    grace: pd.Timedelta = pd.Timedelta(hours=2)
+    merge_gap: pd.Timedelta = MERGE_GAP
+    grace: pd.Timedelta = GRACE
+
+
+DEFAULT_RULES = MatchingRules()
 
 
 def _utc(values) -> pd.Series:
@@ -80,7 +100,7 @@ def truth_frame(labels: Iterable[dict]) -> pd.DataFrame:
     return frame
 
 
-def alert_events(flagged: pd.DataFrame, rules: MatchingRules = MatchingRules()) -> pd.DataFrame:
+def alert_events(flagged: pd.DataFrame, rules: MatchingRules = DEFAULT_RULES) -> pd.DataFrame:
     """Group flagged points into alert events (one row each)."""
     columns = ["event", "start", "end", "points", "series", "max_severity", "metric", "cohort",
                "category"]
@@ -111,12 +131,45 @@ def _overlaps(start, end, windows: pd.DataFrame) -> np.ndarray:
     return ((windows["window_start"] < end) & (windows["window_end"] > start)).to_numpy()
 
 
+def parse_cohort(key: str) -> dict[str, str]:
+    """'all' -> {}; 'os=iOS&browser=Safari' -> {'os': 'iOS', 'browser': 'Safari'}."""
+    if not key or key == "all":
+        return {}
+    return dict(part.split("=", 1) for part in key.split("&") if "=" in part)
+
+
+def cohort_compatible(point_cohort: str, incident_cohort: dict | None) -> bool:
+    """A point's cohort can show an incident when no dimension they share disagrees (the
+    store as a whole shows everything; os=Android cannot show an iOS-only break)."""
+    mine = parse_cohort(point_cohort)
+    return all(mine.get(k, v) == str(v) for k, v in (incident_cohort or {}).items())
+
+
+def point_matches(flagged: pd.DataFrame, truth: pd.DataFrame) -> list[list[str]]:
+    """For every flagged point, the ids of the business incidents it shows: inside the
+    incident's window, in a compatible cohort, on a metric the incident type can move."""
+    business = truth[truth["kind"] == "business"]
+    out: list[list[str]] = [[] for _ in range(len(flagged))]
+    if flagged.empty:
+        return out
+    hours = _utc(flagged["event_hour"])
+    categories = flagged["metric"].map(METRIC_CATEGORY).fillna("other").to_numpy()
+    cohorts = flagged["cohort"].to_numpy()
+    for inc in business.itertuples():
+        allowed = TYPE_MOVES.get(inc.type, set())
+        inside = ((hours >= inc.window_start) & (hours < inc.window_end)).to_numpy()
+        for i in np.flatnonzero(inside):
+            if categories[i] in allowed and cohort_compatible(cohorts[i], inc.cohort):
+                out[i].append(inc.id)
+    return out
+
+
 def match(
     flagged: pd.DataFrame,
     truth: pd.DataFrame,
     dq_hours: Iterable[pd.Timestamp] = (),
     special_days: pd.DataFrame | None = None,
-    rules: MatchingRules = MatchingRules(),
+    rules: MatchingRules = DEFAULT_RULES,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(events, incidents): every alert event with its verdict, every labelled incident with
     detected / first alert / hours to detect.
@@ -125,18 +178,25 @@ def match(
     """
     truth = truth.copy()
     truth["window_end"] = truth["end"] + rules.grace
-    business = truth[truth["kind"] == "business"]
     quality = truth[truth["kind"] != "business"]
+    flagged = flagged.reset_index(drop=True)
+    matches = point_matches(flagged, truth)
     events = alert_events(flagged, rules)
+    if len(flagged):
+        hours = _utc(flagged["event_hour"]).astype("int64").to_numpy()
+        starts = _utc(events["start"]).astype("int64").to_numpy()
+        point_event = np.searchsorted(starts, hours, side="right") - 1
+    else:
+        point_event = np.array([], dtype=int)
     verdicts, matched_ids, special = [], [], []
     specials = {}
     if special_days is not None and len(special_days):
         specials = dict(zip(pd.to_datetime(special_days["day"]).dt.date, special_days["name"]))
     for event in events.itertuples():
-        hit = business[_overlaps(event.start, event.end, business)] if len(business) else business
-        if len(hit):
+        ids = sorted({i for k in np.flatnonzero(point_event == event.Index) for i in matches[k]})
+        if ids:
             verdicts.append("true")
-            matched_ids.append(",".join(hit["id"]))
+            matched_ids.append(",".join(ids))
         elif len(quality) and _overlaps(event.start, event.end, quality).any():
             verdicts.append("data_quality_fault")
             matched_ids.append(",".join(quality[_overlaps(event.start, event.end, quality)]["id"]))
@@ -150,13 +210,13 @@ def match(
     events["incident_ids"] = matched_ids
     events["special_day"] = special
 
-    flagged_hours = _utc(flagged["event_hour"]) if len(flagged) else pd.Series([], dtype=object)
     dq = pd.DatetimeIndex(_utc(list(dq_hours)), tz="UTC")
     incidents = truth.copy()
     first_alert, dq_flagged = [], []
+    hours = _utc(flagged["event_hour"]) if len(flagged) else pd.Series([], dtype="datetime64[us, UTC]")
     for inc in incidents.itertuples():
-        inside = flagged_hours[(flagged_hours >= inc.window_start) & (flagged_hours < inc.window_end)]
-        first_alert.append(inside.min() if len(inside) else pd.NaT)
+        shown = [hours.iloc[k] for k in range(len(flagged)) if inc.id in matches[k]]
+        first_alert.append(min(shown) if shown else pd.NaT)
         dq_flagged.append(bool(((dq >= inc.window_start) & (dq < inc.window_end)).any()))
     incidents["first_alert_hour"] = pd.to_datetime(pd.Series(first_alert, index=incidents.index,
                                                              dtype="object"), utc=True)

@@ -101,6 +101,9 @@ def cohort_anomalies(
         "series_scored": dg.MetadataValue.int(result.series),
         "points_scored": dg.MetadataValue.int(written),
         "hours_skipped_for_data_quality": dg.MetadataValue.int(len(result.skipped_hours)),
+        "prophet_models_fitted": dg.MetadataValue.int(result.prophet_fitted),
+        "prophet_models_reused": dg.MetadataValue.int(result.prophet_reused),
+        "prophet_models_saved": dg.MetadataValue.int(result.prophet_saved),
     }
     if scored.empty:
         return dg.MaterializeResult(metadata=metadata)
