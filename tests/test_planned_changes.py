@@ -44,3 +44,16 @@ def test_no_marts_yet_means_no_windows(tmp_path):
     con = duckdb.connect(str(tmp_path / "empty.duckdb"))
     assert campaign_windows(con, pd.Timestamp("2026-11-28", tz="UTC"),
                             pd.Timestamp("2026-11-29", tz="UTC")) == []
+
+
+def test_the_hour_after_a_data_quality_incident_does_not_page():
+    from funnelwatch.detection.planned import suppress_after_data_quality
+
+    hours = pd.date_range("2026-11-20 10:00", periods=4, freq="h", tz="UTC")
+    scored = pd.DataFrame({"ts": hours, "cohort": "all", "is_anomaly": True, "severity": 80.0,
+                           "detectors_fired": [["stats"]] * 4, "why": "x"})
+    failed = {pd.Timestamp("2026-11-20 11:00", tz="UTC").to_pydatetime()}
+    assert suppress_after_data_quality(scored, failed) == 1
+    # 10:00 is before, 11:00 itself is never scored in the pipeline, 13:00 is past the aftermath
+    assert list(scored["is_anomaly"]) == [True, True, False, True]
+    assert scored.loc[2, "why"] == "held back: the hour after a data-quality incident"

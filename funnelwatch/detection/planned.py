@@ -1,8 +1,15 @@
-"""Planned changes: a campaign that ends (or has not started) takes its cohorts' traffic to
+"""Alerts that are not business problems, cleared after scoring.
+
+Planned changes: a campaign that ends (or has not started) takes its cohorts' traffic to
 zero by design. The campaigns reference table says when each one runs; outside that time the
 cohorts that belong to it (utm_campaign=X, and a utm_source / utm_medium whose sessions are
 almost all campaign X) do not page anyone. A new campaign's first hours are covered by the
 detectors' cold start, which counts from a series' first active hour.
+
+Data-quality aftermath: an hour with a data-quality incident is not scored at all, and the
+hour after it is not allowed to page either, because sessions are counted in every hour they
+are active: a session that began in the broken hour carries its missing or broken events
+into the next one.
 """
 
 from __future__ import annotations
@@ -90,4 +97,31 @@ def suppress_outside_campaigns(scored: pd.DataFrame, windows: list[CampaignWindo
     return cleared
 
 
-__all__ = ["CampaignWindow", "campaign_windows", "suppress_outside_campaigns"]
+DQ_AFTERMATH = pd.Timedelta(hours=1)
+
+
+def suppress_after_data_quality(scored: pd.DataFrame, failed: set) -> int:
+    """Clear alerts in the `DQ_AFTERMATH` after a data-quality incident hour, in place."""
+    if scored.empty or not failed:
+        return 0
+    ts = pd.to_datetime(scored["ts"], utc=True)
+    bad = pd.DatetimeIndex(pd.to_datetime(sorted(failed), utc=True))
+    after = pd.Series(False, index=scored.index)
+    for lag in range(1, int(DQ_AFTERMATH / pd.Timedelta(hours=1)) + 1):
+        after |= ts.isin(bad + pd.Timedelta(hours=lag)) & ~ts.isin(bad)
+    hit = after.to_numpy() & scored["is_anomaly"].fillna(False).astype(bool).to_numpy()
+    if hit.any():
+        scored.loc[hit, "is_anomaly"] = False
+        scored.loc[hit, "severity"] = 0.0
+        scored.loc[hit, "detectors_fired"] = pd.Series([[] for _ in range(int(hit.sum()))],
+                                                       index=scored.index[hit])
+        scored.loc[hit, "why"] = "held back: the hour after a data-quality incident"
+    return int(hit.sum())
+
+
+__all__ = [
+    "CampaignWindow",
+    "campaign_windows",
+    "suppress_after_data_quality",
+    "suppress_outside_campaigns",
+]

@@ -17,8 +17,14 @@ import duckdb
 import pandas as pd
 
 from funnelwatch.detection.model_store import load_prophet_models, save_prophet_models
-from funnelwatch.detection.planned import campaign_windows, suppress_outside_campaigns
+from funnelwatch.detection.planned import (
+    DQ_AFTERMATH,
+    campaign_windows,
+    suppress_after_data_quality,
+    suppress_outside_campaigns,
+)
 from funnelwatch.detection.series import load_series
+from funnelwatch.quality.incidents import failed_hours
 
 
 @dataclass
@@ -30,7 +36,7 @@ class WindowResult:
     prophet_fitted: int = 0  # Prophet fits done in this call (~0.2 s each)
     prophet_reused: int = 0  # series scored with a model fitted before this call (stored)
     prophet_saved: int = 0  # models written to detection.prophet_models
-    planned_cleared: int = 0  # alerts cleared as planned changes (a campaign not running)
+    planned_cleared: int = 0  # alerts cleared: campaign not running, hour after a DQ incident
 
 
 def _chunks(start: datetime, end: datetime) -> list[tuple[datetime, datetime]]:
@@ -111,6 +117,8 @@ def score_window(
     planned_cleared = 0
     if not out.empty:
         planned_cleared = suppress_outside_campaigns(out, campaign_windows(con, start, end))
+        planned_cleared += suppress_after_data_quality(
+            out, failed_hours(con, start - DQ_AFTERMATH, end))
         out = out.rename(columns={"ts": "event_hour"})
         if "detectors_fired" in out.columns:
             out["detectors_fired"] = out["detectors_fired"].apply(

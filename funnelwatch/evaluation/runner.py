@@ -14,7 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -38,6 +38,7 @@ class RunSpec:
     end: datetime
     days: int
     sessions_per_hour: int
+    calibration: bool = False  # the detectors' configuration was tuned on this run
 
     @property
     def key(self) -> str:
@@ -57,6 +58,7 @@ def load_suite(name_or_path: str | Path) -> tuple[str, list[RunSpec]]:
         raise FileNotFoundError(f"no evaluation suite {str(name_or_path)!r} (known: {known})")
     doc = yaml.safe_load(path.read_text()) or {}
     defaults = doc.get("defaults", {})
+    calibration = set(doc.get("calibrated_on", []))
     runs = []
     for item in doc.get("runs", []):
         merged = {**defaults, **item}
@@ -65,8 +67,12 @@ def load_suite(name_or_path: str | Path) -> tuple[str, list[RunSpec]]:
             raise ValueError(f"{path}: run {item.get('name')!r} lacks {sorted(missing)}")
         end = pd.Timestamp(str(merged["end"])).tz_localize("UTC").to_pydatetime()
         for seed in merged["seeds"]:
-            runs.append(RunSpec(merged["name"], str(merged["scenario"]), int(seed), end,
-                                int(merged["days"]), int(merged["sessions_per_hour"])))
+            spec = RunSpec(merged["name"], str(merged["scenario"]), int(seed), end,
+                           int(merged["days"]), int(merged["sessions_per_hour"]))
+            runs.append(replace(spec, calibration=spec.key in calibration))
+    unknown = calibration - {r.key for r in runs}
+    if unknown:
+        raise ValueError(f"{path}: calibrated_on names unknown runs {sorted(unknown)}")
     if not runs:
         raise ValueError(f"{path}: no runs")
     return doc.get("name", path.stem), runs
