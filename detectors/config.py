@@ -29,14 +29,19 @@ RATE_METRICS = (
 )
 
 # Which side of a deviation raises an alert. 'down' = only drops, 'up' = only rises,
-# 'both' = either side. Unknown metrics (and the NAB univariate mode) use DEFAULT_DIRECTION.
+# 'both' = either side, 'none' = scored for context, never an alert. Unknown metrics (and the
+# NAB univariate mode) use DEFAULT_DIRECTION.
 METRIC_DIRECTIONS: dict[str, str] = {
     # traffic: a drop is an outage, a rise is a bot / traffic spike
     "sessions": "both",
-    "events": "both",
+    # raw event volume is heavy-tailed (one bot or one keen shopper fires hundreds) and is the
+    # data-quality gate's business (volume against previous weeks); sessions carry traffic
+    "events": "none",
     # business outcomes: only drops hurt
     "purchases": "down",
-    "revenue": "down",
+    # revenue is order count x order value: the heavy tail of order values makes an hour of
+    # zero revenue in a small cohort ordinary; purchases (a count) carries the signal
+    "revenue": "none",
     "product_view_sessions": "down",
     # funnel step and conversion rates: only drops hurt
     "product_view_rate": "down",

@@ -212,7 +212,8 @@ class Ensemble(Detector):
 
         def ok_dir(d):
             d = np.asarray(d, dtype=object)
-            return ((allowed == "both") & (d != "none")) | (d == allowed)
+            # allowed 'none' (a context-only metric) never matches: it is scored, never alerts
+            return (((allowed == "both") & (d != "none")) | (d == allowed)) & (allowed != "none")
 
         parts: dict[str, pd.DataFrame] = {}
         norm: dict[str, np.ndarray] = {}

@@ -99,7 +99,15 @@ def test_a_point_shows_an_incident_only_in_a_compatible_cohort_and_metric():
     rows = flagged((11, "checkout_conversion_rate", "os=Android", 90),  # wrong cohort
                    (12, "sessions", "os=iOS", 90))  # a metric a checkout break does not move
     events, incidents = scoring.match(rows, truth)
-    assert list(events["verdict"]) == ["false"] and not incidents["detected"].any()
+    assert list(events["verdict"]) == ["false", "false"] and not incidents["detected"].any()
     rows = flagged((11, "payment_step_rate", "os=iOS", 70))
     events, incidents = scoring.match(rows, truth)
     assert list(events["verdict"]) == ["true"] and incidents["detected"].all()
+
+
+def test_an_unrelated_alert_during_an_incident_is_its_own_false_event():
+    rows = flagged((10, "checkout_conversion_rate", "all", 80),
+                   (11, "js_error_session_rate", "browser=Firefox", 60))  # same hours, errors
+    events, _ = scoring.match(rows, TRUTH)
+    assert sorted(zip(events["category"], events["verdict"])) == [("checkout", "true"),
+                                                                   ("errors", "false")]

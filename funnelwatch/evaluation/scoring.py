@@ -3,9 +3,10 @@ in, frames out, no I/O).
 
 Definitions (docs/evaluation.md repeats them):
 
-* **Alert event**: flagged points (``is_anomaly``) grouped in time. Hours with at least one
-  flagged point that are at most ``merge_gap`` apart form one event, since one problem that
-  lasts several hours pages once (the incident layer merges them the same way).
+* **Alert event**: flagged points (``is_anomaly``) of one alert category (checkout, payments,
+  traffic, catalog, errors: what the on-call reads) whose hours are at most ``merge_gap``
+  apart form one event, since one problem that lasts several hours pages once. Unrelated
+  alerts at the same time are separate events: one cannot hide a false alert in a true one.
 * A flagged point **shows** a business incident when it lies in the incident's window, [start
   floored to the hour, end + ``grace``), in a cohort that does not contradict the incident's
   (the store as a whole can show an iOS-only break, os=Android cannot), on a metric the
@@ -100,17 +101,30 @@ def truth_frame(labels: Iterable[dict]) -> pd.DataFrame:
     return frame
 
 
+def assign_events(flagged: pd.DataFrame, rules: MatchingRules = DEFAULT_RULES) -> np.ndarray:
+    """The alert event of every flagged point: points of one alert category (checkout,
+    payments, traffic, ...) whose hours are at most `merge_gap` apart share an event."""
+    if flagged.empty:
+        return np.array([], dtype=int)
+    hours = _utc(flagged["event_hour"]).astype("int64").to_numpy()
+    category = flagged["metric"].map(METRIC_CATEGORY).fillna("other").to_numpy()
+    order = np.lexsort((hours, category))
+    gap = rules.merge_gap.value // 1000  # microseconds, as the hours above
+    new_event = np.r_[True, (category[order][1:] != category[order][:-1])
+                      | (np.diff(hours[order]) > gap)]
+    event = np.empty(len(flagged), dtype=int)
+    event[order] = np.cumsum(new_event) - 1
+    return event
+
+
 def alert_events(flagged: pd.DataFrame, rules: MatchingRules = DEFAULT_RULES) -> pd.DataFrame:
-    """Group flagged points into alert events (one row each)."""
+    """Group flagged points into alert events (one row each, numbered as `assign_events`)."""
     columns = ["event", "start", "end", "points", "series", "max_severity", "metric", "cohort",
                "category"]
     if flagged.empty:
         return pd.DataFrame(columns=columns)
-    rows = flagged.assign(event_hour=_utc(flagged["event_hour"]).to_numpy())
-    hours = np.sort(rows["event_hour"].unique())
-    new_event = np.r_[True, np.diff(hours) > rules.merge_gap.to_timedelta64()]
-    event_of_hour = pd.Series(np.cumsum(new_event) - 1, index=pd.DatetimeIndex(hours))
-    rows["event"] = event_of_hour.reindex(pd.DatetimeIndex(rows["event_hour"])).to_numpy()
+    rows = flagged.assign(event_hour=_utc(flagged["event_hour"]).to_numpy(),
+                          event=assign_events(flagged, rules))
     top = rows.sort_values(["event", "severity"], ascending=[True, False]).drop_duplicates("event")
     grouped = rows.groupby("event").agg(
         start=("event_hour", "min"),
@@ -122,7 +136,7 @@ def alert_events(flagged: pd.DataFrame, rules: MatchingRules = DEFAULT_RULES) ->
     events = grouped.join(top.set_index("event")[["metric", "cohort"]]).reset_index()
     events["end"] = events.pop("last") + HOUR
     events["category"] = events["metric"].map(METRIC_CATEGORY).fillna("other")
-    return events[columns]
+    return events[columns].sort_values(["start", "event"]).reset_index(drop=True)
 
 
 def _overlaps(start, end, windows: pd.DataFrame) -> np.ndarray:
@@ -182,18 +196,13 @@ def match(
     flagged = flagged.reset_index(drop=True)
     matches = point_matches(flagged, truth)
     events = alert_events(flagged, rules)
-    if len(flagged):
-        hours = _utc(flagged["event_hour"]).astype("int64").to_numpy()
-        starts = _utc(events["start"]).astype("int64").to_numpy()
-        point_event = np.searchsorted(starts, hours, side="right") - 1
-    else:
-        point_event = np.array([], dtype=int)
+    point_event = assign_events(flagged, rules)
     verdicts, matched_ids, special = [], [], []
     specials = {}
     if special_days is not None and len(special_days):
         specials = dict(zip(pd.to_datetime(special_days["day"]).dt.date, special_days["name"]))
     for event in events.itertuples():
-        ids = sorted({i for k in np.flatnonzero(point_event == event.Index) for i in matches[k]})
+        ids = sorted({i for k in np.flatnonzero(point_event == event.event) for i in matches[k]})
         if ids:
             verdicts.append("true")
             matched_ids.append(",".join(ids))
