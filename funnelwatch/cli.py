@@ -174,8 +174,12 @@ def _top_anomalies_text(warehouse: Path, hours: int) -> str:
 
 
 @app.command()
-def summary(hours: int = 24):
-    """Print the hourly funnel of the last day and where the warehouse and snapshot are."""
+def summary(
+    hours: Annotated[int, typer.Option(help="Hours of the funnel to print.")] = 24,
+    anomaly_hours: Annotated[int, typer.Option(help="Hours to list the most severe anomalies of.")] = 168,
+):
+    """Print the hourly funnel of the last day, the most severe anomalies of the last week and
+    where the warehouse and snapshot are."""
     from funnelwatch.publish import open_snapshot
     from funnelwatch.reports import funnel_markdown, hourly_funnel
 
@@ -191,8 +195,8 @@ def summary(hours: int = 24):
         con.close()
     typer.echo(f"Hourly funnel, last {hours} hours (all cohorts):\n")
     typer.echo(funnel_markdown(frame))
-    typer.echo(f"\nMost severe anomalies, last {hours} scored hours:\n")
-    typer.echo(_top_anomalies_text(settings.warehouse, hours))
+    typer.echo(f"\nMost severe anomalies, last {anomaly_hours} scored hours:\n")
+    typer.echo(_top_anomalies_text(settings.warehouse, anomaly_hours))
     typer.echo(
         f"\nwarehouse (pipeline writes):   {settings.warehouse}\n"
         f"analyst snapshot (read-only):  {settings.publish_dir / 'analytics.duckdb'} "

@@ -40,21 +40,28 @@ def incident_id(hour: datetime) -> str:
 def record_outcomes(
     con: duckdb.DuckDBPyConnection, hour: datetime, outcomes: list[CheckOutcome]
 ) -> str | None:
-    """Replace the hour's check results; open, update or resolve its data-quality incident.
+    """Replace the hour's results of these checks (other suites' results for the hour stay);
+    open, update or resolve its data-quality incident from all of the hour's results.
     Returns the incident id when the hour is broken."""
     hour = as_utc_hour(hour)
     ensure_quality_schema(con)
-    failed = [o.name for o in outcomes if not o.passed]
     key = incident_id(hour)
     con.execute("BEGIN TRANSACTION")
     try:
-        con.execute(f"DELETE FROM {SCHEMA}.check_results WHERE event_hour = $h", {"h": hour})
+        con.execute(
+            f"DELETE FROM {SCHEMA}.check_results WHERE event_hour = $h "
+            "AND list_contains($names, check_name)",
+            {"h": hour, "names": [o.name for o in outcomes]},
+        )
         for o in outcomes:
             con.execute(
                 f"INSERT INTO {SCHEMA}.check_results VALUES ($h, $n, $p, $d, $e, now())",
                 {"h": hour, "n": o.name, "p": o.passed, "d": o.description,
                  "e": json.dumps(o.evidence, default=str)},
             )
+        failed = [r[0] for r in con.execute(
+            f"SELECT check_name FROM {SCHEMA}.check_results WHERE event_hour = $h "
+            "AND NOT passed ORDER BY check_name", {"h": hour}).fetchall()]
         existing = con.execute(
             f"SELECT status FROM {SCHEMA}.incidents WHERE incident_id = $k", {"k": key}
         ).fetchone()

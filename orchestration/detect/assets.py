@@ -117,7 +117,7 @@ def cohort_anomalies(
     columns = ["event_hour", "metric", "cohort", "value", "expected", "severity", "direction",
                "why"]
     metadata["top_10"] = dg.MetadataValue.md(
-        top[columns].round(4).to_markdown(index=False) if len(top) else "_no anomalies_"
+        top[columns].round({"value": 4, "expected": 4, "severity": 1}).to_markdown(index=False) if len(top) else "_no anomalies_"
     )
     if len(top):
         worst = top.iloc[0]

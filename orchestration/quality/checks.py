@@ -1,4 +1,5 @@
-"""Data-quality gate: Great Expectations suites as blocking asset checks on `raw_events`.
+"""Data-quality gate: Great Expectations suites as blocking asset checks on `raw_events` and
+on the cohort metrics mart (the detectors' input).
 
 A failed check opens a data-quality incident for the hour (`quality.incidents`). In a live
 one-hour run it fails with ERROR severity, which blocks everything downstream of
@@ -11,11 +12,20 @@ data-quality incident either way.
 import json
 
 import dagster as dg
+from dagster_dbt import get_asset_key_for_model
 
 from funnelwatch.quality.incidents import record_outcomes
+from funnelwatch.quality.mart_suites import (
+    MART_CHECK_DESCRIPTIONS,
+    MART_CHECK_NAMES,
+    run_mart_suites,
+)
 from funnelwatch.quality.suites import CHECK_DESCRIPTIONS, CHECK_NAMES, run_suites
 from orchestration.partitions import hourly_partitions, partition_hours
 from orchestration.resources import WAREHOUSE_POOL, WarehouseResource
+from orchestration.transform.assets import funnelwatch_dbt_models
+
+COHORT_METRICS = get_asset_key_for_model([funnelwatch_dbt_models], "fct_cohort_metrics_hourly")
 
 
 @dg.multi_asset_check(
@@ -30,14 +40,35 @@ from orchestration.resources import WAREHOUSE_POOL, WarehouseResource
     pool=WAREHOUSE_POOL,
 )
 def raw_events_quality(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource):
+    yield from _check_hours(context, warehouse, "raw_events", CHECK_NAMES, run_suites)
+
+
+@dg.multi_asset_check(
+    name="cohort_metrics_quality",
+    specs=[
+        dg.AssetCheckSpec(
+            name, asset=COHORT_METRICS, blocking=True, description=MART_CHECK_DESCRIPTIONS[name],
+            partitions_def=hourly_partitions,
+        )
+        for name in MART_CHECK_NAMES
+    ],
+    pool=WAREHOUSE_POOL,
+)
+def cohort_metrics_quality(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource):
+    yield from _check_hours(context, warehouse, COHORT_METRICS, MART_CHECK_NAMES, run_mart_suites)
+
+
+def _check_hours(context, warehouse: WarehouseResource, asset_key, names, run):
+    """Run one suite over every hour of the partition range, record each hour's outcome (and
+    its data-quality incident), and yield one check result per check with the evidence."""
     hours = partition_hours(context.op_execution_context)
     severity = dg.AssetCheckSeverity.ERROR if len(hours) == 1 else dg.AssetCheckSeverity.WARN
-    failures: dict[str, list[str]] = {name: [] for name in CHECK_NAMES}
+    failures: dict[str, list[str]] = {name: [] for name in names}
     evidence: dict[str, dict] = {}
     incidents = []
     with warehouse.get_connection() as con:
         for hour in hours:
-            outcomes = run_suites(con, hour)
+            outcomes = run(con, hour)
             incident = record_outcomes(con, hour, outcomes)
             if incident:
                 incidents.append(incident)
@@ -47,7 +78,7 @@ def raw_events_quality(context: dg.AssetCheckExecutionContext, warehouse: Wareho
                     evidence.setdefault(outcome.name, outcome.evidence)
                 elif len(hours) == 1:
                     evidence[outcome.name] = outcome.evidence
-    for name in CHECK_NAMES:
+    for name in names:
         metadata = {
             "hours_checked": dg.MetadataValue.int(len(hours)),
             "failed_hours": dg.MetadataValue.json(failures[name][:50]),
@@ -60,9 +91,9 @@ def raw_events_quality(context: dg.AssetCheckExecutionContext, warehouse: Wareho
         if incidents and failures[name]:
             metadata["data_quality_incidents"] = dg.MetadataValue.json(incidents[:50])
         yield dg.AssetCheckResult(
-            asset_key="raw_events", check_name=name, passed=not failures[name],
+            asset_key=asset_key, check_name=name, passed=not failures[name],
             severity=severity, metadata=metadata,
         )
 
 
-checks = [raw_events_quality]
+checks = [raw_events_quality, cohort_metrics_quality]
