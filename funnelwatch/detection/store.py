@@ -54,12 +54,28 @@ def replace_window(
         "datetime64[us, UTC]"
     )
     frame["scored_at"] = frame["scored_at"].astype("datetime64[us, UTC]")
+    # Explicit types: DuckDB infers an object column's type from a sample of its first rows,
+    # and a column whose sample is all missing (cold-start rows have no p-value, no reasons)
+    # is typed NULL, after which the first real value fails to cast. So: plain objects with
+    # None for missing, and the whole frame analysed.
+    for column, sql_type in COLUMNS.items():
+        if sql_type == "VARCHAR":
+            values = frame[column].astype(object)
+            frame[column] = values.where(values.notna(), None).map(
+                lambda v: v if v is None else str(v))
+        elif sql_type == "DOUBLE":
+            frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("float64")
+        elif sql_type == "BOOLEAN":
+            frame[column] = frame[column].astype("boolean")
+        elif sql_type == "VARCHAR[]":
+            frame[column] = [list(v) if isinstance(v, (list, tuple)) else [] for v in frame[column]]
     con.execute("BEGIN TRANSACTION")
     try:
         con.execute(
             f"DELETE FROM {TABLE} WHERE event_hour >= $s AND event_hour < $e",
             {"s": start, "e": end},
         )
+        con.execute(f"SET pandas_analyze_sample = {max(len(frame), 1000):d}")
         con.register("_scored", frame)
         con.execute(f"INSERT INTO {TABLE} SELECT * FROM _scored")
         con.unregister("_scored")
