@@ -1,0 +1,151 @@
+"""Root-cause localisation on synthetic cubes with known answers (no mocks).
+
+Cubes: 5 dimensions (3 x 5 x 4 x 8 x 6 = 2,880 leaves), skewed shares, Poisson / binomial noise and
+a 3 % baseline error (``rootcause.synthetic.make_cube``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from rootcause import RESULT_COLUMNS, Localizer, deviation_score, format_cohort, parse_cohort
+from rootcause.synthetic import DIMENSIONS, cohort_share, make_cube
+
+DIMS = list(DIMENSIONS)
+IOS_SAFARI_IG = {"os": "iOS", "browser": "Safari", "utm_campaign": "ig_sale"}
+
+
+def causes(result: pd.DataFrame) -> list[str]:
+    return list(result.loc[result["root_cause"], "cohort"])
+
+
+def test_single_dimension_cause_country_us():
+    cube = make_cube([({"country": "US"}, -0.3)], total=50_000, seed=2)
+    res = Localizer().localize(cube, DIMS, "additive")
+    assert list(res.columns) == RESULT_COLUMNS
+    top = res.iloc[0]
+    assert top["cohort"] == "country=US"
+    assert causes(res) == ["country=US"]
+    assert top["filters"] == {"country": "US"}
+    assert top["deviation"] == pytest.approx(-0.3, abs=0.05)
+    # the whole parent deviation sits in the US (up to noise)
+    assert 0.6 < top["explanatory_power"] < 1.4
+    assert top["z"] < -10
+
+
+def test_three_dimension_combination_in_noisy_cube():
+    assert cohort_share(make_cube([], seed=3), IOS_SAFARI_IG, "expected") > 0.05
+    cube = make_cube([(IOS_SAFARI_IG, -0.5)], total=50_000, seed=3)
+    res = Localizer(max_dimensions=3).localize(cube, DIMS, "additive")
+    assert res.iloc[0]["cohort"] == "browser=Safari&os=iOS&utm_campaign=ig_sale"
+    assert causes(res) == ["browser=Safari&os=iOS&utm_campaign=ig_sale"]
+    assert res.iloc[0]["n_dimensions"] == 3
+    assert res.iloc[0]["leaves"] == 3 * 8  # device_type x country under the cohort
+
+
+def test_two_simultaneous_causes_are_both_accepted():
+    cube = make_cube(
+        [({"country": "DE"}, -0.4), ({"device_type": "mobile", "os": "Android"}, 0.5)],
+        total=50_000,
+        seed=4,
+    )
+    res = Localizer().localize(cube, DIMS, "additive")
+    assert set(causes(res)) == {"country=DE", "device_type=mobile&os=Android"}
+    by = res.set_index("cohort")
+    assert by.loc["country=DE", "deviation"] < -0.3
+    assert by.loc["device_type=mobile&os=Android", "deviation"] > 0.35
+
+
+def test_ratio_kpi_conversion_drop_with_unchanged_traffic():
+    cube = make_cube([(IOS_SAFARI_IG, -0.4)], kpi="ratio", total=1_000_000, seed=3)
+    # traffic is not what changed: actual sessions are within noise of the expectation
+    traffic = cube["denominator"].sum() / cube["expected_denominator"].sum() - 1
+    assert abs(traffic) < 0.02
+    res = Localizer().localize(cube, DIMS, "ratio")
+    top = res.iloc[0]
+    assert top["cohort"] == "browser=Safari&os=iOS&utm_campaign=ig_sale"
+    assert top["root_cause"]
+    assert top["deviation"] == pytest.approx(-0.4, abs=0.07)  # the cohort's conversion rate
+    assert 0.6 < top["explanatory_power"] < 1.4
+    assert 0 < top["actual"] < top["expected"] < 1  # rates, not counts
+
+
+def test_ratio_kpi_low_converting_traffic_surge_is_a_mix_cause():
+    """Bots in one country: 3x the sessions, no extra orders -> parent conversion drops."""
+    cube = make_cube([], kpi="ratio", total=1_000_000, seed=1)
+    fr = cube["country"] == "FR"
+    cube.loc[fr, "denominator"] *= 3
+    res = Localizer().localize(cube, DIMS, "ratio")
+    assert res.iloc[0]["cohort"] == "country=FR"
+    assert causes(res) == ["country=FR"]
+    assert res.iloc[0]["deviation"] < -0.6
+
+
+def test_uniform_drop_is_all():
+    cube = make_cube([({}, -0.3)], total=50_000, seed=0)
+    res = Localizer().localize(cube, DIMS, "additive")
+    assert res.iloc[0]["cohort"] == "all"
+    assert causes(res) == ["all"]
+    assert res.iloc[0]["explanatory_power"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("kpi", ["additive", "ratio"])
+def test_noise_only_has_no_confident_cause(kpi):
+    total = 50_000 if kpi == "additive" else 1_000_000
+    for seed in range(3):
+        res = Localizer().localize(make_cube([], kpi=kpi, total=total, seed=seed), DIMS, kpi)
+        assert causes(res) == []
+        assert len(res) == 3  # still the best candidates, for a look
+        assert res["score"].max() < 0.01
+        assert res["z"].abs().max() < 5
+
+
+def test_top_k_and_max_dimensions_are_respected():
+    cube = make_cube([(IOS_SAFARI_IG, -0.5)], total=50_000, seed=3)
+    res = Localizer(max_dimensions=2, top_k=5).localize(cube, DIMS, "additive")
+    assert len(res) == 5
+    assert res["n_dimensions"].max() <= 2
+    assert list(res["rank"]) == [1, 2, 3, 4, 5]
+
+
+def test_cohort_strings_round_trip_and_deviation_score():
+    filters = {"os": "iOS", "browser": "Safari"}
+    assert format_cohort(filters) == "browser=Safari&os=iOS"
+    assert parse_cohort("browser=Safari&os=iOS") == filters
+    assert format_cohort({}) == "all" and parse_cohort("all") == {}
+    np.testing.assert_allclose(deviation_score([70, 0, 100], [100, 0, 100]), [60 / 170, 0, 0])
+
+
+def test_validation_errors():
+    cube = make_cube([], total=1_000, seed=0)
+    loc = Localizer()
+    with pytest.raises(ValueError, match="DataFrame"):
+        loc.localize(cube.to_dict(), DIMS, "additive")
+    with pytest.raises(ValueError, match="kpi"):
+        loc.localize(cube, DIMS, "median")
+    with pytest.raises(ValueError, match="missing column"):
+        loc.localize(cube, DIMS, "ratio")
+    with pytest.raises(ValueError, match="missing column"):
+        loc.localize(cube, [*DIMS, "region"], "additive")
+    with pytest.raises(ValueError, match="non-empty"):
+        loc.localize(cube, [], "additive")
+    with pytest.raises(ValueError, match="duplicate dimension values"):
+        loc.localize(cube, ["country"], "additive")
+    bad = cube.copy()
+    bad.loc[0, "actual"] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        loc.localize(bad, DIMS, "additive")
+    bad = cube.copy()
+    bad.loc[0, "expected"] = -1.0
+    with pytest.raises(ValueError, match="negative"):
+        loc.localize(bad, DIMS, "additive")
+    bad = cube.copy()
+    bad.loc[0, "os"] = None
+    with pytest.raises(ValueError, match="null"):
+        loc.localize(bad, DIMS, "additive")
+    with pytest.raises(ValueError, match="empty"):
+        loc.localize(cube.iloc[:0], DIMS, "additive")
+    with pytest.raises(ValueError, match="max_dimensions"):
+        Localizer(max_dimensions=0)
