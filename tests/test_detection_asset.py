@@ -40,14 +40,20 @@ def test_detection_scores_every_series_and_replaces_on_rerun(paths, dbt_manifest
                                 instance=dg.DagsterInstance.ephemeral())
         assert result.success
     con = duckdb.connect(str(paths["warehouse"]), read_only=True)
+    # the pipeline run scored every hour; the two re-materialised partitions were replaced
     per_hour = dict(con.execute("SELECT strftime(event_hour, '%H'), count(*) FROM "
-                                "detection.anomalies GROUP BY 1").fetchall())
+                                "detection.anomalies WHERE event_hour IN "
+                                "('2026-11-04 12:00:00+00', '2026-11-04 13:00:00+00') "
+                                "GROUP BY 1").fetchall())
+    (hours_scored,) = con.execute(
+        "SELECT count(DISTINCT event_hour) FROM detection.anomalies").fetchone()
     (monitored,) = con.execute(
         "SELECT count(*) FROM marts.fct_cohort_metrics_hourly "
         "WHERE event_hour = '2026-11-04 13:00:00+00'").fetchone()
     nulls = con.execute("SELECT count(*) FROM detection.anomalies WHERE severity IS NULL").fetchone()[0]
     con.close()
     assert per_hour == {"13": monitored}  # 12:00 skipped; the rerun replaced, not appended
+    assert hours_scored == 72 - 1  # hourly_pipeline detects too; 12:00 now has no rows
     assert nulls == 0
     meta = result.asset_materializations_for_node("cohort_anomalies")[0].metadata
     assert meta["series_scored"].value == monitored
