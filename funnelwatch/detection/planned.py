@@ -84,17 +84,22 @@ def suppress_outside_campaigns(scored: pd.DataFrame, windows: list[CampaignWindo
         belongs = parts.map(lambda items, pairs=set(window.cohort_pairs): bool(pairs & set(items)))
         outside = belongs.to_numpy() & ((ts < window.start) | (ts >= window.end)).to_numpy()
         hit = outside & scored["is_anomaly"].fillna(False).astype(bool).to_numpy()
-        if hit.any():
-            cleared += int(hit.sum())
-            scored.loc[hit, "is_anomaly"] = False
-            scored.loc[hit, "severity"] = 0.0
-            scored.loc[hit, "detectors_fired"] = pd.Series([[] for _ in range(int(hit.sum()))],
-                                                           index=scored.index[hit])
-            scored.loc[hit, "why"] = (
-                f"planned: campaign {window.campaign} runs {window.start:%Y-%m-%d %H:%M} .. "
-                f"{window.end:%Y-%m-%d %H:%M} UTC"
-            )
+        cleared += _clear(scored, hit, (
+            f"planned: campaign {window.campaign} runs {window.start:%Y-%m-%d %H:%M} .. "
+            f"{window.end:%Y-%m-%d %H:%M} UTC"))
     return cleared
+
+
+def _clear(scored: pd.DataFrame, hit, why: str) -> int:
+    """Turn the `hit` rows' alerts off, saying why; returns how many."""
+    count = int(hit.sum())
+    if count:
+        scored.loc[hit, "is_anomaly"] = False
+        scored.loc[hit, "severity"] = 0.0
+        scored.loc[hit, "detectors_fired"] = pd.Series([[] for _ in range(count)],
+                                                       index=scored.index[hit])
+        scored.loc[hit, "why"] = why
+    return count
 
 
 DQ_AFTERMATH = pd.Timedelta(hours=1)
@@ -110,13 +115,7 @@ def suppress_after_data_quality(scored: pd.DataFrame, failed: set) -> int:
     for lag in range(1, int(DQ_AFTERMATH / pd.Timedelta(hours=1)) + 1):
         after |= ts.isin(bad + pd.Timedelta(hours=lag)) & ~ts.isin(bad)
     hit = after.to_numpy() & scored["is_anomaly"].fillna(False).astype(bool).to_numpy()
-    if hit.any():
-        scored.loc[hit, "is_anomaly"] = False
-        scored.loc[hit, "severity"] = 0.0
-        scored.loc[hit, "detectors_fired"] = pd.Series([[] for _ in range(int(hit.sum()))],
-                                                       index=scored.index[hit])
-        scored.loc[hit, "why"] = "held back: the hour after a data-quality incident"
-    return int(hit.sum())
+    return _clear(scored, hit, "held back: the hour after a data-quality incident")
 
 
 __all__ = [
