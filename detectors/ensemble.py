@@ -112,6 +112,24 @@ class Ensemble(Detector):
             [self.directions.get(m, cfg.DEFAULT_DIRECTION) for m in metrics], dtype=object
         )
 
+    @staticmethod
+    def _store_lift(sids, metrics, current, x, expected) -> np.ndarray:
+        """Per row, max(1, observed / expected) of the same metric's `all` cohort at the same
+        ts (1 where the store-wide series is not in the frame)."""
+        cohorts = np.array([cfg.split_series_id(s)[1] for s in sids], dtype=object)
+        is_all = cohorts == "all"
+        lift = np.ones(len(x))
+        if not is_all.any():
+            return lift
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = np.where(is_all & (expected > 0), x / expected, np.nan)
+        ts = current["ts"].to_numpy()
+        table = pd.Series(ratio[is_all], index=pd.MultiIndex.from_arrays(
+            [metrics[is_all], ts[is_all]]))
+        table = table[~table.index.duplicated()]
+        looked_up = table.reindex(pd.MultiIndex.from_arrays([metrics, ts])).to_numpy()
+        return np.where(np.isfinite(looked_up), np.maximum(looked_up, 1.0), 1.0)
+
     def _fit(self, history: pd.DataFrame) -> None:
         import time
 
@@ -325,8 +343,11 @@ class Ensemble(Detector):
             raw = stack[:, -2] if stack.shape[1] >= 2 else stack[:, -1]
         # Holidays and promotions lift traffic by design: on those days (+-12 h, for the
         # store's time zones) a rise of a count is an alert only beyond `calendar_lift` times
-        # the usual level (a bot spike, not a Black Friday: ~2.5x sessions, ~3.3x events).
+        # the usual level scaled by the store-wide lift of that metric in that hour (a
+        # promotion lifts every cohort; a bot spike lifts one far beyond the store).
         expected_count = parts["hour_of_week"]["expected"].to_numpy()
+        allowance = (self.calendar_lift * np.abs(expected_count)
+                     * self._store_lift(sids, metrics, current, x, expected_count))
         calendar_rise = np.zeros(n, dtype=bool)
         if self.mode == "rate" and self.calendar_days_.size:
             ts_naive = normalize_ts(current["ts"])
@@ -335,8 +356,7 @@ class Ensemble(Detector):
                 days = (ts_naive + pd.Timedelta(hours=shift)).dt.normalize().to_numpy()
                 near |= np.isin(days, self.calendar_days_)
             calendar_rise = (
-                near & ~is_rate & (x > expected_count)
-                & (x <= self.calendar_lift * np.abs(expected_count))
+                near & ~is_rate & (x > expected_count) & (x <= allowance)
             )
             raw = np.where(calendar_rise, 0.0, raw)
         cold = hours < self.cold_start_hours

@@ -408,3 +408,21 @@ def test_cold_start_counts_from_the_first_active_hour():
     hist, cur = split(frame, hours=24 * 7 + 24)  # ~1 day of activity in the history
     r = Ensemble(use_prophet=False).fit(hist).score(cur.head(12))
     assert (r["reason"] == "cold start").all()
+
+
+def test_calendar_allowance_scales_with_the_store_wide_lift():
+    frame = funnel(n_cohorts=2)
+    frame["series_id"] = frame["series_id"].str.replace("|c0", "|all", regex=False)
+    hist, cur = split(frame)
+    cur = cur.copy()
+    when = cur["ts"].iloc[14]
+    holidays = pd.DataFrame({"holiday_date": [when.normalize().tz_localize(None)], "name": ["sale"]})
+    store = (cur["series_id"] == "sessions|all") & (cur["ts"] == when)
+    small = (cur["series_id"] == "sessions|c1") & (cur["ts"] == when)
+    for mask, factor in ((store, 2.0), (small, 6.0)):  # a 2x promotion; 6x = 3x the store's lift
+        cur.loc[mask, ["value", "numerator"]] = cur.loc[mask, "value"].iloc[0] * factor
+    r = Ensemble(use_prophet=False, holidays=holidays).fit(hist).score(cur)
+    assert not r.loc[small, "is_anomaly"].any()  # within 4x of what the store did that hour
+    cur.loc[small, ["value", "numerator"]] = cur.loc[small, "value"].iloc[0] * 2.0  # now 12x
+    r = Ensemble(use_prophet=False, holidays=holidays).fit(hist).score(cur)
+    assert r.loc[small, "is_anomaly"].all()

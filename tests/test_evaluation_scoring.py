@@ -111,3 +111,12 @@ def test_an_unrelated_alert_during_an_incident_is_its_own_false_event():
     events, _ = scoring.match(rows, TRUTH)
     assert sorted(zip(events["category"], events["verdict"])) == [("checkout", "true"),
                                                                    ("errors", "false")]
+
+
+def test_a_quiet_run_has_no_incidents_and_every_alert_is_false():
+    truth = scoring.truth_frame([])
+    assert str(truth["start"].dtype).startswith("datetime64")
+    events, incidents = scoring.match(flagged((5, "sessions", "all", 70)), truth)
+    assert incidents.empty and list(events["verdict"]) == ["false"]
+    both = pd.concat([incidents, scoring.match(flagged(), TRUTH)[1]], ignore_index=True)
+    assert str(both["start"].dtype).startswith("datetime64")

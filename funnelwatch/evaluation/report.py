@@ -126,7 +126,7 @@ def write_report(suite: str, outcomes, path: Path, elapsed_s: float | None = Non
     business = incidents[incidents["kind"] == "business"].copy()
     lines += ["## Every business incident", "",
               _table(business[["run", "id", "type", "start", "magnitude", "detected", "first_partition",
-                               "hours_to_detect"]].assign(start=business["start"].dt.strftime("%m-%d %H:%M")))]
+                               "hours_to_detect"]].assign(start=pd.to_datetime(business["start"], utc=True).dt.strftime("%m-%d %H:%M")))]
     dq = incidents[incidents["kind"] != "business"]
     lines += ["## Every data-quality fault", "",
               _table(dq[["run", "id", "type", "dq_flagged"]])]

@@ -91,11 +91,9 @@ def _utc(values) -> pd.Series:
 def truth_frame(labels: Iterable[dict]) -> pd.DataFrame:
     """Ground-truth labels (the simulator's JSON) as a frame with window_start/window_end."""
     frame = pd.DataFrame(list(labels))
-    if frame.empty:
-        return pd.DataFrame(
-            columns=["id", "type", "kind", "start", "end", "metric", "cohort", "magnitude",
-                     "window_start", "window_end"]
-        )
+    if frame.empty:  # a quiet run: typed columns, so it concatenates with the others
+        frame = pd.DataFrame(columns=["id", "type", "kind", "start", "end", "metric", "cohort",
+                                      "magnitude"])
     frame["start"], frame["end"] = _utc(frame["start"]), _utc(frame["end"])
     frame["window_start"] = frame["start"].dt.floor("h")
     return frame
