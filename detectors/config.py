@@ -81,6 +81,9 @@ CALENDAR_LIFT = 4.0
 MIN_COUNT_RISE = 0.5
 MIN_COUNT_DROP = 0.25
 
+# Sustained shifts: the rate test is also run on the last RATE_WINDOW_HOURS hours pooled.
+RATE_WINDOW_HOURS = 3
+
 SENSITIVITY_LEVELS = {"low": 0.25, "medium": 0.5, "high": 0.75}
 
 
@@ -165,6 +168,7 @@ __all__ = [
     "MIN_COUNT_RISE",
     "MIN_DENOMINATOR",
     "RATE_METRICS",
+    "RATE_WINDOW_HOURS",
     "WARM_UP_BAND_FACTOR",
     "WARM_UP_HOURS",
     "Thresholds",

@@ -41,7 +41,7 @@ from detectors.changepoint import CUSUMDetector
 from detectors.config import log10p
 from detectors.multivariate import MultivariateDetector
 from detectors.prophet_detector import ProphetDetector
-from detectors.stats import CountTest, RateTest
+from detectors.stats import CountTest, RateTest, betabinomial_pvalue
 
 ENSEMBLE_COLUMNS = SCORE_COLUMNS + ["severity", "detectors_fired", "why", "run_start"]
 
@@ -72,6 +72,7 @@ class Ensemble(Detector):
         calendar_lift: float = cfg.CALENDAR_LIFT,
         min_count_rise: float = cfg.MIN_COUNT_RISE,
         min_count_drop: float = cfg.MIN_COUNT_DROP,
+        window_hours: int = cfg.RATE_WINDOW_HOURS,
     ):
         super().__init__(sensitivity)
         if mode not in ("rate", "univariate"):
@@ -91,6 +92,7 @@ class Ensemble(Detector):
         self.requires_counts = False
         self.calendar_lift = calendar_lift
         self.min_count_rise, self.min_count_drop = min_count_rise, min_count_drop
+        self.window_hours = window_hours
         self.calendar_days_ = _calendar_days(holidays)
         # persistent across fits: the Prophet model cache and when each series was first seen
         self.prophet_ = ProphetDetector(
@@ -111,6 +113,59 @@ class Ensemble(Detector):
         return np.array(
             [self.directions.get(m, cfg.DEFAULT_DIRECTION) for m in metrics], dtype=object
         )
+
+    def _window_evidence(self, current, is_rate, allowed) -> tuple[np.ndarray, np.ndarray]:
+        """Normalised evidence of the pooled `window_hours` test per current row (0 where it
+        does not apply) and its text."""
+        n = len(current)
+        evidence, text = np.zeros(n), np.full(n, "", dtype=object)
+        test = getattr(self, "rate_test_", None)
+        if self.window_hours <= 1 or not is_rate.any() or not getattr(test, "fitted_", False):
+            return evidence, text
+        rows = np.flatnonzero(is_rate)
+        cols = ["series_id", "ts", "value", "numerator", "denominator"]
+        cur = current.iloc[rows][cols].assign(_row=rows)
+        tail = getattr(self, "rate_tail_", None)
+        parts = [cur]
+        if tail is not None and len(tail):
+            parts.insert(0, tail[tail["series_id"].isin(set(cur["series_id"]))].assign(_row=-1))
+        f = pd.concat(parts, ignore_index=True).sort_values(["series_id", "ts"], kind="stable")
+        f = f[(f["denominator"] >= 1) & f["numerator"].notna()].reset_index(drop=True)
+        if f.empty:
+            return evidence, text
+        pool = self.hod_pool_.reindex(
+            pd.MultiIndex.from_arrays([f["series_id"], f["ts"].dt.hour], names=["series_id", "hod"]))
+        trials = pool["denominator"].to_numpy()
+        with np.errstate(divide="ignore", invalid="ignore"):
+            p_hod = pool["numerator"].to_numpy() / trials
+        usable = np.isfinite(p_hod) & (trials >= 1)
+        p_row = np.clip(np.where(usable, p_hod, np.nan), 1e-6, 1 - 1e-6)
+        f["np"] = f["denominator"] * p_row
+        sums = (f.groupby("series_id")[["numerator", "denominator", "np"]]
+                .rolling(self.window_hours, min_periods=2).sum()
+                .reset_index(level=0, drop=True).reindex(f.index))
+        # overdispersion of the series, plus the uncertainty of the pooled expectation itself
+        # (Var(N p_hat) = N^2 p(1-p)/T is an intra-class correlation of 1/T)
+        rho = (test.rho_inflation * test.rho_.reindex(f["series_id"].to_numpy()).fillna(0.0).to_numpy()
+               + np.where(usable, 1.0 / np.maximum(trials, 1.0), 1.0))
+        k, nn, np_ = (sums[c].to_numpy() for c in ("numerator", "denominator", "np"))
+        ok = np.isfinite(k) & (f["_row"].to_numpy() >= 0) & (nn >= 1)
+        if not ok.any():
+            return evidence, text
+        pw = np.full(len(f), np.nan)
+        pw[ok] = betabinomial_pvalue(k[ok], nn[ok], np.clip(np_[ok] / nn[ok], 1e-6, 1 - 1e-6),
+                                     rho[ok], test.exact_max_n)
+        direction = direction_of(np.where(ok, k - np_, np.nan))
+        target = f["_row"].to_numpy()[ok]
+        want = allowed[target]
+        good = ((want == "both") & (direction[ok] != "none")) | (direction[ok] == want)
+        e = np.where(good, log10p(pw[ok]) / -np.log10(self.thresholds_.alpha), 0.0)
+        evidence[target] = e
+        text[target] = [
+            f"{self.window_hours} h pooled p={q:.2g}: {kk:.0f}/{m:.0f} vs expected {e_:.3g}"
+            for q, kk, m, e_ in zip(pw[ok], k[ok], nn[ok], np_[ok] / nn[ok])
+        ]
+        return evidence, text
 
     @staticmethod
     def _store_lift(sids, metrics, current, x, expected) -> np.ndarray:
@@ -176,6 +231,18 @@ class Ensemble(Detector):
                 self.rate_test_.fit(history[is_rate_row])
             if (~is_rate_row).any():
                 self.count_test_.fit(history[~is_rate_row])
+            # the last hours of each rate series and its pooled rate per hour of day (every
+            # trial of the history at that hour: a far steadier expectation than a median of
+            # four hourly rates), for the sustained-shift window test
+            rates = history[is_rate_row]
+            valid = rates[rates["denominator"] >= 1]
+            self.hod_pool_ = valid.groupby(
+                [valid["series_id"], valid["ts"].dt.hour.rename("hod")]
+            )[["numerator", "denominator"]].sum()
+            last = rates.groupby("series_id")["ts"].transform("max")
+            self.rate_tail_ = rates[
+                rates["ts"] > last - pd.Timedelta(hours=max(self.window_hours - 1, 0))
+            ][["series_id", "ts", "value", "numerator", "denominator"]]
             t["stats"] = time.perf_counter() - t0
         if self.use_prophet and self.prophet_top_n > 0:
             t0 = time.perf_counter()
@@ -316,6 +383,14 @@ class Ensemble(Detector):
             e_stat = e_stat / band
             fired["stats"] = e_stat > 1.0
             raw = np.minimum(e_shape, e_stat)
+            # Sustained shifts: the same test on the last `window_hours` hours pooled (k and n
+            # summed), so four hours of 12/47 against 0.55 add up to the evidence that no single
+            # hour has. It counts only while the current hour itself moves the alerting way.
+            e_window, window_text = self._window_evidence(current, is_rate, allowed)
+            e_window = np.where(ok_dir(sdir), e_window / band, 0.0)
+            fired["window"] = e_window > 1.0
+            raw = np.maximum(raw, np.minimum(e_shape, e_window))
+            stat_reason = np.where(fired["window"], stat_reason + "; " + window_text, stat_reason)
             den = current["denominator"].to_numpy()
             exp_h = parts["hour_of_week"]["expected"].to_numpy()
             # Practical significance for counts: traffic 20% above a weekday-heavy baseline on

@@ -426,3 +426,25 @@ def test_calendar_allowance_scales_with_the_store_wide_lift():
     cur.loc[small, ["value", "numerator"]] = cur.loc[small, "value"].iloc[0] * 2.0  # now 12x
     r = Ensemble(use_prophet=False, holidays=holidays).fit(hist).score(cur)
     assert r.loc[small, "is_anomaly"].all()
+
+
+def test_sustained_moderate_drop_is_caught_by_the_pooled_window_not_by_any_single_hour():
+    rng = np.random.default_rng(12)  # a draw where no single hour of the drop is extreme
+    hours = HOURS + 24
+    ts = pd.date_range("2024-01-01", periods=hours, freq="h", tz="UTC")
+    n = np.full(hours, 47.0)
+    rate = np.full(hours, 0.55)
+    rate[-20:-14] = 0.38  # six hours of a 30% drop, each hour alone too noisy to call
+    k = rng.binomial(47, rate).astype(float)
+    frame = pd.DataFrame({"series_id": "checkout_conversion_rate|c", "ts": ts, "value": k / n,
+                          "numerator": k, "denominator": n})
+    hist, cur = split(frame)
+    drop = cur.index[4:10]
+    pooled = Ensemble(use_prophet=False).fit(hist).score(cur)
+    single = Ensemble(use_prophet=False, window_hours=1).fit(hist).score(cur)
+    assert not single.loc[drop, "is_anomaly"].any()
+    assert pooled.loc[drop, "is_anomaly"].any()
+    assert not pooled.loc[drop[0], "is_anomaly"]  # one hour is not enough evidence
+    first = pooled.loc[drop][pooled.loc[drop, "is_anomaly"]].iloc[0]
+    assert "window" in first["detectors_fired"] and "h pooled" in first["why"]
+    assert not pooled.drop(index=drop)["is_anomaly"].any()
