@@ -26,7 +26,7 @@ help:
 	@echo "make test-all  the whole suite, slow tests included (CI)"
 	@echo "make dev       the Dagster UI on the demo warehouse"
 	@echo "make bench     the ingest benchmark"
-	@echo "make evaluate  simulator scenarios through the pipeline -> docs/evaluation.md (~40 min)"
+	@echo "make evaluate  simulator scenarios through the pipeline -> docs/evaluation.md (~1 h; --rescore ~12 min)"
 
 setup: .venv/.synced
 .venv/.synced: pyproject.toml uv.lock
