@@ -22,6 +22,7 @@ import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from email.message import EmailMessage
 from email.utils import make_msgid
@@ -80,7 +81,7 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
     return text
 
 
-class Channel:
+class Channel(ABC):
     """Base class: `send(notification, playbook)` delivers or raises `ChannelError`."""
 
     kind = "channel"
@@ -107,8 +108,9 @@ class Channel:
             raise ChannelError(f"{self.name}: {what} is not set (environment variable {env_name})")
         return value
 
+    @abstractmethod
     def send(self, notification: Notification, playbook: str | None = None) -> None:
-        raise NotImplementedError
+        """Deliver one notification; raise ChannelError (redacted) when it does not go out."""
 
 
 # --- HTTP -------------------------------------------------------------------------------------
