@@ -417,13 +417,14 @@ class Ensemble(Detector):
             )
             raw = stack[:, -2] if stack.shape[1] >= 2 else stack[:, -1]
         # Holidays and promotions lift traffic by design: on those days a rise of a count is an
-        # alert only beyond `calendar_lift` times the usual level scaled by the store-wide lift of that metric in that hour (a
-        # promotion lifts every cohort; a bot spike lifts one far beyond the store).
-        expected_count = parts["hour_of_week"]["expected"].to_numpy()
-        allowance = (self.calendar_lift * np.abs(expected_count)
-                     * self._store_lift(sids, metrics, current, x, expected_count))
+        # alert only beyond `calendar_lift` times the usual level, scaled by the store-wide lift
+        # of that metric in that hour (a promotion lifts every cohort; a bot spike lifts one far
+        # beyond the store).
         calendar_rise = np.zeros(n, dtype=bool)
         if self.mode == "rate" and self.calendar_days_.size:
+            expected_count = parts["hour_of_week"]["expected"].to_numpy()
+            allowance = (self.calendar_lift * np.abs(expected_count)
+                         * self._store_lift(sids, metrics, current, x, expected_count))
             ts_naive = normalize_ts(current["ts"])
             # a local calendar day D in the store's time zones (UTC-5 .. UTC+11, rounded out)
             # is [D - 12 h, D + 30 h) in UTC: ts + 12 h, ts or ts - 6 h falls on D

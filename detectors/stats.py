@@ -175,7 +175,6 @@ class RateTest(_StatTest):
         return f
 
     def _fit_dispersion(self, h):
-        self.nbar_ = h.groupby("series_id")["denominator"].mean()
         h = h[(h["denominator"] >= 1) & h["numerator"].notna() & h["p"].notna()]
         k, n, p = h["numerator"], h["denominator"], h["p"]
         base = n * p * (1 - p)
