@@ -1,0 +1,2 @@
+"""Incidents: anomalies grouped into one problem each, with root cause, impact, state,
+timeline, report and feedback. See docs/incidents.md."""
