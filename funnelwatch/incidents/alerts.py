@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import duckdb
+import pandas as pd
 
 from funnelwatch.alerting import Notification, RoutingConfig, build_channel, enqueue, route
 from funnelwatch.alerting.outbox import TABLE as OUTBOX_TABLE
@@ -158,10 +159,8 @@ def enqueue_incident_alerts(
 
 
 def _missing(value) -> bool:
-    try:
-        return value is None or (value != value)  # NaN / NaT
-    except (TypeError, ValueError):
-        return False
+    """None, NaN or NaT (pandas' missing values in a records dict); lists are values."""
+    return value is None or value is pd.NaT or (isinstance(value, float) and value != value)
 
 
 def _was_triggered(con, alert_key: str) -> bool:
