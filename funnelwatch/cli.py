@@ -118,6 +118,9 @@ def run(
     start: Annotated[str | None, typer.Option(help="First hour (UTC), default: first landed hour.")] = None,
     end: Annotated[str | None, typer.Option(help="End hour, exclusive, default: after the last landed hour.")] = None,
     job: Annotated[str, typer.Option(help="The partitioned job to run.")] = "hourly_pipeline",
+    respond: Annotated[bool, typer.Option(
+        help="After hourly_pipeline / detect_anomalies, run respond_to_anomalies (incidents, "
+             "root cause, reports, alerts) over the same hours.")] = True,
 ):
     """Run the hourly pipeline (or another partitioned job) headless over a window, as ONE run
     (a single-run backfill), recorded in the Dagster instance at $DAGSTER_HOME so `make dev`
@@ -141,23 +144,29 @@ def run(
         job_def = defs.resolve_job_def(job)
     except dg.DagsterInvariantViolationError:
         _fail(f"no job {job!r} (jobs: {sorted(j.name for j in defs.resolve_all_job_defs())})")
+    jobs = [job_def]
+    # On the schedule, anomalies_sensor launches the respond job for every scored hour; a
+    # range run is a backfill the sensor leaves to its caller, so run it here in hour order.
+    if respond and job in ("hourly_pipeline", "detect_anomalies"):
+        jobs.append(defs.resolve_job_def("respond_to_anomalies"))
     instance = dg.DagsterInstance.get()
-    typer.echo(f"running {job} over {len(keys)} hours: {keys[0]} .. {keys[-1]}")
-    result = job_def.execute_in_process(
-        instance=instance,
-        # INFO on the console: a range run records one materialization per hour and asset,
-        # thousands of DEBUG lines that would only slow the terminal down.
-        run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
-        tags={
-            "dagster/asset_partition_range_start": keys[0],
-            "dagster/asset_partition_range_end": keys[-1],
-        },
-        raise_on_error=False,
-    )
-    if not result.success:
-        typer.echo(f"run {result.run_id} failed; see `make dev` for the logs", err=True)
-        raise typer.Exit(1)
-    typer.echo(f"run {result.run_id} succeeded")
+    for one in jobs:
+        typer.echo(f"running {one.name} over {len(keys)} hours: {keys[0]} .. {keys[-1]}")
+        result = one.execute_in_process(
+            instance=instance,
+            # INFO on the console: a range run records one materialization per hour and
+            # asset, thousands of DEBUG lines that would only slow the terminal down.
+            run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
+            tags={
+                "dagster/asset_partition_range_start": keys[0],
+                "dagster/asset_partition_range_end": keys[-1],
+            },
+            raise_on_error=False,
+        )
+        if not result.success:
+            typer.echo(f"run {result.run_id} failed; see `make dev` for the logs", err=True)
+            raise typer.Exit(1)
+        typer.echo(f"run {result.run_id} ({one.name}) succeeded")
 
 
 def _top_anomalies_text(warehouse: Path, hours: int) -> str:
@@ -280,6 +289,13 @@ def contract():
 
     typer.echo(contract_markdown(), nl=False)
 
+
+# The incident layer's commands live beside its code.
+from funnelwatch.incidents import commands as _incident_commands  # noqa: E402
+from funnelwatch.incidents import feedback_commands as _feedback_commands  # noqa: E402
+
+_incident_commands.register(app)
+_feedback_commands.register(app)
 
 if __name__ == "__main__":
     app()

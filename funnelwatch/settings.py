@@ -13,6 +13,7 @@ DEFAULTS = {
     "FUNNELWATCH_LANDING": "data/landing",
     "FUNNELWATCH_WAREHOUSE": "warehouse/funnelwatch.duckdb",
     "FUNNELWATCH_PUBLISH_DIR": "warehouse/published",
+    "FUNNELWATCH_FEEDBACK_DIR": "data/feedback",  # incident feedback spool (incidents.feedback)
 }
 
 
@@ -21,6 +22,7 @@ class Settings:
     landing: Path
     warehouse: Path
     publish_dir: Path
+    feedback_dir: Path = Path(DEFAULTS["FUNNELWATCH_FEEDBACK_DIR"])
 
     @classmethod
     def from_env(cls, export: bool = True) -> Settings:
@@ -33,4 +35,5 @@ class Settings:
             landing=Path(values["FUNNELWATCH_LANDING"]),
             warehouse=Path(values["FUNNELWATCH_WAREHOUSE"]),
             publish_dir=Path(values["FUNNELWATCH_PUBLISH_DIR"]),
+            feedback_dir=Path(values["FUNNELWATCH_FEEDBACK_DIR"]),
         )

@@ -37,6 +37,7 @@ class WindowResult:
     prophet_reused: int = 0  # series scored with a model fitted before this call (stored)
     prophet_saved: int = 0  # models written to detection.prophet_models
     planned_cleared: int = 0  # alerts cleared: campaign not running, hour after a DQ incident
+    feedback_cleared: int = 0  # alerts cleared by incident feedback (funnelwatch.incidents.feedback)
 
 
 def _chunks(start: datetime, end: datetime) -> list[tuple[datetime, datetime]]:
@@ -114,11 +115,17 @@ def score_window(
         if persist_models and refitted:
             saved = save_prophet_models(con, prophet.export_models(refitted))
     out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-    planned_cleared = 0
+    planned_cleared = feedback_cleared = 0
     if not out.empty:
         planned_cleared = suppress_outside_campaigns(out, campaign_windows(con, start, end))
         planned_cleared += suppress_after_data_quality(
             out, failed_hours(con, start - DQ_AFTERMATH, end))
+        # --- incident feedback (funnelwatch/incidents/feedback.py): false alarms raise their
+        # series' threshold, 'expected' windows are suppressed. No incidents schema -> no rules.
+        from funnelwatch.incidents.feedback import active_feedback, apply_feedback
+
+        out, feedback_cleared = apply_feedback(out, active_feedback(con, start, end))
+        # --- end incident feedback
         out = out.rename(columns={"ts": "event_hour"})
         if "detectors_fired" in out.columns:
             out["detectors_fired"] = out["detectors_fired"].apply(
@@ -129,4 +136,5 @@ def score_window(
         prophet_reused=len(reused),
         prophet_saved=saved,
         planned_cleared=planned_cleared,
+        feedback_cleared=feedback_cleared,
     )
