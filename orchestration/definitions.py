@@ -9,13 +9,17 @@ from orchestration.detect import assets as detect
 from orchestration.ingest import assets as ingest
 from orchestration.quality import checks as quality
 from orchestration.resources import default_resources
+from orchestration.respond import assets as respond
+from orchestration.respond import jobs as respond_jobs
+from orchestration.respond import sensors as respond_sensors
 from orchestration.serve import assets as serve
 from orchestration.transform import assets as transform
 
 defs = dg.Definitions(
-    assets=[*ingest.assets, *transform.assets, *serve.assets, *detect.assets],
+    assets=[*ingest.assets, *transform.assets, *serve.assets, *detect.assets, *respond.assets],
     asset_checks=[*quality.checks],
-    jobs=[jobs.hourly_pipeline, jobs.detect_anomalies],
+    jobs=[jobs.hourly_pipeline, jobs.detect_anomalies, respond_jobs.respond_to_anomalies],
     schedules=[jobs.hourly_pipeline_schedule],
+    sensors=[respond_sensors.anomalies_sensor, respond_sensors.pipeline_failure_to_ops],
     resources=default_resources(),
 )

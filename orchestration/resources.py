@@ -64,6 +64,7 @@ def default_resources() -> dict:
     from dagster_dbt import DbtCliResource
 
     from orchestration.detect.assets import DetectionSettings
+    from orchestration.respond.resources import AlertingSettings, IncidentSettings
     from orchestration.transform.project import dbt_executable, dbt_project
 
     return {
@@ -75,4 +76,6 @@ def default_resources() -> dict:
         "pseudonymizer": PseudonymizerResource(),
         "dbt": DbtCliResource(project_dir=dbt_project, dbt_executable=dbt_executable()),
         "detection": DetectionSettings(),
+        "incident_settings": IncidentSettings(),
+        "alerting": AlertingSettings(),
     }

@@ -105,6 +105,7 @@ def cohort_anomalies(
         "prophet_models_reused": dg.MetadataValue.int(result.prophet_reused),
         "prophet_models_saved": dg.MetadataValue.int(result.prophet_saved),
         "alerts_cleared_as_planned_or_dq_aftermath": dg.MetadataValue.int(result.planned_cleared),
+        "alerts_cleared_by_incident_feedback": dg.MetadataValue.int(result.feedback_cleared),
     }
     if scored.empty:
         return dg.MaterializeResult(metadata=metadata)
