@@ -149,6 +149,7 @@ def write_report(suite: str, outcomes, path: Path, elapsed_s: float | None = Non
                   _table(caught_first), "Caught at any hour of the incident:", "", _table(caught_any),
                   _table(smallest.reset_index())]
     lines += _power_section(outcomes)
+    lines += incident_sections(outcomes)
     runs = pd.DataFrame([
         {"run": o.spec.key, "scenario": o.spec.scenario, "sessions/h": o.spec.sessions_per_hour,
          "days scored": o.days, "alert events": len(o.events),
@@ -186,3 +187,55 @@ def _power_section(outcomes) -> list[str]:
         "store's own ratios:"
     )
     return ["## What one hour of data can show", "", text, "", _table(pd.DataFrame(rows))]
+
+
+def incident_sections(outcomes) -> list[str]:
+    """Incidents (how many pages the points became), root-cause accuracy (on the incidents
+    the pipeline opened, and given the labelled window) and the effect of feedback."""
+    from funnelwatch.evaluation import feedback_effect, rca_accuracy
+    from funnelwatch.evaluation.incident_eval import false_incidents, match_incidents, rca_of
+
+    runs, pipeline_pairs, oracle_pairs = [], [], []
+    for o in outcomes:
+        if o.folder is None:
+            continue
+        matched = match_incidents(o.incident_rows, o.labels)
+        false = false_incidents(o.incident_rows, o.labels)
+        runs.append({
+            "run": o.spec.key, "flagged points": len(o.flagged),
+            "incidents": len(o.incident_rows),
+            "points per incident": (len(o.flagged) / len(o.incident_rows)
+                                    if len(o.incident_rows) else float("nan")),
+            "false incidents": len(false),
+            "false incidents/day": len(false) / o.days if o.days else float("nan"),
+            "business incidents with an incident": f"{sum(i is not None for _, i in matched)}"
+                                                   f" of {len(matched)}",
+        })
+        for label, incident in matched:
+            rca = rca_of(incident)
+            if rca and "error" not in rca:
+                pipeline_pairs.append(({**label, "run": o.spec.key}, rca))
+        oracle_pairs += rca_accuracy.oracle_rca(o.folder / "warehouse" / "funnelwatch.duckdb",
+                                                o.folder / "ground_truth.json")
+    if not runs:
+        return []
+    lines = ["## Incidents", "",
+             "Anomaly points grouped into incidents (`funnelwatch/incidents/lifecycle.py`). A "
+             "false incident overlaps no labelled incident of any kind.", "",
+             _table(pd.DataFrame(runs))]
+    lines += ["## Root cause", "",
+              "**On the incidents the pipeline opened** (detection, grouping and root cause end "
+              "to end; each labelled business incident is paired with the most severe incident "
+              "that overlaps it in a compatible cohort, see "
+              "`funnelwatch/evaluation/incident_eval.py`):", ""]
+    lines += ([rca_accuracy.markdown_section(rca_accuracy.score_rca(pipeline_pairs))]
+              if pipeline_pairs else ["_no labelled incident became an incident_", ""])
+    lines += ["", "**Given the labelled window** (every labelled business incident analysed over "
+              "its own window and metric as if the whole store had been flagged: where must be "
+              "found from scratch; detection's recall is not in the loop):", ""]
+    lines += ([rca_accuracy.markdown_section(rca_accuracy.score_rca(oracle_pairs))]
+              if oracle_pairs else ["_no labelled business incidents_", ""])
+    folders = {o.spec.key: o.folder for o in outcomes if o.folder is not None}
+    effect = feedback_effect.evaluate_outcomes(outcomes, folders)
+    lines += ["", feedback_effect.markdown_section(effect)]
+    return lines

@@ -14,7 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -122,10 +122,14 @@ def execute(spec: RunSpec, out: Path, rescore: bool = False, echo=print) -> Path
             if not _has_detections(folder):  # a pipeline without the detect step: run it
                 _funnelwatch(["run", "--job", "detect_anomalies"], folder, log)
         done.write_text(datetime.now().isoformat())
-    elif rescore:
+    elif rescore:  # detection again, then incidents (funnelwatch run does both)
         echo(f"[{spec.key}] re-running detection")
         with open(folder / "pipeline.log", "a") as log:
             _funnelwatch(["run", "--job", "detect_anomalies"], folder, log)
+    if not _has_table(folder, "incidents", "incidents"):  # built before the incident layer
+        echo(f"[{spec.key}] grouping anomalies into incidents")
+        with open(folder / "pipeline.log", "a") as log:
+            _funnelwatch(["run", "--job", "respond_to_anomalies"], folder, log)
     return folder
 
 
@@ -133,13 +137,19 @@ def _warehouse(folder: Path) -> Path:
     return folder / "warehouse" / "funnelwatch.duckdb"
 
 
-def _has_detections(folder: Path) -> bool:
+def _has_table(folder: Path, schema: str, table: str) -> bool:
     with duckdb.connect(str(_warehouse(folder)), read_only=True) as con:
-        found = con.execute(
+        return bool(con.execute(
             "SELECT count(*) FROM information_schema.tables "
-            "WHERE table_schema = 'detection' AND table_name = 'anomalies'"
-        ).fetchone()[0]
-        return bool(found) and con.execute("SELECT count(*) FROM detection.anomalies").fetchone()[0] > 0
+            "WHERE table_schema = $s AND table_name = $t", {"s": schema, "t": table},
+        ).fetchone()[0])
+
+
+def _has_detections(folder: Path) -> bool:
+    if not _has_table(folder, "detection", "anomalies"):
+        return False
+    with duckdb.connect(str(_warehouse(folder)), read_only=True) as con:
+        return con.execute("SELECT count(*) FROM detection.anomalies").fetchone()[0] > 0
 
 
 @dataclass
@@ -151,12 +161,16 @@ class RunOutcome:
     days: float
     cohort_sessions: pd.DataFrame  # mean sessions/h per cohort
     checkout_ratio: tuple[float, float]  # (checkout starts per session, checkout conversion)
+    folder: Path | None = None
+    labels: list = field(default_factory=list)  # ground_truth.json
+    incident_rows: pd.DataFrame = field(default_factory=pd.DataFrame)  # incidents.incidents
 
 
 def collect(spec: RunSpec, folder: Path, rules: scoring.MatchingRules = scoring.DEFAULT_RULES,
             cold_start_hours: float = 48) -> RunOutcome:
     """Read what the pipeline produced and match it against the run's ground truth."""
-    truth = scoring.truth_frame(json.loads((folder / "ground_truth.json").read_text()))
+    labels = json.loads((folder / "ground_truth.json").read_text())
+    truth = scoring.truth_frame(labels)
     with duckdb.connect(str(_warehouse(folder)), read_only=True) as con:
         flagged = con.execute(
             "SELECT event_hour, metric, cohort, value, expected, severity, why "
@@ -182,9 +196,14 @@ def collect(spec: RunSpec, folder: Path, rules: scoring.MatchingRules = scoring.
             "WHERE c.metric = 'checkout_conversion_rate' AND c.cohort = 'all'"
         ).fetchone()
     events, incidents = scoring.match(flagged, truth, dq_hours, special, rules)
+    incident_rows = pd.DataFrame()
+    if _has_table(folder, "incidents", "incidents"):
+        with duckdb.connect(str(_warehouse(folder)), read_only=True) as con:
+            incident_rows = con.execute(
+                "SELECT * FROM incidents.incidents ORDER BY started_at").df()
     first, last = (pd.Timestamp(v) for v in scored)
     days = max(0.0, ((last - first) / pd.Timedelta(hours=1) + 1 - cold_start_hours) / 24)
     for frame in (events, incidents):
         frame.insert(0, "run", spec.key)
     return RunOutcome(spec, events, incidents, flagged, days, cohort_sessions,
-                      (starts / sessions, purchases / starts))
+                      (starts / sessions, purchases / starts), folder, labels, incident_rows)

@@ -1,0 +1,444 @@
+"""Incident root cause (funnelwatch.incidents.rca) on a real DuckDB warehouse built here.
+
+The synthetic store: 8 days of hourly funnel counts for 54 leaf cohorts (device x os x browser x
+country x campaign) drawn from a fixed funnel with binomial noise, plus the tables the analysis
+reads (category hourly, deploys, campaigns, a thin raw.events). Planted:
+
+* from DAY8 12:00 for 12 h, iOS Safari visitors of ig_sale complete the payment step half as
+  often (payment_step -> review_step x 0.5), after a payment-widget deploy at 11:55 (decoys:
+  a search deploy at 03:00, a web deploy at 20:00);
+* from DAY8 00:00 for 6 h, electronics cannot be added to cart (category table).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pytest
+
+from funnelwatch.incidents.rca import analyse_incident
+
+T0 = datetime(2026, 11, 1, tzinfo=UTC)
+DAY8 = T0 + timedelta(days=7)
+INC_START, INC_END = DAY8 + timedelta(hours=12), DAY8 + timedelta(hours=24)
+STOCK_START, STOCK_END = DAY8, DAY8 + timedelta(hours=6)
+RATES = {  # conversion from the previous stage
+    "product_view_sessions": 0.7,
+    "add_to_cart_sessions": 0.2,
+    "checkout_start_sessions": 0.45,
+    "shipping_step_sessions": 0.86,
+    "payment_step_sessions": 0.9,
+    "review_step_sessions": 0.9,
+    "payment_attempt_sessions": 0.95,
+    "purchase_sessions": 0.97,
+}
+DEVICES = [
+    ("mobile", "iOS", "Safari"),
+    ("mobile", "iOS", "Chrome"),
+    ("mobile", "Android", "Chrome"),
+    ("desktop", "Windows", "Chrome"),
+    ("desktop", "macOS", "Safari"),
+    ("desktop", "macOS", "Chrome"),
+]
+CAMPAIGNS = {
+    "(none)": ("(none)", "(none)"),
+    "ig_sale": ("instagram", "social"),
+    "brand_search": ("google", "cpc"),
+}
+CATEGORIES = ["electronics", "books", "home", "toys"]
+
+
+def _build(path: Path, seed: int = 3) -> None:
+    rng = np.random.default_rng(seed)
+    hours = [T0 + timedelta(hours=h) for h in range(24 * 8)]
+    rows = []
+    for h in hours:
+        daily = 1.0 + 0.4 * np.sin((h.hour - 6) / 24 * 2 * np.pi)
+        for device, os_, browser in DEVICES:
+            for country in ("US", "GB", "DE"):
+                for camp, (src, med) in CAMPAIGNS.items():
+                    n = int(rng.poisson(60 * daily))
+                    row = {
+                        "event_hour": h,
+                        "device_type": device,
+                        "os": os_,
+                        "browser": browser,
+                        "country": country,
+                        "utm_source": src,
+                        "utm_medium": med,
+                        "utm_campaign": camp,
+                        "sessions": n,
+                    }
+                    prev = n
+                    for col, rate in RATES.items():
+                        if (
+                            col == "review_step_sessions"
+                            and os_ == "iOS"
+                            and browser == "Safari"
+                            and camp == "ig_sale"
+                            and INC_START <= h < INC_END
+                        ):
+                            rate *= 0.5
+                        prev = int(rng.binomial(prev, rate))
+                        row[col] = prev
+                    row["payment_attempts"] = row["payment_attempt_sessions"]
+                    row["payment_failures"] = (
+                        row["payment_attempt_sessions"] - row["purchase_sessions"]
+                    )
+                    row["purchases"] = row["purchase_sessions"]
+                    row["revenue"] = float(row["purchases"] * rng.uniform(90, 110))
+                    row["js_error_sessions"] = int(rng.binomial(n, 0.01))
+                    row["events"] = n * 6
+                    rows.append(row)
+    funnel = pd.DataFrame(rows)
+    cats = []
+    for h in hours:
+        for c in CATEGORIES:
+            pv = int(rng.poisson(400))
+            rate = 0.0 if (c == "electronics" and STOCK_START <= h < STOCK_END) else 0.2
+            atc = int(rng.binomial(pv, rate))
+            cats.append(
+                {
+                    "event_hour": h,
+                    "category": c,
+                    "product_view_sessions": pv,
+                    "add_to_cart_sessions": atc,
+                    "add_to_cart_rate": atc / pv if pv else None,
+                }
+            )
+    categories = pd.DataFrame(cats)
+    deploys = pd.DataFrame(
+        [
+            {
+                "deploy_id": "d1",
+                "deploy_time": DAY8 + timedelta(hours=3),
+                "service": "search",
+                "version": "3.1.0",
+                "description": "index rebuild",
+            },
+            {
+                "deploy_id": "d2",
+                "deploy_time": INC_START - timedelta(minutes=5),
+                "service": "payment-widget",
+                "version": "9.9.0",
+                "description": "wallet button layout",
+            },
+            {
+                "deploy_id": "d3",
+                "deploy_time": DAY8 + timedelta(hours=20),
+                "service": "web",
+                "version": "4.0.1",
+                "description": "footer links",
+            },
+        ]
+    )
+    deploys["deploy_hour"] = deploys["deploy_time"].dt.floor("h")
+    campaigns = pd.DataFrame(
+        [
+            {
+                "campaign_id": "c1",
+                "campaign_name": "ig_sale",
+                "start_time": T0 - timedelta(days=3),
+                "end_time": T0 + timedelta(days=20),
+                "channel": "social",
+                "duration_hours": 552.0,
+            },
+        ]
+    )
+    campaigns["start_hour"] = campaigns["start_time"]
+    events = []
+    for h in hours:
+        for i in range(20):
+            events.append(
+                {
+                    "event_time": h + timedelta(minutes=3 * i),
+                    "event_type": "page_view",
+                    "user_id": f"u{i}",
+                    "session_id": f"s{h:%d%H}{i}",
+                    "error_code": None,
+                    "payment_provider": None,
+                    "payment_status": None,
+                    "latency_ms": None,
+                    "device_type": "mobile",
+                    "os": "iOS",
+                    "browser": "Safari",
+                    "country": "US",
+                    "utm_source": "instagram",
+                    "utm_medium": "social",
+                    "utm_campaign": "ig_sale",
+                }
+            )
+        for i, et in enumerate(
+            (
+                "product_view",
+                "add_to_cart",
+                "checkout_start",
+                "checkout_step",
+                "payment_attempt",
+                "purchase",
+            )
+        ):
+            events.append(
+                {
+                    "event_time": h + timedelta(minutes=i),
+                    "event_type": et,
+                    "user_id": "u1",
+                    "session_id": f"s{h:%d%H}1",
+                    "error_code": None,
+                    "payment_provider": "stripe" if et == "payment_attempt" else None,
+                    "payment_status": "success" if et == "payment_attempt" else None,
+                    "latency_ms": 300.0 if et == "payment_attempt" else None,
+                    "device_type": "mobile",
+                    "os": "iOS",
+                    "browser": "Safari",
+                    "country": "US",
+                    "utm_source": "instagram",
+                    "utm_medium": "social",
+                    "utm_campaign": "ig_sale",
+                }
+            )
+    raw = pd.DataFrame(events)
+    raw["event_hour"] = raw["event_time"].dt.floor("h")
+    con = duckdb.connect(str(path))
+    try:
+        for schema in ("marts", "intermediate", "raw"):
+            con.execute(f"create schema {schema}")
+        for name, frame in (
+            ("marts.fct_funnel_hourly", funnel),
+            ("intermediate.int_category_hourly", categories),
+            ("marts.dim_deploys", deploys),
+            ("marts.dim_campaigns", campaigns),
+            ("raw.events", raw),
+        ):
+            con.register("frame", frame)
+            con.execute(f"create table {name} as select * from frame")
+            con.unregister("frame")
+        # typed like the marts: timestamptz and varchar codes
+        for t, c in (
+            ("marts.fct_funnel_hourly", "event_hour"),
+            ("intermediate.int_category_hourly", "event_hour"),
+            ("marts.dim_deploys", "deploy_time"),
+            ("marts.dim_campaigns", "start_time"),
+            ("raw.events", "event_time"),
+            ("raw.events", "event_hour"),
+        ):
+            con.execute(f"alter table {t} alter {c} type timestamptz")
+        for c in ("error_code", "payment_provider", "payment_status"):
+            con.execute(f"alter table raw.events alter {c} type varchar")
+        con.execute("alter table raw.events alter latency_ms type double")
+    finally:
+        con.close()
+
+
+@pytest.fixture(scope="module")
+def warehouse(tmp_path_factory):
+    path = tmp_path_factory.mktemp("rca") / "funnelwatch.duckdb"
+    _build(path)
+    con = duckdb.connect(str(path), read_only=True)
+    yield con
+    con.close()
+
+
+def test_planted_payment_step_drop_is_localised_stepped_explained_and_costed(warehouse):
+    t0 = time.perf_counter()
+    result = analyse_incident(
+        warehouse, metric="checkout_conversion_rate", cohort="all", start=INC_START, end=INC_END
+    )
+    elapsed = time.perf_counter() - t0
+    json.dumps(result)  # JSON-serialisable as returned
+    assert (
+        result["window_start"] == INC_START.isoformat()
+        and result["window_end"] == INC_END.isoformat()
+    )
+
+    top = result["where"][0]
+    assert top["filters"] == {"os": "iOS", "browser": "Safari", "utm_campaign": "ig_sale"}
+    assert top["cohort"] == "browser=Safari&os=iOS&utm_campaign=ig_sale"
+    assert top["z"] < -5 and top["deviation"] < -0.2 and top["root_cause"] is True
+    assert 1 <= len(result["where"]) <= 3 and [w["rank"] for w in result["where"]] == list(
+        range(1, len(result["where"]) + 1)
+    )
+
+    assert result["funnel_step"] == "review_step"
+    step = next(s for s in result["funnel"] if s["step"] == "review_step")
+    assert step["change"] < -0.3  # the cohort's payment -> review conversion halved ...
+    assert abs(step["rest_change"]) < 0.05  # ... the rest of the store did not move
+
+    first = result["hypotheses"][0]
+    assert (first["kind"], first["ref"], first["service"]) == ("deploy", "9.9.0", "payment-widget")
+    assert first["at"].startswith((INC_START - timedelta(minutes=5)).isoformat()[:16])
+    assert 0.5 <= first["contribution"] <= 1.0 and "review_step" in first["evidence"]
+    # the decoys (search 9 h before, web 8 h after the onset) are absent or rank lower
+    refs = [h["ref"] for h in result["hypotheses"]]
+    assert refs[0] == "9.9.0" and all(
+        h["contribution"] == 0 for h in result["hypotheses"][1:] if h["kind"] == "deploy"
+    )
+
+    impact = result["impact"]
+    # expected loss: ~3 leaves x 60 sessions x 0.7 x 0.2 x 0.45 x 0.86 x 0.9 x 0.45 x ... x 12 h
+    assert 20 <= impact["lost_orders"] <= 70
+    assert 90 <= impact["average_order_value"] <= 110
+    assert impact["revenue_at_risk"] == pytest.approx(
+        impact["lost_orders"] * impact["average_order_value"], rel=1e-3
+    )
+    hours = impact["per_hour"]
+    assert len(hours) == 12 and hours[0]["event_hour"] == INC_START.isoformat()
+    assert hours[-1]["cumulative_revenue_at_risk"] == pytest.approx(
+        impact["revenue_at_risk"], rel=1e-3
+    )
+    assert elapsed < 2.0
+
+
+def test_stock_out_is_named_by_category(warehouse):
+    result = analyse_incident(
+        warehouse,
+        metric="add_to_cart_rate",
+        cohort="category=electronics",
+        start=STOCK_START,
+        end=STOCK_END,
+    )
+    assert result["where"][0]["filters"] == {"category": "electronics"}
+    assert result["where"][0]["actual"] == 0.0
+    first = result["hypotheses"][0]
+    assert (first["kind"], first["ref"]) == ("stock_out", "electronics")
+    assert first["contribution"] > 0.9
+
+
+def test_quiet_window_finds_no_confident_cause(warehouse):
+    start = T0 + timedelta(days=7, hours=6)
+    result = analyse_incident(
+        warehouse,
+        metric="checkout_conversion_rate",
+        cohort="os=Android",
+        start=start,
+        end=start + timedelta(hours=4),
+    )
+    # localised inside the flagged cohort, nothing significant, no loss
+    assert all(w["filters"].get("os") == "Android" for w in result["where"])
+    assert not any(w["root_cause"] for w in result["where"])
+    assert result["impact"]["lost_orders"] >= 0
+    assert not any(h["kind"] == "deploy" and h["contribution"] > 0 for h in result["hypotheses"])
+
+
+def test_rise_in_sessions_reports_no_lost_orders(warehouse):
+    result = analyse_incident(
+        warehouse, metric="sessions", cohort="all", start=INC_START, end=INC_END
+    )
+    assert result["funnel_step"] is None or isinstance(result["funnel_step"], str)
+    assert result["impact"]["lost_orders"] >= 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"metric": "conversion_of_everything"}, "unknown metric"),
+        ({"end": INC_START}, "empty window"),
+        ({"start": T0 + timedelta(days=30), "end": T0 + timedelta(days=30, hours=2)}, "no data"),
+        ({"start": INC_START.replace(tzinfo=None)}, "timezone-aware"),
+        ({"cohort": "planet=Mars"}, "unknown dimension"),
+    ],
+)
+def test_bad_requests_raise_clear_errors(warehouse, kwargs, message):
+    args = {
+        "metric": "checkout_conversion_rate",
+        "cohort": "all",
+        "start": INC_START,
+        "end": INC_END,
+        **kwargs,
+    }
+    with pytest.raises(ValueError, match=message):
+        analyse_incident(warehouse, **args)
+
+
+SEED42 = Path(__file__).resolve().parents[1] / "evaluation_runs" / "incidents-seed42"
+
+
+@pytest.mark.skipif(
+    not (SEED42 / "warehouse" / "funnelwatch.duckdb").exists(),
+    reason="evaluation_runs/incidents-seed42 is absent (built by `make evaluate`)",
+)
+def test_seeded_ios_safari_incident_on_the_simulated_warehouse(tmp_path):
+    copy = tmp_path / "seed42.duckdb"  # never open an evaluation warehouse in place
+    shutil.copy(SEED42 / "warehouse" / "funnelwatch.duckdb", copy)
+    con = duckdb.connect(str(copy), read_only=True)
+    try:
+        result = analyse_incident(
+            con,
+            metric="checkout_conversion_rate",
+            cohort="all",
+            start=datetime(2026, 11, 21, 14, tzinfo=UTC),
+            end=datetime(2026, 11, 24, 14, tzinfo=UTC),
+        )
+    finally:
+        con.close()
+    assert result["where"][0]["filters"] == {
+        "os": "iOS",
+        "browser": "Safari",
+        "utm_campaign": "ig_sale",
+    }
+    first = result["hypotheses"][0]
+    assert (first["kind"], first["ref"], first["service"]) == ("deploy", "1.14.0", "payment-widget")
+    assert result["funnel_step"] == "review_step"
+    assert result["impact"]["lost_orders"] > 0
+
+
+def test_score_rca_matches_where_and_cause_by_the_label_rules():
+    from funnelwatch.evaluation.rca_accuracy import markdown_section, score_rca
+
+    truth = {
+        "id": "ios",
+        "type": "cohort_checkout_drop",
+        "magnitude": -0.18,
+        "cohort": {"os": "iOS", "browser": "Safari", "utm_campaign": "ig_sale"},
+        "cause": {"type": "deploy", "ref": "1.14.0", "service": "payment-widget"},
+        "drop_after": "payment",
+    }
+    hit = {
+        "where": [
+            {
+                "cohort": "browser=Safari&utm_campaign=ig_sale",
+                "filters": {"browser": "Safari", "utm_campaign": "ig_sale"},
+            },
+            {
+                "cohort": "browser=Safari&os=iOS&utm_campaign=ig_sale",
+                "filters": {"utm_campaign": "ig_sale", "os": "iOS", "browser": "Safari"},
+            },
+        ],
+        "hypotheses": [{"kind": "deploy", "ref": "1.14.0"}],
+        "funnel_step": "review_step",
+    }
+    stock = {
+        "id": "s",
+        "type": "stock_out",
+        "magnitude": -1.0,
+        "cohort": {"category": "electronics"},
+        "cause": {"type": "stock", "ref": "electronics"},
+    }
+    miss = {
+        "where": [{"cohort": "all", "filters": {}}],
+        "hypotheses": [{"kind": "deploy", "ref": "electronics"}],
+        "funnel_step": None,
+    }
+    scores = score_rca([(truth, hit), (stock, miss)])
+    a, b = scores["rows"]
+    assert (a["where_rank"], a["cause_rank"], a["step_truth"], a["step_answer"]) == (
+        2,
+        1,
+        "review_step",
+        "review_step",
+    )
+    assert (b["where_rank"], b["cause_rank"], b["cause_truth"]) == (
+        None,
+        None,
+        "stock_out:electronics",
+    )
+    o = scores["overall"]
+    assert (o["n"], o["where_top1"], o["where_top3"], o["cause_top1"]) == (2, 0.0, 0.5, 0.5)
+    assert "| all business incidents | 2 |" in markdown_section(scores)
