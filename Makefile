@@ -8,6 +8,7 @@ RUN := $(UV) run --frozen
 export FUNNELWATCH_LANDING ?= $(CURDIR)/data/landing
 export FUNNELWATCH_WAREHOUSE ?= $(CURDIR)/warehouse/funnelwatch.duckdb
 export FUNNELWATCH_PUBLISH_DIR ?= $(CURDIR)/warehouse/published
+export FUNNELWATCH_FEEDBACK_DIR ?= $(CURDIR)/data/feedback
 export DAGSTER_HOME ?= $(CURDIR)/dagster_home
 # Unset -> ingest uses a clearly named DEMO key and says so. Set a real secret in production.
 # export FUNNELWATCH_PSEUDONYMIZATION_KEY=...

@@ -169,17 +169,25 @@ def run(
         typer.echo(f"run {result.run_id} ({one.name}) succeeded")
 
 
-def _top_anomalies_text(warehouse: Path, hours: int) -> str:
+def _top_anomalies_text(warehouse: Path, hours: int) -> tuple[str, str]:
+    """(the most severe anomalies, the incidents) as text."""
     import duckdb
 
+    from funnelwatch.incidents.commands import incidents_table, list_incidents
     from funnelwatch.reports import top_anomalies
 
     try:
         with duckdb.connect(str(warehouse), read_only=True) as con:
             frame = top_anomalies(con, hours=hours)
+            has_incidents = con.execute(
+                "SELECT count(*) FROM information_schema.tables "
+                "WHERE table_schema = 'incidents' AND table_name = 'incidents'").fetchone()[0]
+            rows = list_incidents(con, "all", 0, 10)[0] if has_incidents else []
     except duckdb.IOException as exc:  # the pipeline holds the write lock right now
-        return f"_warehouse busy ({exc}); try again when the run ends_"
-    return frame.to_markdown(index=False) if not frame.empty else "_no anomalies_"
+        busy = f"_warehouse busy ({exc}); try again when the run ends_"
+        return busy, busy
+    anomalies = frame.to_markdown(index=False) if not frame.empty else "_no anomalies_"
+    return anomalies, incidents_table(rows) if rows else "_no incidents_"
 
 
 @app.command()
@@ -204,8 +212,12 @@ def summary(
         con.close()
     typer.echo(f"Hourly funnel, last {hours} hours (all cohorts):\n")
     typer.echo(funnel_markdown(frame))
+    anomalies, incidents = _top_anomalies_text(settings.warehouse, anomaly_hours)
     typer.echo(f"\nMost severe anomalies, last {anomaly_hours} scored hours:\n")
-    typer.echo(_top_anomalies_text(settings.warehouse, anomaly_hours))
+    typer.echo(anomalies)
+    typer.echo("\nIncidents (open first, then by revenue at risk; details: "
+               "funnelwatch incident ID):\n")
+    typer.echo(incidents)
     typer.echo(
         f"\nwarehouse (pipeline writes):   {settings.warehouse}\n"
         f"analyst snapshot (read-only):  {settings.publish_dir / 'analytics.duckdb'} "
@@ -291,8 +303,8 @@ def contract():
 
 
 # The incident layer's commands live beside its code.
-from funnelwatch.incidents import commands as _incident_commands  # noqa: E402
-from funnelwatch.incidents import feedback_commands as _feedback_commands  # noqa: E402
+from funnelwatch.incidents import commands as _incident_commands
+from funnelwatch.incidents import feedback_commands as _feedback_commands
 
 _incident_commands.register(app)
 _feedback_commands.register(app)

@@ -40,9 +40,9 @@ def match_incidents(incidents: pd.DataFrame, labels: list[dict]) -> list[tuple[d
         truth = cohort_string({k: v for k, v in (label.get("cohort") or {}).items()
                                if k != "payment_provider"})
         overlaps = (start < t1) & (end > t0)
-        ok = overlaps & incidents.apply(
-            lambda r: compatible(truth, r["cohort"])
-            or compatible(truth, r["where_cohort"] or "all"), axis=1)
+        fits = [compatible(truth, c) or compatible(truth, w or "all")
+                for c, w in zip(incidents["cohort"], incidents["where_cohort"], strict=True)]
+        ok = overlaps & pd.Series(fits, index=incidents.index)
         found = incidents[ok].sort_values("severity", ascending=False)
         pairs.append((label, found.iloc[0].to_dict() if len(found) else None))
     return pairs

@@ -219,20 +219,21 @@ def incident_sections(outcomes) -> list[str]:
                                                 o.folder / "ground_truth.json")
     if not runs:
         return []
-    lines = ["## Incidents", "",
-             "Anomaly points grouped into incidents (`funnelwatch/incidents/lifecycle.py`). A "
-             "false incident overlaps no labelled incident of any kind.", "",
-             _table(pd.DataFrame(runs))]
-    lines += ["## Root cause", "",
-              "**On the incidents the pipeline opened** (detection, grouping and root cause end "
-              "to end; each labelled business incident is paired with the most severe incident "
-              "that overlaps it in a compatible cohort, see "
-              "`funnelwatch/evaluation/incident_eval.py`):", ""]
+    intro = ("Anomaly points grouped into incidents (`funnelwatch/incidents/lifecycle.py`). A "
+             "false incident overlaps no labelled incident of any kind.")
+    lines = ["## Incidents", "", intro, "", _table(pd.DataFrame(runs))]
+    end_to_end = (
+        "**On the incidents the pipeline opened** (detection, grouping and root cause end to "
+        "end; each labelled business incident is paired with the most severe incident that "
+        "overlaps it in a compatible cohort, see `funnelwatch/evaluation/incident_eval.py`):")
+    lines += ["## Root cause", "", end_to_end, ""]
     lines += ([rca_accuracy.markdown_section(rca_accuracy.score_rca(pipeline_pairs))]
               if pipeline_pairs else ["_no labelled incident became an incident_", ""])
-    lines += ["", "**Given the labelled window** (every labelled business incident analysed over "
-              "its own window and metric as if the whole store had been flagged: where must be "
-              "found from scratch; detection's recall is not in the loop):", ""]
+    oracle = (
+        "**Given the labelled window** (every labelled business incident analysed over its own "
+        "window and metric as if the whole store had been flagged: where must be found from "
+        "scratch; detection's recall is not in the loop):")
+    lines += ["", oracle, ""]
     lines += ([rca_accuracy.markdown_section(rca_accuracy.score_rca(oracle_pairs))]
               if oracle_pairs else ["_no labelled business incidents_", ""])
     folders = {o.spec.key: o.folder for o in outcomes if o.folder is not None}

@@ -13,6 +13,7 @@ is marked as handled with a timeline note instead.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -160,7 +161,7 @@ def enqueue_incident_alerts(
 
 def _missing(value) -> bool:
     """None, NaN or NaT (pandas' missing values in a records dict); lists are values."""
-    return value is None or value is pd.NaT or (isinstance(value, float) and value != value)
+    return value is None or value is pd.NaT or (isinstance(value, float) and math.isnan(value))
 
 
 def _was_triggered(con, alert_key: str) -> bool:

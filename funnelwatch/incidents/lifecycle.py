@@ -325,7 +325,7 @@ def update_root_cause(con, inc_id: str, hour: datetime, analyse: Analyse) -> Non
     try:
         rca = analyse(con, metric=metric, cohort=cohort, start=started,
                       end=hour + timedelta(hours=1))
-    except Exception as exc:  # noqa: BLE001 - an analysis bug must not lose the incident
+    except Exception as exc:
         log.exception("root cause of %s failed", inc_id)
         rca = {"error": f"{type(exc).__name__}: {exc}"}
     where = (rca.get("where") or [{}])[0].get("cohort")

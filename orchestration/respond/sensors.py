@@ -14,9 +14,9 @@ from datetime import UTC, datetime
 import dagster as dg
 
 from orchestration.detect.assets import SEVERITY_BANDS, cohort_anomalies
+from orchestration.resources import WarehouseResource
 from orchestration.respond.assets import incidents
 from orchestration.respond.jobs import respond_to_anomalies
-from orchestration.resources import WarehouseResource
 from orchestration.respond.resources import AlertingSettings
 
 RANGE_TAG = "dagster/asset_partition_range_start"
