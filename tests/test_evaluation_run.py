@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
+import dagster as dg
+import duckdb
 import pytest
 
 from funnelwatch.evaluation.runner import ROOT, collect, load_suite
@@ -28,6 +31,47 @@ def test_evaluate_smoke_suite_finds_the_labelled_break(tmp_path, dbt_manifest):
     assert incident["detected"], outcome.flagged.head(20).to_string()
     assert incident["hours_to_detect"] <= 2.0
     assert outcome.days == pytest.approx(2.0, abs=0.05)  # 4 days minus the 48 h cold start
+
+    # The break became one incident with its root cause, impact and report, and the
+    # evaluation report scores it.
+    assert "## Incidents" in text and "## Root cause" in text and "## Feedback" in text
+    folder = out / runs[0].key
+    warehouse = folder / "warehouse" / "funnelwatch.duckdb"
+    with duckdb.connect(str(warehouse), read_only=True) as con:
+        found = con.execute(
+            """SELECT incident_id, where_cohort, funnel_step, lost_orders, report_path, state
+               FROM incidents.incidents
+               WHERE started_at < '2026-11-19 16:00+00' AND last_anomaly_at >= '2026-11-19 12:00+00'
+               ORDER BY severity DESC""").fetchall()
+    assert found, "the labelled break opened no incident"
+    inc_id, where, step, lost, report_path, state = found[0]
+    assert where == "all" and step == "shipping_step"
+    assert lost > 0 and Path(report_path).is_file() and state == "resolved"
+
+    # The respond assets for one partition, as the sensor launches them: re-materialising
+    # the hour changes nothing.
+    from orchestration.definitions import defs
+    from orchestration.resources import WarehouseResource
+    from orchestration.respond.resources import AlertingSettings, IncidentSettings
+
+    respond = [a for a in defs.assets if getattr(a, "group_names_by_key", None)
+               and set(a.group_names_by_key.values()) == {"respond"}]
+    resources = {
+        "warehouse": WarehouseResource(path=str(warehouse), publish_dir=str(tmp_path / "pub")),
+        "incident_settings": IncidentSettings(reports_dir=str(tmp_path / "reports"),
+                                              feedback_dir=str(tmp_path / "feedback")),
+        "alerting": AlertingSettings(ops_outbox_path=str(tmp_path / "ops.duckdb")),
+    }
+    for _ in range(2):
+        result = dg.materialize(respond, partition_key="2026-11-19-13:00", resources=resources,
+                                instance=dg.DagsterInstance.ephemeral())
+        assert result.success
+    meta = result.asset_materializations_for_node("incidents")[0].metadata
+    assert meta["anomaly_points"].value > 0 and "open_incidents" in meta
+    with duckdb.connect(str(warehouse), read_only=True) as con:
+        again = con.execute("SELECT count(*) FROM incidents.incidents WHERE incident_id = $i",
+                            {"i": inc_id}).fetchone()[0]
+    assert again == 1
 
     # a finished run is reused: a second call only re-scores, it does not simulate again
     completed = subprocess.run([*command, "--rescore"], cwd=ROOT, capture_output=True,
