@@ -269,6 +269,7 @@ def evaluate(
     out: Annotated[Path, typer.Option(help="Where each run's landing files, warehouse and Dagster instance go.")] = Path("evaluation_runs"),
     report: Annotated[Path, typer.Option(help="The Markdown report to write.")] = Path("docs/evaluation.md"),
     rescore: Annotated[bool, typer.Option(help="Re-run detection on finished runs (after a detector change).")] = False,
+    regroup: Annotated[bool, typer.Option(help="Re-run only incidents and root cause on finished runs (after a change there).")] = False,
 ):
     """Run simulator scenarios with ground truth through the real pipeline and report precision,
     recall, false alerts per day and time to detect (docs/evaluation.md)."""
@@ -285,7 +286,8 @@ def evaluate(
     outcomes = []
     for spec in runs:
         try:
-            folder = execute(spec, out.resolve(), rescore=rescore, echo=typer.echo)
+            folder = execute(spec, out.resolve(), rescore=rescore, echo=typer.echo,
+                             regroup=regroup)
         except RuntimeError as exc:
             _fail(str(exc))
         outcomes.append(collect(spec, folder))

@@ -291,3 +291,25 @@ def test_run_failure_sensor_reports_to_ops(tmp_path, http_server, monkeypatch): 
                                ).fetchall()
     # The bus has no URL configured here: its row waits, pending, instead of being lost.
     assert statuses == [("slack-ops", "sent"), ("webhook-incident-bus", "pending")]
+
+
+def test_a_store_wide_drop_is_one_incident_even_when_a_cohort_is_flagged_first(con):
+    # An earlier incident in one cohort is still open; then the whole store drops: the
+    # `all` point joins it (compatible), and the cohorts it contains follow, instead of one
+    # incident per OS.
+    write(con, [point(0, "shipping_step_rate", "os=Windows&browser=Chrome", severity=60)])
+    process_hour(con, hour(0))
+    write(con, [
+        point(1, "shipping_step_rate", "os=iOS", severity=70),
+        point(1, "shipping_step_rate", "os=Android", severity=66),
+        point(1, "shipping_step_rate", "all", severity=64),
+        point(1, "shipping_step_rate", "os=Windows&browser=Chrome", severity=62),
+    ])
+    result = process_hour(con, hour(1))
+    assert result.opened == []
+    frame = incidents(con)
+    assert len(frame) == 1 and frame.iloc[0]["anomaly_count"] == 5
+    # Without a containing cohort, incompatible cohorts stay apart.
+    write(con, [point(9, "sessions", "os=iOS", severity=80, direction="up"),
+                point(9, "sessions", "os=Android", severity=75, direction="up")])
+    assert len(process_hour(con, hour(9)).opened) == 2

@@ -103,7 +103,8 @@ def _funnelwatch(args: list[str], folder: Path, log) -> None:
         )
 
 
-def execute(spec: RunSpec, out: Path, rescore: bool = False, echo=print) -> Path:
+def execute(spec: RunSpec, out: Path, rescore: bool = False, echo=print,
+            regroup: bool = False) -> Path:
     """Make sure the run's folder holds a finished pipeline (and fresh detections)."""
     folder = out / spec.key
     done = folder / DONE_MARKER
@@ -126,6 +127,10 @@ def execute(spec: RunSpec, out: Path, rescore: bool = False, echo=print) -> Path
         echo(f"[{spec.key}] re-running detection")
         with open(folder / "pipeline.log", "a") as log:
             _funnelwatch(["run", "--job", "detect_anomalies"], folder, log)
+    if regroup and not rescore and _has_table(folder, "incidents", "incidents"):
+        # Incidents (grouping, root cause) again from the stored detections, from scratch.
+        with duckdb.connect(str(_warehouse(folder))) as con:
+            con.execute("DROP SCHEMA incidents CASCADE")
     if not _has_table(folder, "incidents", "incidents"):  # built before the incident layer
         echo(f"[{spec.key}] grouping anomalies into incidents")
         with open(folder / "pipeline.log", "a") as log:

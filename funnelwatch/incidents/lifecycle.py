@@ -89,6 +89,40 @@ def compatible(a: str, b: str) -> bool:
     return all(fb[k] == v for k, v in fa.items() if k in fb)
 
 
+def contains(outer: str, inner: str) -> bool:
+    """True when cohort `inner` lies inside cohort `outer` (`all` contains every cohort)."""
+    fo, fi = parse_filters(outer), parse_filters(inner)
+    return all(fi.get(k) == v for k, v in fo.items())
+
+
+def _absorb_fragments(members: list[tuple], fresh: dict[str, dict]) -> list[tuple]:
+    """Merge an incident opened this hour into another one that has, this hour, a point on
+    the same metric in a cohort containing the new incident's cohort. Points are grouped
+    most severe first, so a store-wide drop whose `all` point is less severe than some of its
+    cohorts would otherwise open one incident per cohort incompatible with the first one
+    (`os=iOS`, `os=Android`). Members are (incident, hour, metric, cohort, severity, dir)."""
+    changed = True
+    while changed:
+        changed = False
+        anchors: dict[str, set[tuple[str, str]]] = {}
+        for m in members:
+            anchors.setdefault(m[0], set()).add((m[2], m[3]))
+        for new_id, inc in list(fresh.items()):
+            if new_id not in anchors:
+                continue
+            host = next((other for other, points in anchors.items()
+                         if other != new_id
+                         and any(metric == inc["metric"] and contains(cohort, inc["cohort"])
+                                 for metric, cohort in points)), None)
+            if host is None:
+                continue
+            members = [(host, *m[1:]) if m[0] == new_id else m for m in members]
+            del fresh[new_id]
+            changed = True
+            break
+    return members
+
+
 def incident_id(first_hour: datetime, metric: str, cohort: str) -> str:
     digest = hashlib.sha1(f"{metric}|{cohort}".encode()).hexdigest()[:6]
     return f"inc-{as_utc_hour(first_hour):%Y%m%d%H}-{digest}"
@@ -225,6 +259,8 @@ def process_hour(
                 fresh[new_id] = target
             members.append((target["incident_id"], hour, point.metric, point.cohort,
                             float(point.severity), point.direction))
+
+        members = _absorb_fragments(members, fresh)
 
         touched: dict[str, list[tuple]] = {}
         for m in members:
