@@ -335,6 +335,57 @@ def test_rise_in_sessions_reports_no_lost_orders(warehouse):
     assert result["impact"]["lost_orders"] >= 0
 
 
+def test_late_start_still_blames_the_deploy_at_the_onset(tmp_path):
+    """Detection flags a drop hours late: the deploy at the onset (T = INC_START - 5 min) must
+    rank first, ahead of a later deploy of the same service (T + 4 h) nearer the given start."""
+    path = tmp_path / "late.duckdb"
+    _build(path)
+    con = duckdb.connect(str(path))
+    con.execute(
+        "insert into marts.dim_deploys (deploy_id, deploy_time, service, version, description, "
+        "deploy_hour) values ('d4', ?, 'payment-widget', '9.9.1', 'copy change', ?)",
+        [INC_START + timedelta(hours=4), INC_START + timedelta(hours=4)],
+    )
+    con.close()
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        start = INC_START + timedelta(hours=6)
+        t0 = time.perf_counter()
+        result = analyse_incident(
+            con, metric="checkout_conversion_rate", cohort="all", start=start, end=INC_END
+        )
+        elapsed = time.perf_counter() - t0
+        # with no lookback the onset is the given start: the later deploy is nearer
+        blind = analyse_incident(
+            con,
+            metric="checkout_conversion_rate",
+            cohort="all",
+            start=start,
+            end=INC_END,
+            lookback_hours=0,
+        )
+    finally:
+        con.close()
+    json.dumps(result)
+    assert result["window_start"] == start.isoformat()
+    onset = datetime.fromisoformat(result["onset"])
+    assert abs((onset - INC_START).total_seconds()) <= 3600  # estimated from the data
+    assert result["where"][0]["filters"] == {
+        "os": "iOS",
+        "browser": "Safari",
+        "utm_campaign": "ig_sale",
+    }
+    deploys = [h for h in result["hypotheses"] if h["kind"] == "deploy"]
+    assert result["hypotheses"][0]["ref"] == "9.9.0" and deploys[0]["contribution"] > 0
+    later = next(h for h in deploys if h["ref"] == "9.9.1")
+    assert later["score"] < 0.5 * deploys[0]["score"] and later["contribution"] == 0
+    # the loss is counted from the onset, not from the late start
+    assert result["impact"]["per_hour"][0]["event_hour"] == onset.isoformat()
+    assert blind["onset"] == start.isoformat()
+    assert blind["hypotheses"][0]["ref"] == "9.9.1"
+    assert elapsed < 2.0
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import duckdb
 
+from funnelwatch.incidents.rca import STAGES
+
 CAUSE_KIND = {
     "deploy": "deploy",
     "stock": "stock_out",
@@ -37,17 +39,6 @@ CAUSE_KIND = {
     "campaign": "campaign",
     "js_error": "js_error",
 }
-STAGES = (
-    "sessions",
-    "product_view",
-    "add_to_cart",
-    "checkout_start",
-    "shipping_step",
-    "payment_step",
-    "review_step",
-    "payment_attempt",
-    "purchase",
-)
 MAGNITUDE_BANDS = (
     (0.0, 0.03, "<= 2 %"),
     (0.03, 0.07, "5 %"),

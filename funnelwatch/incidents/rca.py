@@ -13,10 +13,15 @@ only, parameterised SQL) and answers, for the incident's anomalous span ``[start
   dimension), stock-outs on ``category`` (intermediate.int_category_hourly).
 * **funnel_step**: the step-to-step conversion (``add_to_cart`` = add_to_cart / product_view
   sessions ...) where the loss starts.
+* **onset**: when the deviation began, which for a small drop is hours before ``start`` (the
+  first hour detection flagged): a change point in the localised cohort's conversion at the
+  loss's step, searched up to ``lookback_hours`` back (``estimate_onset``); ``start`` when the
+  data do not show an earlier onset clearly.
 * **hypotheses**: deploys, campaign starts, JS error codes, payment providers, bot traffic,
-  stock-outs and tracking gaps, ranked by time (onset near the change) and cohort / step match,
-  with the share of the deviation each explains.
-* **impact**: expected minus actual orders per hour, times the average order value.
+  stock-outs and tracking gaps, ranked by time (how well a change at that time explains the
+  onset) and cohort / step match, with the share of the deviation each explains.
+* **impact**: expected minus actual orders per hour from the onset, times the average order
+  value.
 
 Expected values: ratio KPIs use the leaf's pooled rate over the ``history_days`` before
 ``start``, shrunk towards the flagged cohort's rate (20 pseudo-denominators); additive KPIs
@@ -126,7 +131,10 @@ EVENT_STAGE = {
     "purchase": "purchase",
 }
 PRIOR_WEIGHT = 20.0  # pseudo-denominators shrinking a leaf's history rate to its parent's
-LOOKBACK_BEFORE = timedelta(hours=6)
+LOOKBACK_BEFORE = timedelta(hours=6)  # changes up to this long before the onset are candidates
+ONSET_NORMAL_LLR = 3.0  # a stretch favouring "no change" by e^3 ends an older deviation
+ONSET_MIN_GAIN = 3.0  # log-LR an onset before start must gain over start itself (else start)
+ONSET_DECAY_HOURS = 6.0  # mild preference for changes nearer the estimated onset
 BASELINE_ERROR = 0.05  # proportional error of a baseline, in every z below
 RATIO_DRIFT = 0.01  # cohort-level proportional error of an expected conversion (drift)
 ADDITIVE_DRIFT = 0.08  # ... of an expected count from the same hours of previous days
@@ -146,8 +154,12 @@ def analyse_incident(
     start: datetime,
     end: datetime,
     history_days: int = 7,
+    lookback_hours: int = 24,
 ) -> dict:
-    """Root cause of one incident (see the module docstring); a JSON-serialisable dict."""
+    """Root cause of one incident (see the module docstring); a JSON-serialisable dict.
+
+    ``lookback_hours``: how far before ``start`` (the first anomalous hour) the onset of the
+    deviation and its candidate causes are looked for (detection flags small drops late)."""
     if metric not in KNOWN_METRICS:
         raise ValueError(f"unknown metric {metric!r}; expected one of {sorted(KNOWN_METRICS)}")
     start, end = _utc(start, "start"), _utc(end, "end")
@@ -155,11 +167,14 @@ def analyse_incident(
         raise ValueError(f"empty window: end {end.isoformat()} <= start {start.isoformat()}")
     if not isinstance(history_days, int) or history_days < 1:
         raise ValueError(f"history_days must be a positive integer, got {history_days!r}")
+    if not isinstance(lookback_hours, int) or lookback_hours < 0:
+        raise ValueError(f"lookback_hours must be a non-negative integer, got {lookback_hours!r}")
     flagged = parse_cohort(cohort) if cohort else {}
     bad = [d for d in flagged if d not in (*SESSION_DIMENSIONS, "category", "payment_provider")]
     if bad:
         raise ValueError(f"cohort {cohort!r} has unknown dimension(s) {bad}")
     ctx = _Context(con, metric, cohort, flagged, start, end, history_days)
+    ctx.lookback = timedelta(hours=lookback_hours)
     return ctx.run()
 
 
@@ -256,6 +271,10 @@ class _Context:
         self.hist_start = start - timedelta(days=history_days)
         self.history_days = history_days
         self.hours = int((end - start).total_seconds() // 3600) or 1
+        self.lookback = timedelta(hours=24)
+        self.onset = start
+        self.change_curve = None  # hour -> profile log-likelihood of a change point there
+        self.change_best = None
 
     # -- data ----------------------------------------------------------------------------------
     def _weights(self) -> tuple[list, list]:
@@ -322,7 +341,7 @@ class _Context:
         main = where[0] if where else None
         main_filters = main["filters"] if main else dict(self.flagged)
         funnel = self.funnel_table(main_filters)
-        self.onset = self.start  # the first anomalous hour detection flagged
+        self.onset = self.estimate_onset(main_filters, step)
         hypotheses = self.hypotheses(where, step, step_info)
         where = self.prefer_campaign(where, hypotheses)
         impact = self.impact(where[0]["filters"] if where else self.flagged, step)
@@ -331,6 +350,7 @@ class _Context:
             "cohort": self.cohort,
             "window_start": self.start.isoformat(),
             "window_end": self.end.isoformat(),
+            "onset": self.onset.isoformat(),
             "where": where,
             "funnel_step": step,
             "funnel": funnel,
@@ -672,12 +692,130 @@ class _Context:
             )
         return out
 
+    # -- onset ---------------------------------------------------------------------------------
+    def _onset_series(self, filters: dict, step: str | None):
+        """Hourly (hour, n, d) of the conversion the loss is at, in the localised session cohort,
+        from ``hist_start`` to ``end``; the direction a loss moves it. None when not a session
+        cohort's conversion (providers, categories, counts without a step)."""
+        if any(k not in SESSION_DIMENSIONS for k in filters):
+            return None
+        if step is not None and step in STAGES and STAGES.index(step) > 0:
+            num, den = stage_column(step), stage_column(STAGES[STAGES.index(step) - 1])
+            direction = -1.0  # a loss at the step (counts: purchases, revenue)
+            if self.metric in RATE_METRICS:
+                direction = self.direction
+            elif self.metric in OTHER_RATE_METRICS:
+                direction = -self.direction
+        elif self.metric in RATE_METRICS:
+            num, den = (stage_column(x) for x in RATE_METRICS[self.metric])
+            direction = self.direction
+        elif self.metric in OTHER_RATE_METRICS:
+            num, den = OTHER_RATE_METRICS[self.metric]
+            direction = self.direction
+        else:
+            return None
+        where_f, params = _filter_sql({**self.session_flagged, **filters})
+        df = self.con.execute(
+            f"select event_hour, sum({num}) as n, sum({den}) as d from marts.fct_funnel_hourly "
+            f"where event_hour >= ? and event_hour < ? and {where_f} group by all order by 1",
+            [self.hist_start, self.end, *params],
+        ).df()
+        return df, direction
+
+    def estimate_onset(self, filters: dict, step: str | None) -> datetime:
+        """When the deviation began: a change point in the localised cohort's conversion at the
+        loss's step, searched from ``lookback`` before ``start`` up to ``start``.
+
+        The rate before the lookback (history) is r0; for a change at hour tau the rate after it
+        is the MLE r1 over [tau, end) (in the incident's direction, else no evidence). Profile
+        log-likelihood ratio ``S(tau) = sum_{t >= tau} llr_t(r1, r0)``. A tau is admissible only
+        when the deviation is sustained from it through ``start``: no stretch inside
+        [tau, start) favours r0 over r1 by more than ``ONSET_NORMAL_LLR`` (so an older,
+        already-ended deviation with normal hours between is not taken). The onset is the
+        admissible tau with the largest S; ``self.change_curve`` keeps S per hour (candidate
+        changes are scored by how close their S comes to the best).
+        """
+        self.change_curve = None
+        if self.lookback <= timedelta(0):
+            return self.start
+        got = self._onset_series(filters, step)
+        if got is None:
+            return self.start
+        df, direction = got
+        if df.empty:
+            return self.start
+        ts = pd.to_datetime(df.event_hour, utc=True)
+        d = df.d.fillna(0.0).to_numpy(dtype=float)
+        n = np.minimum(df.n.fillna(0.0).to_numpy(dtype=float), d)
+        start_h = pd.Timestamp(self.start).floor("h")
+        lo = start_h - pd.Timedelta(self.lookback)
+        before = (ts < lo).to_numpy()
+        if d[before].sum() <= 0 or n[before].sum() <= 0:
+            return self.start
+        r0 = min(max(n[before].sum() / d[before].sum(), 1e-6), 1 - 1e-6)
+        seg = (ts >= lo).to_numpy()
+        hours, n, d = list(ts[seg]), n[seg], d[seg]
+        if not hours:
+            return self.start
+        i_start = next((i for i, h in enumerate(hours) if h >= start_h), len(hours))
+        cn, cd = np.cumsum(n[::-1])[::-1], np.cumsum(d[::-1])[::-1]  # sums over [i, end)
+        curve = {}
+        best_i, best_s = None, -np.inf
+        for i in range(len(hours)):
+            if cd[i] <= 0:
+                continue
+            r1 = min(max(cn[i] / cd[i], 1e-6), 1 - 1e-6)
+            if (r1 - r0) * direction <= 0:
+                curve[hours[i]] = 0.0
+                continue
+            a, b = math.log(r1 / r0), math.log((1 - r1) / (1 - r0))
+            llr = n * a + (d - n) * b  # per hour
+            s_i = float(llr[i:].sum())
+            curve[hours[i]] = s_i
+            if i > i_start:
+                continue  # the onset is not after the first anomalous hour
+            # sustained: the worst stretch inside [i, i_start) (min sub-array sum)
+            worst, run = 0.0, 0.0
+            for x in llr[i:i_start]:
+                run = min(x, run + x)
+                worst = min(worst, run)
+            if worst < -ONSET_NORMAL_LLR:
+                continue
+            if s_i > best_s + 1e-9:
+                best_i, best_s = i, s_i
+        if best_i is None or best_s - curve.get(hours[min(i_start, len(hours) - 1)], 0.0) < (
+            ONSET_MIN_GAIN
+        ):
+            return self.start  # no clear evidence the deviation began before start
+        self.change_curve = curve
+        self.change_best = best_s
+        return pd.Timestamp(hours[best_i]).to_pydatetime()
+
     # -- hypotheses ----------------------------------------------------------------------------
     def _time_score(self, at) -> float:
-        """1 for a change just before the onset, decaying with distance; changes after it weigh less."""
+        """How well a change at ``at`` explains the onset: 1 for a change just before it.
+
+        With a change-point curve: ``exp(-(S_best - S(hour of at)) / 2)`` (the log-likelihood
+        lost by putting the change at ``at`` instead of the best onset), times a mild decay
+        with the distance to the estimated onset (``ONSET_DECAY_HOURS``); a change after the
+        first anomalous hour weighs at most half and decays by the hour. Without a curve (no
+        conversion series): the distance to the onset alone."""
         if at is None:
             return 0.5
         at = pd.Timestamp(at).tz_convert("UTC").to_pydatetime()
+        curve = self.change_curve
+        if curve and self.change_best is not None:
+            tau = pd.Timestamp(at).round("h")
+            s = curve.get(tau)
+            if s is None:  # before the lookback or after the last hour
+                s = 0.0
+            lost = max(self.change_best - s, 0.0)
+            hours = (self.onset - at).total_seconds() / 3600.0
+            score = math.exp(-lost / 2.0) * math.exp(-abs(hours) / ONSET_DECAY_HOURS)
+            after = (at - self.start).total_seconds() / 3600.0
+            if after > 0:
+                score *= 0.5 * math.exp(-after)
+            return score
         hours = (self.onset - at).total_seconds() / 3600.0
         if hours >= -1.0:  # before the onset (or inside its first hour)
             return math.exp(-max(hours, 0.0) / 2.0)
@@ -691,7 +829,8 @@ class _Context:
         if main and main.get("explanatory_power") is not None:
             expl = float(min(max(main["explanatory_power"], 0.0), 1.0))
         hyps = []
-        lo, hi = min(self.start, self.onset) - LOOKBACK_BEFORE, self.end
+        lo = min(self.start - self.lookback, self.onset - LOOKBACK_BEFORE)
+        lo, hi = min(lo, self.start - LOOKBACK_BEFORE), self.end
 
         deploys = self.con.execute(
             "select service, version, deploy_time, description from marts.dim_deploys "
@@ -1038,8 +1177,10 @@ class _Context:
         for c in ("orders", "revenue", "den"):
             df[c] = df[c].fillna(0.0).astype(float)
         ts = pd.to_datetime(df.event_hour, utc=True)
-        hist = df[ts < pd.Timestamp(self.start)]
-        cur = df[ts >= pd.Timestamp(self.start)]
+        # from the estimated onset (the loss began before detection flagged it)
+        first = pd.Timestamp(min(self.onset, self.start)).floor("h")
+        hist = df[ts < first]
+        cur = df[ts >= first]
         aov = hist.revenue.sum() / hist.orders.sum() if hist.orders.sum() > 0 else None
         if aov is None:
             tot = self.con.execute(
