@@ -493,3 +493,18 @@ def test_score_rca_matches_where_and_cause_by_the_label_rules():
     o = scores["overall"]
     assert (o["n"], o["where_top1"], o["where_top3"], o["cause_top1"]) == (2, 0.0, 0.5, 0.5)
     assert "| all business incidents | 2 |" in markdown_section(scores)
+
+
+def test_incident_root_cause_is_localised_from_the_store_down(warehouse):
+    """The incident layer asks from the whole store first, so a narrow flagged cohort does
+    not fence the answer in; an incompatible store-wide answer falls back to the cohort."""
+    from funnelwatch.incidents.lifecycle import localise_top_down
+
+    narrow = "os=iOS&browser=Safari&utm_campaign=ig_sale&country=US"
+    result = localise_top_down(warehouse, analyse_incident, "checkout_conversion_rate", narrow,
+                               INC_START, INC_END)
+    assert result["scope"] == "store"
+    assert result["where"][0]["cohort"] == "browser=Safari&os=iOS&utm_campaign=ig_sale"
+    elsewhere = localise_top_down(warehouse, analyse_incident, "checkout_conversion_rate",
+                                  "os=Android", INC_START, INC_END)
+    assert elsewhere["scope"] == "flagged cohort"

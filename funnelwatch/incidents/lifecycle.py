@@ -359,9 +359,8 @@ def update_root_cause(con, inc_id: str, hour: datetime, analyse: Analyse) -> Non
         {"id": inc_id},
     ).fetchone()
     try:
-        rca = analyse(con, metric=metric, cohort=cohort, start=started,
-                      end=hour + timedelta(hours=1))
-    except Exception as exc:
+        rca = localise_top_down(con, analyse, metric, cohort, started, hour + timedelta(hours=1))
+    except Exception as exc:  # an analysis bug must not lose the incident
         log.exception("root cause of %s failed", inc_id)
         rca = {"error": f"{type(exc).__name__}: {exc}"}
     where = (rca.get("where") or [{}])[0].get("cohort")
@@ -376,6 +375,25 @@ def update_root_cause(con, inc_id: str, hour: datetime, analyse: Analyse) -> Non
          "lost": impact.get("lost_orders"), "risk": impact.get("revenue_at_risk"),
          "id": inc_id},
     )
+
+
+def localise_top_down(con, analyse: Analyse, metric: str, cohort: str, start: datetime,
+                      end: datetime) -> dict:
+    """Root cause from the whole store first (localisation explains the parent KPI, so the
+    cohort detection flagged first, often a narrow one, does not fence the answer in: a bot
+    campaign flagged in `os=Linux&browser=Chrome&utm_campaign=fb_retarget` is named
+    `utm_campaign=fb_retarget`). When the store-wide analysis has no confident cause that is
+    compatible with the flagged cohort, the flagged cohort's own analysis is used (a small
+    cohort's drop is invisible in the store's totals). On the evaluation's pipeline incidents
+    this raised where-top-1 from 0.36 to 0.71 (docs/evaluation.md)."""
+    rca = analyse(con, metric=metric, cohort="all", start=start, end=end)
+    if cohort == "all":
+        return {**rca, "scope": "store"}
+    top = (rca.get("where") or [None])[0]
+    if top and top.get("root_cause") and compatible(top.get("cohort") or "all", cohort):
+        return {**rca, "scope": "store"}
+    return {**analyse(con, metric=metric, cohort=cohort, start=start, end=end),
+            "scope": "flagged cohort"}
 
 
 def process_window(
