@@ -7,6 +7,7 @@ import dagster as dg
 from orchestration import jobs
 from orchestration.detect import assets as detect
 from orchestration.ingest import assets as ingest
+from orchestration.maintain import assets as maintain
 from orchestration.quality import checks as quality
 from orchestration.resources import default_resources
 from orchestration.respond import assets as respond
@@ -16,10 +17,12 @@ from orchestration.serve import assets as serve
 from orchestration.transform import assets as transform
 
 defs = dg.Definitions(
-    assets=[*ingest.assets, *transform.assets, *serve.assets, *detect.assets, *respond.assets],
+    assets=[*ingest.assets, *transform.assets, *serve.assets, *detect.assets, *respond.assets,
+            *maintain.assets],
     asset_checks=[*quality.checks],
-    jobs=[jobs.hourly_pipeline, jobs.detect_anomalies, respond_jobs.respond_to_anomalies],
-    schedules=[jobs.hourly_pipeline_schedule],
+    jobs=[jobs.hourly_pipeline, jobs.detect_anomalies, respond_jobs.respond_to_anomalies,
+          *maintain.jobs],
+    schedules=[jobs.hourly_pipeline_schedule, *maintain.schedules],
     sensors=[respond_sensors.anomalies_sensor, respond_sensors.pipeline_failure_to_ops],
     resources=default_resources(),
 )

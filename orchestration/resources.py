@@ -64,6 +64,7 @@ def default_resources() -> dict:
     from dagster_dbt import DbtCliResource
 
     from orchestration.detect.assets import DetectionSettings
+    from orchestration.maintain.assets import RetentionSettings
     from orchestration.respond.resources import AlertingSettings, IncidentSettings
     from orchestration.transform.project import dbt_executable, dbt_project
 
@@ -78,4 +79,5 @@ def default_resources() -> dict:
         "detection": DetectionSettings(),
         "incident_settings": IncidentSettings(),
         "alerting": AlertingSettings(),
+        "retention": RetentionSettings(),
     }

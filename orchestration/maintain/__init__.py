@@ -1,0 +1,1 @@
+"""Maintenance: privacy retention of raw events (docs/privacy.md)."""
