@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -150,6 +151,9 @@ def run(
     if respond and job in ("hourly_pipeline", "detect_anomalies"):
         jobs.append(defs.resolve_job_def("respond_to_anomalies"))
     instance = dg.DagsterInstance.get()
+    for run_id in _release_dead_runs(instance):
+        typer.echo(f"released run {run_id}: left STARTED by a process that is gone (killed); "
+                   "its warehouse pool slot is free again")
     for one in jobs:
         typer.echo(f"running {one.name} over {len(keys)} hours: {keys[0]} .. {keys[-1]}")
         result = one.execute_in_process(
@@ -160,6 +164,9 @@ def run(
             tags={
                 "dagster/asset_partition_range_start": keys[0],
                 "dagster/asset_partition_range_end": keys[-1],
+                # who runs it, so a later `funnelwatch run` can tell a killed run from a live one
+                "funnelwatch/host": socket.gethostname(),
+                "funnelwatch/pid": str(os.getpid()),
             },
             raise_on_error=False,
         )
@@ -167,6 +174,39 @@ def run(
             typer.echo(f"run {result.run_id} failed; see `make dev` for the logs", err=True)
             raise typer.Exit(1)
         typer.echo(f"run {result.run_id} ({one.name}) succeeded")
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, another user's
+        return True
+    return True
+
+
+def _release_dead_runs(instance) -> list[str]:
+    """A `funnelwatch run` killed mid-run (SIGKILL, OOM) leaves its run STARTED holding the
+    `duckdb_warehouse` pool slot, and every later run would wait for that slot forever.
+    Runs this machine's `funnelwatch run` started whose process is gone are marked failed
+    and their slots freed (docs/reliability.md). Runs of other hosts or of the daemon are
+    left to Dagster's run monitoring."""
+    import dagster as dg
+
+    released = []
+    records = instance.get_run_records(filters=dg.RunsFilter(
+        statuses=[dg.DagsterRunStatus.STARTED], tags={"funnelwatch/host": socket.gethostname()}))
+    for record in records:
+        run = record.dagster_run
+        pid = int(run.tags.get("funnelwatch/pid", "0") or 0)
+        if pid and _process_alive(pid):
+            continue
+        instance.report_run_failed(
+            run, f"the process (pid {pid}) running it is gone; released by funnelwatch run")
+        instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+        released.append(run.run_id)
+    return released
 
 
 def _top_anomalies_text(warehouse: Path, hours: int) -> tuple[str, str]:
@@ -304,12 +344,14 @@ def contract():
     typer.echo(contract_markdown(), nl=False)
 
 
-# The incident layer's commands live beside its code.
+# The incident and privacy commands live beside their code.
 from funnelwatch.incidents import commands as _incident_commands
 from funnelwatch.incidents import feedback_commands as _feedback_commands
+from funnelwatch.privacy import commands as _privacy_commands
 
 _incident_commands.register(app)
 _feedback_commands.register(app)
+_privacy_commands.register(app)
 
 if __name__ == "__main__":
     app()

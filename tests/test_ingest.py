@@ -148,7 +148,7 @@ def test_text_files_with_bad_values_are_quarantined_not_failed(tmp_path):
     con = connect(tmp_path / "w.duckdb")
     result = load_hour(con, landing, HOUR, KEY)
     assert result.rows_loaded == 1
-    assert result.quarantine_reasons == {"invalid_price": 1, "missing_event_time": 1}
+    assert result.quarantine_reasons == {"invalid_price": 1, "invalid_event_time": 1}
     price, quantity = con.execute("SELECT price, quantity FROM raw.events").fetchone()
     assert (price, quantity) == (12.5, 2)
 

@@ -139,9 +139,17 @@ def _first_line(message: str) -> str:
 def _describe(con: duckdb.DuckDBPyConnection, reader: str, params: dict, path: Path) -> dict:
     try:
         rows = con.execute(f"DESCRIBE SELECT * FROM {reader}", params).fetchall()
+        columns = {name: typ for name, typ, *_ in rows}
+        if path.suffix.lower() in (".jsonl", ".json"):
+            # read_json with explicit columns drops unknown keys silently: list them, so they
+            # are reported as ignored like the extra columns of Parquet and CSV files.
+            keys = con.execute(
+                "SELECT DISTINCT unnest(json_keys(json)) FROM read_ndjson_objects(?)", [str(path)]
+            ).fetchall()
+            columns.update({key: "JSON" for (key,) in keys if key not in columns})
     except FILE_ERRORS as exc:
         raise _file_error(path, exc) from exc
-    return {name: typ for name, typ, *_ in rows}
+    return columns
 
 
 def _stage_file_sql(

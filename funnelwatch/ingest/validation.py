@@ -40,11 +40,17 @@ def _build_rules() -> tuple[Rule, ...]:
     rules: list[Rule] = []
     for column in REQUIRED_COLUMNS:
         empty = f" OR trim({column}) = ''" if _TYPES[column] == "VARCHAR" else ""
+        # A value that is present but fails its cast is NULL here too: that is
+        # invalid_<column> (below), not missing.
+        failed_cast = (
+            "" if _TYPES[column] == "VARCHAR"
+            else f" AND NOT list_contains(_cast_errors, '{column}')"
+        )
         rules.append(
             Rule(
                 f"missing_{column}",
                 f"`{column}` is required and is null" + (" or empty." if empty else "."),
-                f"{column} IS NULL{empty}",
+                f"({column} IS NULL{failed_cast}){empty}",
             )
         )
     for field in EVENT_FIELDS:
