@@ -508,3 +508,23 @@ def test_incident_root_cause_is_localised_from_the_store_down(warehouse):
     elsewhere = localise_top_down(warehouse, analyse_incident, "checkout_conversion_rate",
                                   "os=Android", INC_START, INC_END)
     assert elsewhere["scope"] == "flagged cohort"
+
+
+def test_localised_cohorts_below_the_minimum_size_are_masked(warehouse):
+    from funnelwatch.incidents.masking import cohort_sessions, mask_small_cohorts
+
+    result = analyse_incident(warehouse, metric="checkout_conversion_rate", cohort="all",
+                              start=INC_START, end=INC_END)
+    top = result["where"][0]
+    size = cohort_sessions(warehouse, top["filters"], INC_START, INC_END)
+    assert size > 0
+    kept = mask_small_cohorts(warehouse, json.loads(json.dumps(result)), INC_START, INC_END,
+                              minimum=int(size))
+    assert kept["where"][0]["cohort"] == top["cohort"]
+    masked = mask_small_cohorts(warehouse, json.loads(json.dumps(result)), INC_START, INC_END,
+                                minimum=int(size) + 1)
+    first = masked["where"][0]
+    assert first["cohort"] == f"(cohort of fewer than {int(size) + 1} sessions)"
+    assert first["filters"] == {} and first["actual"] is None and first["masked"]
+    assert "ig_sale" not in json.dumps(masked["where"][0]) + json.dumps(masked["funnel"])
+    assert cohort_sessions(warehouse, {"category": "electronics"}, INC_START, INC_END) is None

@@ -31,6 +31,7 @@ from datetime import datetime, timedelta
 import duckdb
 import pandas as pd
 
+from funnelwatch.incidents.masking import mask_small_cohorts
 from funnelwatch.incidents.store import SCHEMA, ensure_incident_schema
 from funnelwatch.landing import as_utc_hour
 
@@ -359,7 +360,9 @@ def update_root_cause(con, inc_id: str, hour: datetime, analyse: Analyse) -> Non
         {"id": inc_id},
     ).fetchone()
     try:
-        rca = localise_top_down(con, analyse, metric, cohort, started, hour + timedelta(hours=1))
+        end = hour + timedelta(hours=1)
+        rca = mask_small_cohorts(con, localise_top_down(con, analyse, metric, cohort, started,
+                                                        end), started, end)
     except Exception as exc:  # an analysis bug must not lose the incident
         log.exception("root cause of %s failed", inc_id)
         rca = {"error": f"{type(exc).__name__}: {exc}"}
