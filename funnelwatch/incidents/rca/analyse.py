@@ -1,0 +1,117 @@
+"""Entry points (``analyse_incident``, ``cohort_deviation``) and the analysis run of one incident."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import duckdb
+
+from funnelwatch.incidents.rca.constants import KNOWN_METRICS, LEAF_DIMENSIONS, SESSION_DIMENSIONS
+from funnelwatch.incidents.rca.context import _WindowData
+from funnelwatch.incidents.rca.funnel import _Funnel
+from funnelwatch.incidents.rca.hypotheses import _Hypotheses
+from funnelwatch.incidents.rca.impact import _Impact
+from funnelwatch.incidents.rca.localise import _Localise
+from funnelwatch.incidents.rca.util import _utc
+from rootcause import parse_cohort
+
+
+# ---------------------------------------------------------------------------------------------
+def analyse_incident(
+    con: duckdb.DuckDBPyConnection,
+    *,
+    metric: str,
+    cohort: str,
+    start: datetime,
+    end: datetime,
+    history_days: int = 7,
+    lookback_hours: int = 24,
+) -> dict:
+    """Root cause of one incident (see the module docstring); a JSON-serialisable dict.
+
+    ``lookback_hours``: how far before ``start`` (the first anomalous hour) the onset of the
+    deviation and its candidate causes are looked for (detection flags small drops late)."""
+    if metric not in KNOWN_METRICS:
+        raise ValueError(f"unknown metric {metric!r}; expected one of {sorted(KNOWN_METRICS)}")
+    start, end = _utc(start, "start"), _utc(end, "end")
+    if end <= start:
+        raise ValueError(f"empty window: end {end.isoformat()} <= start {start.isoformat()}")
+    if not isinstance(history_days, int) or history_days < 1:
+        raise ValueError(f"history_days must be a positive integer, got {history_days!r}")
+    if not isinstance(lookback_hours, int) or lookback_hours < 0:
+        raise ValueError(f"lookback_hours must be a non-negative integer, got {lookback_hours!r}")
+    flagged = parse_cohort(cohort) if cohort else {}
+    bad = [d for d in flagged if d not in (*SESSION_DIMENSIONS, "category", "payment_provider")]
+    if bad:
+        raise ValueError(f"cohort {cohort!r} has unknown dimension(s) {bad}")
+    ctx = _Context(con, metric, cohort, flagged, start, end, history_days)
+    ctx.lookback = timedelta(hours=lookback_hours)
+    return ctx.run()
+
+
+def cohort_deviation(
+    con: duckdb.DuckDBPyConnection,
+    *,
+    metric: str,
+    cohort: str,
+    start: datetime,
+    end: datetime,
+    history_days: int = 7,
+) -> dict | None:
+    """The flagged metric over ``[start, end)`` in a session cohort vs its expectation (same
+    expectations as analyse_incident): ``{"z": ...}``; None for category / provider cohorts.
+    Used by the evaluation to say how visible a labelled incident was at all."""
+    filters = parse_cohort(cohort) if cohort else {}
+    if any(k not in SESSION_DIMENSIONS for k in filters) or metric not in KNOWN_METRICS:
+        return None
+    ctx = _Context(
+        con, metric, cohort, filters, _utc(start, "start"), _utc(end, "end"), history_days
+    )
+    ctx.cube = ctx.load_cube()
+    ctx.inside = ctx.cube[ctx.cube["in_flagged"]] if filters else ctx.cube
+    ctx.loc_dims = [d for d in LEAF_DIMENSIONS if d not in filters]
+    if ctx.inside.empty:
+        return None
+    ctx._direction()
+    return {"z": ctx.metric_z}
+
+
+class _Context(_WindowData, _Localise, _Funnel, _Hypotheses, _Impact):
+    # -- main ----------------------------------------------------------------------------------
+    def run(self) -> dict:
+        cube = self.load_cube()
+        cur_total = cube["cur_sessions"].sum() if len(cube) else 0.0
+        if cube.empty or cur_total <= 0:
+            raise ValueError(
+                f"no data in the window [{self.start.isoformat()}, {self.end.isoformat()}) "
+                "of marts.fct_funnel_hourly"
+            )
+        self.cube = cube
+        self.inside = cube[cube["in_flagged"]].copy() if self.session_flagged else cube.copy()
+        if self.inside.empty or self.inside["cur_sessions"].sum() <= 0:
+            raise ValueError(f"cohort {self.cohort!r} has no sessions in the window")
+        self.loc_dims = [d for d in LEAF_DIMENSIONS if d not in self.session_flagged]
+
+        where, step, step_info = self.localise()
+        self.categories = self.category_table()
+        self.providers = self.provider_table()
+        where = self.special_where(where, step)
+        main = where[0] if where else None
+        main_filters = main["filters"] if main else dict(self.flagged)
+        funnel = self.funnel_table(main_filters)
+        self.onset = self.estimate_onset(main_filters, step)
+        hypotheses = self.hypotheses(where, step, step_info)
+        where = self.prefer_campaign(where, hypotheses)
+        impact = self.impact(where[0]["filters"] if where else self.flagged, step)
+        return {
+            "metric": self.metric,
+            "cohort": self.cohort,
+            "window_start": self.start.isoformat(),
+            "window_end": self.end.isoformat(),
+            "onset": self.onset.isoformat(),
+            "where": where,
+            "funnel_step": step,
+            "funnel": funnel,
+            "hypotheses": hypotheses,
+            "impact": impact,
+        }

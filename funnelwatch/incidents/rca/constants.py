@@ -1,0 +1,109 @@
+"""Dimensions, funnel stages, metrics and tuning constants of the incident root cause."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+LEAF_DIMENSIONS = ("device_type", "os", "browser", "country", "utm_campaign")
+SESSION_DIMENSIONS = (*LEAF_DIMENSIONS, "utm_source", "utm_medium")
+UNKNOWN_LABEL = {
+    "device_type": "(unknown)",
+    "os": "(unknown)",
+    "browser": "(unknown)",
+    "country": "(unknown)",
+    "utm_source": "(none)",
+    "utm_medium": "(none)",
+    "utm_campaign": "(none)",
+}
+STAGES = (
+    "sessions",
+    "product_view",
+    "add_to_cart",
+    "checkout_start",
+    "shipping_step",
+    "payment_step",
+    "review_step",
+    "payment_attempt",
+    "purchase",
+)
+COUNT_COLUMNS = (
+    "payment_attempts",
+    "payment_failures",
+    "purchases",
+    "revenue",
+    "js_error_sessions",
+    "events",
+)
+
+
+def stage_column(stage: str) -> str:
+    return "sessions" if stage == "sessions" else f"{stage}_sessions"
+
+
+CUBE_COLUMNS = tuple(stage_column(s) for s in STAGES) + COUNT_COLUMNS
+
+# rate metric -> (numerator stage, denominator stage) of fct_cohort_metrics_hourly
+RATE_METRICS = {
+    "product_view_rate": ("product_view", "sessions"),
+    "add_to_cart_rate": ("add_to_cart", "product_view"),
+    "checkout_start_rate": ("checkout_start", "add_to_cart"),
+    "shipping_step_rate": ("shipping_step", "checkout_start"),
+    "payment_step_rate": ("payment_step", "shipping_step"),
+    "review_step_rate": ("review_step", "payment_step"),
+    "payment_attempt_rate": ("payment_attempt", "review_step"),
+    "checkout_conversion_rate": ("purchase", "checkout_start"),
+    "session_conversion_rate": ("purchase", "sessions"),
+}
+# metrics where up is bad (their funnel loss is a drop of payment_attempt -> purchase)
+OTHER_RATE_METRICS = {
+    "payment_failure_rate": ("payment_failures", "payment_attempts"),
+    "js_error_session_rate": ("js_error_sessions", "sessions"),
+}
+ADDITIVE_METRICS = {
+    "sessions": "sessions",
+    "events": "events",
+    "purchases": "purchases",
+    "revenue": "revenue",
+    "product_view_sessions": "product_view_sessions",
+}
+KNOWN_METRICS = (*RATE_METRICS, *OTHER_RATE_METRICS, *ADDITIVE_METRICS)
+
+# which funnel steps a service's deploy can break (step = the numerator stage of a conversion)
+SERVICE_STEPS = {
+    "payment-widget": {"payment_step", "review_step", "payment_attempt", "purchase"},
+    "payment": {"payment_attempt", "purchase"},
+    "checkout": {"checkout_start", "shipping_step", "payment_step", "review_step"},
+    "web": {"sessions", "product_view", "add_to_cart", "checkout_start"},
+    "search": {"product_view", "add_to_cart"},
+    "catalog": {"product_view", "add_to_cart"},
+}
+# funnel event types in order (tracking gaps: an earlier one stops while later ones continue)
+TRACKED_EVENTS = (
+    "product_view",
+    "add_to_cart",
+    "checkout_start",
+    "checkout_step",
+    "payment_attempt",
+    "purchase",
+)
+EVENT_STAGE = {
+    "product_view": "product_view",
+    "add_to_cart": "add_to_cart",
+    "checkout_start": "checkout_start",
+    "checkout_step": "shipping_step",
+    "payment_attempt": "payment_attempt",
+    "purchase": "purchase",
+}
+PRIOR_WEIGHT = 20.0  # pseudo-denominators shrinking a leaf's history rate to its parent's
+LOOKBACK_BEFORE = timedelta(hours=6)  # changes up to this long before the onset are candidates
+ONSET_NORMAL_LLR = 3.0  # a stretch favouring "no change" by e^3 ends an older deviation
+ONSET_MIN_GAIN = 3.0  # log-LR an onset before start must gain over start itself (else start)
+ONSET_DECAY_HOURS = 6.0  # mild preference for changes nearer the estimated onset
+BASELINE_ERROR = 0.05  # proportional error of a baseline, in every z below
+RATIO_DRIFT = 0.01  # cohort-level proportional error of an expected conversion (drift)
+ADDITIVE_DRIFT = 0.08  # ... of an expected count from the same hours of previous days
+DIMENSION_PENALTY = 2.0  # z^2 a cohort must gain per extra dimension (multiple testing)
+MAX_DIMENSIONS = 3
+MIN_REFINE_Z = 3.0  # a sub-cohort replaces the flagged cohort only when |z| >= this
+# naming ties between cohorts with identical leaves: campaign, os, browser, country, then device
+DIMENSION_PREFERENCE = {"utm_campaign": 0, "os": 1, "browser": 2, "country": 3, "device_type": 4}
