@@ -7,6 +7,7 @@ import dagster as dg
 from orchestration import jobs
 from orchestration.detect import assets as detect
 from orchestration.ingest import assets as ingest
+from orchestration.ingest import sensors as ingest_sensors
 from orchestration.maintain import assets as maintain
 from orchestration.quality import checks as quality
 from orchestration.resources import default_resources
@@ -23,6 +24,7 @@ defs = dg.Definitions(
     jobs=[jobs.hourly_pipeline, jobs.detect_anomalies, respond_jobs.respond_to_anomalies,
           *maintain.jobs],
     schedules=[jobs.hourly_pipeline_schedule, *maintain.schedules],
-    sensors=[respond_sensors.anomalies_sensor, respond_sensors.pipeline_failure_to_ops],
+    sensors=[ingest_sensors.late_data_sensor, respond_sensors.anomalies_sensor,
+             respond_sensors.pipeline_failure_to_ops],
     resources=default_resources(),
 )

@@ -145,8 +145,14 @@ def _timeline(con, incident: str, hour: datetime, kind: str, detail: str) -> Non
 
 def _undo_hour(con, hour: datetime) -> None:
     """Remove what a previous processing of `hour` added, so processing it again is exact."""
+    # Incidents opened in this hour and seen in no later hour go; those with later members
+    # stay (late data for an incident's first hour must not lose its later hours, state,
+    # root cause or alert history) and take this hour's points again below.
     opened_here = [r[0] for r in con.execute(
-        f"SELECT incident_id FROM {SCHEMA}.incidents WHERE started_at = $h", {"h": hour}
+        f"""SELECT incident_id FROM {SCHEMA}.incidents i WHERE started_at = $h
+            AND NOT EXISTS (SELECT 1 FROM {SCHEMA}.members m
+                            WHERE m.incident_id = i.incident_id AND m.event_hour > $h)""",
+        {"h": hour},
     ).fetchall()]
     con.execute(f"DELETE FROM {SCHEMA}.members WHERE event_hour = $h", {"h": hour})
     con.execute(
@@ -192,7 +198,7 @@ def _live_incidents(con, hour: datetime, policy: IncidentPolicy) -> pd.DataFrame
         f"""SELECT incident_id, state, metric, cohort, severity, started_at, last_anomaly_at,
                    resolved_at, alert_key
             FROM {SCHEMA}.incidents
-            WHERE started_at < $h
+            WHERE started_at <= $h
               AND (state IN ('open', 'acknowledged')
                    OR (state = 'resolved' AND resolved_at >= $reopen))
             ORDER BY severity DESC, started_at""",
@@ -293,10 +299,12 @@ def process_hour(
             inc = incidents[inc_id]
             before_band = severity_band(float(inc["severity"]))
             new_severity = max(float(inc["severity"]), worst)
-            reopening = inc["state"] == "resolved"
+            # A resolved incident re-opens on a new point after its resolution; late data for
+            # an hour before the resolution only updates it.
+            reopening = inc["state"] == "resolved" and inc["resolved_at"] <= hour
             con.execute(
                 f"""UPDATE {SCHEMA}.incidents SET
-                      last_anomaly_at = $h, updated_at = now(),
+                      last_anomaly_at = greatest(last_anomaly_at, $h), updated_at = now(),
                       anomaly_count = anomaly_count + $n, severity = $sev,
                       metrics = list_sort(list_distinct(list_concat(metrics, $ms))),
                       cohorts = list_sort(list_distinct(list_concat(cohorts, $cs)))
@@ -322,6 +330,10 @@ def process_hour(
                           f"severity {inc['severity']:.0f} -> {new_severity:.0f} "
                           f"({severity_band(new_severity)})")
                 result.escalated.append(inc_id)
+            elif inc["started_at"] == hour:  # its first hour, processed again (late data)
+                _timeline(con, inc_id, hour, "opened", f"{len(rows)} anomalous series "
+                          "(hour processed again)")
+                result.updated.append(inc_id)
             else:
                 _timeline(con, inc_id, hour, "updated", f"{len(rows)} anomalous series")
                 result.updated.append(inc_id)
