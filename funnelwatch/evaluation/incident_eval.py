@@ -12,13 +12,8 @@ import json
 
 import pandas as pd
 
+from funnelwatch.evaluation.rca_accuracy import cohort_string
 from funnelwatch.incidents.lifecycle import compatible
-
-
-def cohort_string(cohort: dict | None) -> str:
-    if not cohort:
-        return "all"
-    return "&".join(f"{k}={v}" for k, v in cohort.items())
 
 
 def _span(frame: pd.DataFrame) -> tuple[pd.Series, pd.Series]:

@@ -25,7 +25,7 @@ import pandas as pd
 from funnelwatch.alerting import Notification, RoutingConfig, build_channel, enqueue, route
 from funnelwatch.alerting.outbox import TABLE as OUTBOX_TABLE
 from funnelwatch.alerting.outbox import Attempt, deliver_due, ensure_outbox
-from funnelwatch.incidents.store import SCHEMA, ensure_incident_schema
+from funnelwatch.incidents.store import SCHEMA, add_timeline, ensure_incident_schema
 
 DEFAULT_HORIZON = timedelta(hours=24)
 
@@ -98,14 +98,6 @@ def _action(state: str) -> str:
     return {"resolved": "resolve", "acknowledged": "acknowledge"}.get(state, "trigger")
 
 
-def _timeline(con, incident_id: str, at: datetime, kind: str, detail: str) -> None:
-    con.execute(
-        f"INSERT INTO {SCHEMA}.timeline (incident_id, event_time, kind, detail) "
-        "VALUES ($i, $t, $k, $d)",
-        {"i": incident_id, "t": at, "k": kind, "d": detail},
-    )
-
-
 def enqueue_incident_alerts(
     con: duckdb.DuckDBPyConnection,
     routing: RoutingConfig,
@@ -130,10 +122,10 @@ def enqueue_incident_alerts(
         try:
             if latest + timedelta(hours=1) < now - horizon:
                 run.skipped_backfill.append(inc_id)
-                _timeline(con, inc_id, now, "alert_skipped",
+                add_timeline(con, inc_id, now, "alert_skipped",
                           f"{action}: the change is older than {horizon} (backfill); not paged")
             elif action != "trigger" and not _was_triggered(con, incident["alert_key"]):
-                _timeline(con, inc_id, now, "alert_skipped",
+                add_timeline(con, inc_id, now, "alert_skipped",
                           f"{action}: nothing was paged for {incident['alert_key']}")
             else:
                 chart = chart_for(incident) if chart_for and action == "trigger" else None
@@ -147,7 +139,7 @@ def enqueue_incident_alerts(
                 detail = f"{action} -> {', '.join(routed.channels) or 'no channel'}"
                 if routed.suppressed:
                     detail += "; held back: " + "; ".join(s.reason for s in routed.suppressed)
-                _timeline(con, inc_id, now, "alerted", detail)
+                add_timeline(con, inc_id, now, "alerted", detail)
             con.execute(
                 f"UPDATE {SCHEMA}.incidents SET alerted_version = alert_version "
                 "WHERE incident_id = $id", {"id": inc_id},

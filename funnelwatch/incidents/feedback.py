@@ -52,7 +52,12 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from funnelwatch.incidents.store import FEEDBACK_LABELS, SCHEMA, ensure_incident_schema
+from funnelwatch.incidents.store import (
+    FEEDBACK_LABELS,
+    SCHEMA,
+    add_timeline,
+    ensure_incident_schema,
+)
 
 BASE_SEVERITY = 50.0  # the ensemble's alert threshold (severity = 100 raw / (1 + raw), raw > 1)
 STEP = 10.0  # added to a series' threshold per false alarm
@@ -221,11 +226,7 @@ def _apply(con, feedback_id: str, fields: dict, submitted_at: pd.Timestamp, inci
              "c": cohort, "ws": start, "we": end, "a": fields["author"], "n": fields["note"],
              "s": submitted_at, "now": now},
         )
-        con.execute(
-            f"INSERT INTO {SCHEMA}.timeline (incident_id, event_time, kind, detail) "
-            "VALUES ($i, $t, 'feedback', $d)",
-            {"i": fields["incident_id"], "t": now, "d": detail},
-        )
+        add_timeline(con, fields["incident_id"], now, "feedback", detail)
         con.execute(
             f"UPDATE {SCHEMA}.incidents SET feedback = $l, updated_at = $now "
             "WHERE incident_id = $i",
@@ -239,11 +240,8 @@ def _apply(con, feedback_id: str, fields: dict, submitted_at: pd.Timestamp, inci
                     WHERE incident_id = $i""",
                 {"now": now, "i": fields["incident_id"]},
             )
-            con.execute(
-                f"INSERT INTO {SCHEMA}.timeline (incident_id, event_time, kind, detail) "
-                "VALUES ($i, $t, 'resolved', $d)",
-                {"i": fields["incident_id"], "t": now, "d": f"resolved by feedback: {label}"},
-            )
+            add_timeline(con, fields["incident_id"], now, "resolved",
+                         f"resolved by feedback: {label}")
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")

@@ -32,8 +32,9 @@ import duckdb
 import pandas as pd
 
 from funnelwatch.incidents.masking import mask_small_cohorts
-from funnelwatch.incidents.store import SCHEMA, ensure_incident_schema
+from funnelwatch.incidents.store import SCHEMA, add_timeline, ensure_incident_schema
 from funnelwatch.landing import as_utc_hour
+from rootcause import parse_cohort
 
 log = logging.getLogger(__name__)
 
@@ -75,13 +76,7 @@ def severity_band(severity: float) -> str:
 
 def parse_filters(cohort: str) -> dict[str, str]:
     """`os=iOS&browser=Safari` -> {"os": "iOS", "browser": "Safari"}; `all` -> {}."""
-    if not cohort or cohort == "all":
-        return {}
-    out = {}
-    for part in cohort.split("&"):
-        key, _, value = part.partition("=")
-        out[key] = value
-    return out
+    return parse_cohort(cohort) if cohort else {}
 
 
 def compatible(a: str, b: str) -> bool:
@@ -133,14 +128,6 @@ def _title(metric: str, cohort: str, direction: str | None) -> str:
     verb = {"down": "dropped", "up": "rose"}.get(direction or "", "changed")
     where = "the whole store" if cohort == "all" else cohort
     return f"{metric} {verb} in {where}"
-
-
-def _timeline(con, incident: str, hour: datetime, kind: str, detail: str) -> None:
-    con.execute(
-        f"INSERT INTO {SCHEMA}.timeline (incident_id, event_time, kind, detail) "
-        "VALUES ($i, $t, $k, $d)",
-        {"i": incident, "t": hour, "k": kind, "d": detail},
-    )
 
 
 def _undo_hour(con, hour: datetime) -> None:
@@ -291,7 +278,7 @@ def process_hour(
                      "ms": sorted({r[2] for r in rows}), "cs": sorted({r[3] for r in rows}),
                      "dir": inc["direction"], "sev": worst, "h": hour, "n": len(rows)},
                 )
-                _timeline(con, inc_id, hour, "opened",
+                add_timeline(con, inc_id, hour, "opened",
                           f"{len(rows)} anomalous series, worst {inc['metric']} | "
                           f"{inc['cohort']} (severity {worst:.0f})")
                 result.opened.append(inc_id)
@@ -322,20 +309,20 @@ def process_hour(
                         WHERE incident_id = $id""",
                     {"id": inc_id, "key": f"{inc_id}-r{reopen_count + 1}"},
                 )
-                _timeline(con, inc_id, hour, "reopened",
+                add_timeline(con, inc_id, hour, "reopened",
                           f"anomalous again {hour - inc['resolved_at']} after resolving")
                 result.reopened.append(inc_id)
             elif severity_band(new_severity) != before_band and new_severity > inc["severity"]:
-                _timeline(con, inc_id, hour, "escalated",
+                add_timeline(con, inc_id, hour, "escalated",
                           f"severity {inc['severity']:.0f} -> {new_severity:.0f} "
                           f"({severity_band(new_severity)})")
                 result.escalated.append(inc_id)
             elif inc["started_at"] == hour:  # its first hour, processed again (late data)
-                _timeline(con, inc_id, hour, "opened", f"{len(rows)} anomalous series "
+                add_timeline(con, inc_id, hour, "opened", f"{len(rows)} anomalous series "
                           "(hour processed again)")
                 result.updated.append(inc_id)
             else:
-                _timeline(con, inc_id, hour, "updated", f"{len(rows)} anomalous series")
+                add_timeline(con, inc_id, hour, "updated", f"{len(rows)} anomalous series")
                 result.updated.append(inc_id)
 
         for inc in incidents.values():
@@ -349,7 +336,7 @@ def process_hour(
                         WHERE incident_id = $id""",
                     {"h": hour, "id": inc["incident_id"]},
                 )
-                _timeline(con, inc["incident_id"], hour, "resolved",
+                add_timeline(con, inc["incident_id"], hour, "resolved",
                           f"{inc['metric']} | {inc['cohort']} back in its expected band for "
                           f"{policy.recovery_hours} h")
                 result.resolved.append(inc["incident_id"])
@@ -443,5 +430,5 @@ def acknowledge(con: duckdb.DuckDBPyConnection, inc_id: str, who: str, at: datet
             WHERE incident_id = $id""",
         {"t": at, "id": inc_id},
     )
-    _timeline(con, inc_id, at, "acknowledged", f"by {who}")
+    add_timeline(con, inc_id, at, "acknowledged", f"by {who}")
     return True

@@ -14,11 +14,11 @@ from datetime import datetime
 
 import duckdb
 
-from funnelwatch.privacy import is_small, mask_cohort, min_cohort_sessions
-
 # The session attributes of marts.fct_funnel_hourly (fixed names, never user input).
-SESSION_DIMENSIONS = ("device_type", "os", "browser", "country", "utm_source", "utm_medium",
-                      "utm_campaign")
+from funnelwatch.incidents.rca.constants import SESSION_DIMENSIONS
+
+# SESSION_DIMENSIONS: the session attributes of marts.fct_funnel_hourly (fixed names).
+from funnelwatch.privacy import is_small, mask_cohort, min_cohort_sessions
 
 
 def cohort_sessions(con: duckdb.DuckDBPyConnection, filters: dict, start: datetime,

@@ -46,6 +46,16 @@ INCIDENT_COLUMNS = {
 }
 
 
+def add_timeline(con: duckdb.DuckDBPyConnection, incident_id: str, at, kind: str,
+                 detail: str) -> None:
+    """One row of an incident's timeline (lifecycle, alerts and feedback all write here)."""
+    con.execute(
+        f"INSERT INTO {SCHEMA}.timeline (incident_id, event_time, kind, detail) "
+        "VALUES ($i, $t, $k, $d)",
+        {"i": incident_id, "t": at, "k": kind, "d": detail},
+    )
+
+
 def ensure_incident_schema(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
     cols = ", ".join(f"{name} {sql_type}" for name, sql_type in INCIDENT_COLUMNS.items())
