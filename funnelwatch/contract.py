@@ -204,8 +204,8 @@ def contract_markdown() -> str:
     lines = [
         "# The funnelwatch event contract",
         "",
-        "Generated from `funnelwatch/contract.py` by `funnelwatch contract`; "
-        "do not edit by hand.",
+        ("Generated from `funnelwatch/contract.py` by `funnelwatch contract`; "
+        "do not edit by hand."),
         "",
         "All times are UTC with microsecond precision. Landing files live at",
         "`<landing>/events/date=YYYY-MM-DD/hour=HH/*.parquet|*.jsonl|*.csv`, one folder per",
@@ -225,8 +225,8 @@ def contract_markdown() -> str:
     for rule in QUARANTINE_RULES:
         lines.append(f"- `{rule.reason}`: {rule.description}")
     lines += [
-        "- `duplicate_event_id` rows are not quarantined: the first copy is kept, the others "
-        "are dropped and counted in the materialization metadata.",
+        ("- `duplicate_event_id` rows are not quarantined: the first copy is kept, the others "
+        "are dropped and counted in the materialization metadata."),
         "",
         "## Reference data",
         "",

@@ -107,8 +107,8 @@ def test_ids_are_pseudonymised_with_the_key(tmp_path):
     "name, content, line",
     [
         ("bad.jsonl", '{"event_id": "x"}\n{not json\n', 2),
-        ("bad.csv", "event_id,event_time,event_type,user_id,session_id\n"
-                    "a,2026-11-02 13:00:00,page_view,u,s\nb,2026-11-02 13:00:01,page_view,u\n", 3),
+        ("bad.csv", ("event_id,event_time,event_type,user_id,session_id\n"
+                    "a,2026-11-02 13:00:00,page_view,u,s\nb,2026-11-02 13:00:01,page_view,u\n"), 3),
         ("bad.parquet", "PAR1 this is not parquet", None),
     ],
 )

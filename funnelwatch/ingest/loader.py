@@ -78,8 +78,8 @@ def _reader(path: Path, tag: str = "") -> tuple[str, dict]:
     if suffix in (".jsonl", ".json"):
         params[c] = _json_columns()
         return (
-            f"read_json(${p}, format = 'newline_delimited', columns = ${c}, "
-            "hive_partitioning = false)",
+            (f"read_json(${p}, format = 'newline_delimited', columns = ${c}, "
+            "hive_partitioning = false)"),
             params,
         )
     if suffix == ".csv":
@@ -91,8 +91,8 @@ def _reader(path: Path, tag: str = "") -> tuple[str, dict]:
             raise LandingFileError(path, "empty CSV file (no header row)", 1)
         params[c] = {name: "VARCHAR" for name in header}
         return (
-            f"read_csv(${p}, header = true, auto_detect = false, delim = ',', quote = '\"', "
-            f"escape = '\"', columns = ${c}, strict_mode = true, hive_partitioning = false)",
+            (f"read_csv(${p}, header = true, auto_detect = false, delim = ',', quote = '\"', "
+            f"escape = '\"', columns = ${c}, strict_mode = true, hive_partitioning = false)"),
             params,
         )
     raise LandingFileError(path, f"unsupported file type {suffix!r}")
@@ -206,6 +206,33 @@ def _json_columns() -> dict[str, str]:
     return {f.name: "VARCHAR" for f in EVENT_FIELDS}
 
 
+def landing_rows_sql(
+    con: duckdb.DuckDBPyConnection, files: list[Path]
+) -> tuple[str, dict, list[str]]:
+    """(sql, params, ignored columns): a parenthesised SELECT over the landing files, projected
+    onto the contract, with `_reason` (NULL for a valid row, else why it is quarantined; it
+    needs `$hour_start` / `$hour_end` among the params), `_source_file` and `_source_row`.
+    Also used by the fast lane, which reads the files of the running hour directly."""
+    selects, params, ignored = [], {}, []
+    cast_columns: set[str] = set()
+    for index, path in enumerate(files):
+        reader, reader_params = _reader(path, tag=str(index))
+        columns = _describe(con, reader, reader_params, path)
+        select_sql, extra, casts = _stage_file_sql(reader, columns, f"$path{index}")
+        cast_columns |= casts
+        ignored += [f"{path.name}:{c}" for c in extra]
+        selects.append(select_sql)
+        params.update(reader_params)
+    if not selects:  # no files: an empty relation of the same shape
+        selects.append(_empty_select())
+    sql = (
+        f"(SELECT *, {quarantine_reason_sql(cast_columns)} AS _reason FROM ("
+        + " UNION ALL ".join(selects)
+        + "))"
+    )
+    return sql, params, ignored
+
+
 def load_hour(
     con: duckdb.DuckDBPyConnection,
     landing: Path | str,
@@ -225,23 +252,9 @@ def load_hour(
     # One SELECT over all the hour's files, projected onto the contract, with the reason.
     # It is not materialised: each step below streams from the files (columnar Parquet reads
     # only the columns a step needs), which keeps ingest close to a bare load.
-    selects, params = [], {"hour_start": hour_start, "hour_end": hour_end}
-    cast_columns: set[str] = set()
-    for index, path in enumerate(files):
-        reader, reader_params = _reader(path, tag=str(index))
-        columns = _describe(con, reader, reader_params, path)
-        select_sql, extra, casts = _stage_file_sql(reader, columns, f"$path{index}")
-        cast_columns |= casts
-        result.ignored_columns += [f"{path.name}:{c}" for c in extra]
-        selects.append(select_sql)
-        params.update(reader_params)
-    if not selects:  # an empty hour: still replace (delete) what was loaded before
-        selects.append(_empty_select())
-    landing_rows = (
-        f"(SELECT *, {quarantine_reason_sql(cast_columns)} AS _reason FROM ("
-        + " UNION ALL ".join(selects)
-        + "))"
-    )
+    landing_rows, params, ignored = landing_rows_sql(con, files)
+    params.update({"hour_start": hour_start, "hour_end": hour_end})
+    result.ignored_columns += ignored
 
     con.execute("BEGIN TRANSACTION")
     try:
