@@ -31,6 +31,10 @@ from datetime import datetime, timedelta
 import duckdb
 import pandas as pd
 
+from funnelwatch.detection.store import ensure_detection_schema
+from funnelwatch.fastlane.store import SCORES as FASTLANE_SCORES
+from funnelwatch.fastlane.store import ensure_fastlane_schema
+from funnelwatch.fastlane.store import flagged_points_sql as fastlane_flagged_points_sql
 from funnelwatch.incidents.masking import mask_small_cohorts
 from funnelwatch.incidents.store import SCHEMA, add_timeline, ensure_incident_schema
 from funnelwatch.landing import as_utc_hour
@@ -43,6 +47,9 @@ LIFECYCLE_KINDS = ("opened", "updated", "escalated", "resolved", "reopened")
 SEVERITY_BANDS = ((90.0, "critical"), (70.0, "major"), (50.0, "minor"))
 
 Analyse = Callable[..., dict]
+# 5-minute slots per hour of the fast lane, and the share of them a recovered hour needs.
+SLOTS_PER_HOUR = 12
+FASTLANE_RECOVERY_COVERAGE = 0.9
 
 
 @dataclass(frozen=True)
@@ -135,8 +142,11 @@ def _undo_hour(con, hour: datetime) -> None:
     # Incidents opened in this hour and seen in no later hour go; those with later members
     # stay (late data for an incident's first hour must not lose its later hours, state,
     # root cause or alert history) and take this hour's points again below.
+    # Incidents already alerted stay too: the fast lane processes its hour every 5 minutes
+    # and the hourly lane again later; the page sent names this id, so it must survive.
     opened_here = [r[0] for r in con.execute(
         f"""SELECT incident_id FROM {SCHEMA}.incidents i WHERE started_at = $h
+            AND coalesce(alerted_version, 0) = 0
             AND NOT EXISTS (SELECT 1 FROM {SCHEMA}.members m
                             WHERE m.incident_id = i.incident_id AND m.event_hour > $h)""",
         {"h": hour},
@@ -151,6 +161,12 @@ def _undo_hour(con, hour: datetime) -> None:
                     {"ids": opened_here})
         con.execute(f"DELETE FROM {SCHEMA}.members WHERE list_contains($ids, incident_id)",
                     {"ids": opened_here})
+    # An alerted incident of this hour that kept no member counts its points afresh.
+    con.execute(
+        f"""UPDATE {SCHEMA}.incidents i SET anomaly_count = 0 WHERE started_at = $h
+            AND NOT EXISTS (SELECT 1 FROM {SCHEMA}.members m WHERE m.incident_id = i.incident_id)""",
+        {"h": hour},
+    )
     # Incidents resolved or re-opened at this hour go back to how they were before it.
     con.execute(
         f"""UPDATE {SCHEMA}.incidents SET state = 'open', resolved_at = NULL,
@@ -171,11 +187,18 @@ def _undo_hour(con, hour: datetime) -> None:
 
 
 def _flagged_points(con, hour: datetime) -> pd.DataFrame:
+    """The hour's flagged points of both lanes, one per series (its most severe): the
+    hourly detection (`detection.anomalies`) and the 5-minute fast lane (`fastlane.scores`),
+    so the fast lane's early point and the hourly lane's later one are the same incident."""
     return con.execute(
-        """SELECT metric, cohort, severity, direction, value, expected
-           FROM detection.anomalies
-           WHERE event_hour = $h AND is_anomaly
-           ORDER BY severity DESC, metric, cohort""",
+        f"""SELECT metric, cohort, max(severity) AS severity,
+                   arg_max(direction, severity) AS direction,
+                   arg_max(value, severity) AS value, arg_max(expected, severity) AS expected
+            FROM (SELECT metric, cohort, severity, direction, value, expected
+                  FROM detection.anomalies WHERE event_hour = $h AND is_anomaly
+                  UNION ALL {fastlane_flagged_points_sql()})
+            GROUP BY metric, cohort
+            ORDER BY severity DESC, metric, cohort""",
         {"h": hour},
     ).df()
 
@@ -199,14 +222,24 @@ def _recovered(con, metric: str, cohort: str, last_anomaly: datetime, hour: date
     hours up to and including `hour` (and none of them is before the last anomaly)."""
     if hour - last_anomaly < timedelta(hours=hours):
         return False
+    window = {"m": metric, "c": cohort, "from": hour - timedelta(hours=hours), "h": hour}
     good = con.execute(
         """SELECT count(*) FROM detection.anomalies
            WHERE metric = $m AND cohort = $c AND event_hour > $from AND event_hour <= $h
              AND NOT coalesce(is_anomaly, false)
              AND (lower IS NULL OR value >= lower) AND (upper IS NULL OR value <= upper)""",
-        {"m": metric, "c": cohort, "from": hour - timedelta(hours=hours), "h": hour},
+        window,
     ).fetchone()[0]
-    return good >= hours
+    if good >= hours:
+        return True
+    # A series only the fast lane watches (payment_failure_rate per provider) recovers when
+    # its slots of those hours were scored (nearly all) and none was flagged.
+    scored, flagged = con.execute(
+        f"""SELECT count(*), count(*) FILTER (WHERE is_anomaly) FROM {FASTLANE_SCORES}
+            WHERE metric = $m AND cohort = $c AND event_hour > $from AND event_hour <= $h""",
+        window,
+    ).fetchone()
+    return flagged == 0 and scored >= FASTLANE_RECOVERY_COVERAGE * hours * SLOTS_PER_HOUR
 
 
 def process_hour(
@@ -217,10 +250,12 @@ def process_hour(
 ) -> HourResult:
     """Group the hour's flagged points into incidents, resolve the recovered ones and
     re-run root cause (`analyse`, see funnelwatch.incidents.rca) for those that changed.
-    One transaction per hour."""
+    One transaction per hour for the grouping; root cause is stored after it."""
     policy = policy or IncidentPolicy()
     hour = as_utc_hour(hour)
     ensure_incident_schema(con)
+    ensure_detection_schema(con)
+    ensure_fastlane_schema(con)
     result = HourResult(hour)
     con.execute("BEGIN TRANSACTION")
     try:
@@ -341,13 +376,15 @@ def process_hour(
                           f"{policy.recovery_hours} h")
                 result.resolved.append(inc["incident_id"])
 
-        if analyse is not None:
-            for inc_id in result.touched:
-                update_root_cause(con, inc_id, hour, analyse)
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")
         raise
+    # Root cause after the commit: a failing analysis query must not abort the grouping's
+    # transaction (DuckDB has no savepoints), and the warehouse is held for less time.
+    if analyse is not None:
+        for inc_id in result.touched:
+            update_root_cause(con, inc_id, hour, analyse)
     return result
 
 
