@@ -6,6 +6,8 @@ import dagster as dg
 
 from orchestration import jobs
 from orchestration.detect import assets as detect
+from orchestration.fastlane import assets as fastlane
+from orchestration.fastlane import sensors as fastlane_sensors
 from orchestration.ingest import assets as ingest
 from orchestration.ingest import sensors as ingest_sensors
 from orchestration.maintain import assets as maintain
@@ -19,12 +21,12 @@ from orchestration.transform import assets as transform
 
 defs = dg.Definitions(
     assets=[*ingest.assets, *transform.assets, *serve.assets, *detect.assets, *respond.assets,
-            *maintain.assets],
+            *fastlane.assets, *maintain.assets],
     asset_checks=[*quality.checks],
     jobs=[jobs.hourly_pipeline, jobs.detect_anomalies, respond_jobs.respond_to_anomalies,
-          *maintain.jobs],
+          *fastlane.jobs, *maintain.jobs],
     schedules=[jobs.hourly_pipeline_schedule, *maintain.schedules],
     sensors=[ingest_sensors.late_data_sensor, respond_sensors.anomalies_sensor,
-             respond_sensors.pipeline_failure_to_ops],
+             respond_sensors.pipeline_failure_to_ops, fastlane_sensors.fast_lane_sensor],
     resources=default_resources(),
 )

@@ -64,6 +64,7 @@ def default_resources() -> dict:
     from dagster_dbt import DbtCliResource
 
     from orchestration.detect.assets import DetectionSettings
+    from orchestration.fastlane.assets import FastLaneSettings
     from orchestration.maintain.assets import RetentionSettings
     from orchestration.respond.resources import AlertingSettings, IncidentSettings
     from orchestration.transform.project import dbt_executable, dbt_project
@@ -77,6 +78,7 @@ def default_resources() -> dict:
         "pseudonymizer": PseudonymizerResource(),
         "dbt": DbtCliResource(project_dir=dbt_project, dbt_executable=dbt_executable()),
         "detection": DetectionSettings(),
+        "fast_lane": FastLaneSettings(),
         "incident_settings": IncidentSettings(),
         "alerting": AlertingSettings(),
         "retention": RetentionSettings(),

@@ -115,6 +115,14 @@ def incident_alerts(
     incident_settings: IncidentSettings,
     alerting: AlertingSettings,
 ) -> dg.MaterializeResult:
+    with warehouse.get_connection() as con:
+        metadata = send_incident_alerts(context, con, alerting)
+    return dg.MaterializeResult(metadata=metadata)
+
+
+def send_incident_alerts(context, con, alerting: AlertingSettings) -> dict:
+    """Enqueue a message for every incident change and deliver what is due; the outbox
+    status as metadata. Shared by `incident_alerts` and the checkout fast lane."""
     from datetime import timedelta
 
     from funnelwatch.alerting import status_summary
@@ -123,13 +131,12 @@ def incident_alerts(
 
     routing = alerting.routing()
     now = datetime.now(UTC)
-    with warehouse.get_connection() as con:
-        queued = enqueue_incident_alerts(
-            con, routing, now, horizon=timedelta(hours=alerting.horizon_hours),
-            chart_for=lambda incident: band_chart_png(con, incident),
-        )
-        attempts, unconfigured = deliver(con, routing, now)
-        status = status_summary(con, now)
+    queued = enqueue_incident_alerts(
+        con, routing, now, horizon=timedelta(hours=alerting.horizon_hours),
+        chart_for=lambda incident: band_chart_png(con, incident),
+    )
+    attempts, unconfigured = deliver(con, routing, now)
+    status = status_summary(con, now)
     if unconfigured:
         context.log.info("channels without their secrets in the environment (messages stay "
                          "pending): %s", ", ".join(unconfigured))
@@ -138,7 +145,7 @@ def incident_alerts(
          for a in attempts],
         columns=["channel", "action", "dedup_key", "status", "attempts", "error"],
     )
-    return dg.MaterializeResult(metadata={
+    return {
         "messages_enqueued": dg.MetadataValue.int(len(queued.enqueued)),
         "held_back_by_routing": dg.MetadataValue.int(len(queued.suppressed)),
         "not_paged_backfill": dg.MetadataValue.int(len(queued.skipped_backfill)),
@@ -150,7 +157,7 @@ def incident_alerts(
         "outbox_dead": dg.MetadataValue.int(status["by_status"].get("dead", 0)),
         "outbox_status": dg.MetadataValue.json(status),
         "unconfigured_channels": dg.MetadataValue.text(", ".join(unconfigured) or "none"),
-    })
+    }
 
 
 assets = [incidents, incident_alerts]

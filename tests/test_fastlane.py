@@ -1,0 +1,243 @@
+"""The checkout fast lane end to end: a simulated store whose checkout breaks at 12:00, the
+history loaded through ingest into a real DuckDB file, the live hours replayed as 5-minute
+part files (simulator replay mode), `fast_lane_sensor` on a real Dagster instance, the
+`checkout_fast_lane` asset materialized per 5-minute partition, alerts delivered to a local
+webhook server, and the hourly lane processing the same hour afterwards."""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import UTC, datetime, timedelta
+
+import dagster as dg
+import duckdb
+import pandas as pd
+import pytest
+import yaml
+
+from funnelwatch.alerting import parse_routing
+from funnelwatch.fastlane.lane import score_slot
+from funnelwatch.fastlane.metrics import cohort_frame, slot_metrics
+from funnelwatch.incidents.alerts import enqueue_incident_alerts
+from funnelwatch.incidents.lifecycle import process_hour
+from funnelwatch.ingest.loader import landing_rows_sql, load_hour
+from funnelwatch.landing import hour_dir, landed_hours
+from orchestration.fastlane.assets import (
+    FastLaneSettings,
+    checkout_fast_lane,
+    five_minute_partitions,
+)
+from orchestration.fastlane.sensors import MAX_SLOTS_PER_TICK, fast_lane_sensor
+from orchestration.resources import LandingResource, WarehouseResource
+from orchestration.respond.resources import AlertingSettings, IncidentSettings
+from simulator import SimulationConfig, simulate
+from simulator.replay import replay, write_history
+from tests.test_alerting import http_server  # noqa: F401 - a fixture
+from tests.test_incidents import ROUTING
+
+END = pd.Timestamp("2026-11-20", tz="UTC")
+BREAK = END - pd.Timedelta(hours=12)  # the last day, 12:00
+LIVE_START = BREAK - pd.Timedelta(hours=1)
+LIVE_END = BREAK + pd.Timedelta(hours=1)
+OUTAGE = {"id": "checkout-outage", "type": "checkout_conversion_drop",
+          "start": "day -1 12:00", "duration_hours": 2, "magnitude": -1.0,
+          "params": {"drop_after": "checkout_start"}}
+
+
+def key(slot: pd.Timestamp) -> str:
+    return five_minute_partitions.get_partition_key_for_timestamp(slot.timestamp())
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """Four days of a 1,500 sessions/h store; all but the last 13 hours loaded into raw."""
+    root = tmp_path_factory.mktemp("fastlane")
+    result = simulate(SimulationConfig(start=END - pd.Timedelta(days=4), end=END,
+                                       sessions_per_hour=1500, seed=3, incidents=[OUTAGE]))
+    landing = root / "landing"
+    write_history(result.events, landing, LIVE_START, late=result.late)
+    warehouse = root / "warehouse.duckdb"
+    with duckdb.connect(str(warehouse)) as con:
+        for hour in landed_hours(landing):
+            load_hour(con, landing, hour, "test-key")
+    stats = replay(result.events, landing, start=LIVE_START, end=LIVE_END, speed=0,
+                   late=result.late)
+    assert stats.files == 24, "one part file per 5-minute slot"
+    return {"root": root, "landing": landing, "warehouse": warehouse,
+            "events": result.events}
+
+
+@pytest.fixture
+def copy(store, tmp_path):
+    """The store's warehouse copied for one test (tests change it)."""
+    target = tmp_path / "warehouse.duckdb"
+    target.write_bytes(store["warehouse"].read_bytes())
+    return {**store, "warehouse": target, "tmp": tmp_path}
+
+
+def test_slot_metrics_from_landing_files_count_valid_rows_and_zero_fill(store, tmp_path):
+    hour = LIVE_START.to_pydatetime()
+    con = duckdb.connect()
+    rows_sql, params, _ = landing_rows_sql(con, sorted(hour_dir(store["landing"], hour)
+                                                      .glob("part-*.parquet")))
+    params.update({"hour_start": hour, "hour_end": hour + timedelta(hours=1)})
+    cohorts = cohort_frame([("device_type", "desktop"), ("payment_provider", "adyen"),
+                            ("os", "NoSuchOS")])
+    frame = slot_metrics(con, rows_sql, params, hour, hour + timedelta(hours=1), cohorts,
+                         valid_only=True)
+    assert frame["slot_start"].nunique() == 12
+    events = store["events"]
+    in_hour = events[(events["event_time"] >= LIVE_START)
+                     & (events["event_time"] < LIVE_START + pd.Timedelta(hours=1))]
+    purchases = frame[(frame["metric"] == "purchases") & (frame["cohort"] == "all")]
+    assert purchases["numerator"].sum() == in_hour.loc[
+        in_hour["event_type"] == "purchase", "order_id"].nunique()
+    silent = frame[frame["cohort"] == "os=NoSuchOS"]
+    assert len(silent) and (silent["numerator"] == 0).all(), "zero-filled, not missing"
+    # the provider cohort only has the payment failure rate
+    assert set(frame.loc[frame["cohort"] == "payment_provider=adyen", "metric"]) == {
+        "payment_failure_rate"}
+    with pytest.raises(ValueError, match="unknown fast-lane dimension"):
+        cohort_frame([("user_id", "x")])
+
+
+def _materialize(copy, slot: pd.Timestamp, routing_path) -> dg.MaterializeResult:
+    return dg.materialize(
+        [checkout_fast_lane],
+        partition_key=key(slot),
+        resources={
+            "warehouse": WarehouseResource(path=str(copy["warehouse"]),
+                                           publish_dir=str(copy["tmp"] / "published")),
+            "landing": LandingResource(path=str(copy["landing"])),
+            "fast_lane": FastLaneSettings(),
+            "incident_settings": IncidentSettings(reports_dir=str(copy["tmp"] / "reports"),
+                                                  feedback_dir=str(copy["tmp"] / "fb")),
+            # the simulated hours are in the past: a horizon that still pages them (the
+            # backfill rule itself is tested in tests/test_incidents.py)
+            "alerting": AlertingSettings(routing_path=str(routing_path), horizon_hours=10**5,
+                                         ops_outbox_path=str(copy["tmp"] / "ops.duckdb")),
+        },
+    )
+
+
+def test_the_fast_lane_pages_once_within_minutes_and_the_hourly_lane_keeps_the_incident(
+        copy, http_server, monkeypatch):  # noqa: F811 - the imported fixture
+    monkeypatch.setenv("FW_TEST_HOOK_URL", f"{http_server.base}/hook")
+    routing_path = copy["tmp"] / "routing.yml"
+    routing_path.write_text(yaml.safe_dump(ROUTING))
+    flagged_at = None
+    for slot in pd.date_range(BREAK - pd.Timedelta(minutes=15), LIVE_END, freq="5min",
+                              inclusive="left"):
+        result = _materialize(copy, slot, routing_path)
+        assert result.success
+        meta = result.asset_materializations_for_node("checkout_fast_lane")[0].metadata
+        if slot < BREAK:
+            assert meta["series_flagged"].value == 0, f"a false alert at {slot}"
+        elif flagged_at is None and meta["series_flagged"].value:
+            flagged_at = slot
+            assert meta["incidents_opened"].value.startswith("inc-")
+        if flagged_at is not None and slot >= flagged_at + pd.Timedelta(minutes=10):
+            break
+    # A total checkout break at ~7 checkouts per 5 minutes is certain after 15-30 minutes
+    # at the lane's false-alarm budget (docs/fastlane.md).
+    assert flagged_at is not None and flagged_at <= BREAK + pd.Timedelta(minutes=30)
+
+    hooks = [r["json"]["notification"] for r in http_server.requests if r["path"] == "/hook"]
+    assert [n["action"] for n in hooks] == ["trigger"], "one page, not one per slot"
+    with duckdb.connect(str(copy["warehouse"])) as con:
+        incidents = con.execute("SELECT incident_id, metric, alert_key FROM incidents.incidents"
+                                ).fetchall()
+        assert len(incidents) == 1
+        inc_id, metric, alert_key = incidents[0]
+        assert metric in ("checkout_conversion_rate", "purchases")
+        scored_slots = con.execute("SELECT count(DISTINCT slot_start) FROM fastlane.scores"
+                                   ).fetchone()[0]
+        assert scored_slots >= 4
+        # Later the hourly pipeline loads hour 12 and processes it: same incident, no page.
+        load_hour(con, copy["landing"], BREAK.to_pydatetime(), "test-key")
+        process_hour(con, BREAK.to_pydatetime())
+        assert con.execute("SELECT incident_id, alert_key FROM incidents.incidents"
+                           ).fetchall() == [(inc_id, alert_key)]
+        assert enqueue_incident_alerts(con, parse_routing(ROUTING), datetime.now(UTC),
+                                       horizon=timedelta(hours=10**5)).enqueued == []
+
+
+def test_rescoring_a_slot_after_the_hour_is_loaded_reads_raw_and_gives_the_same_counts(copy):
+    slot = BREAK + pd.Timedelta(minutes=20)
+    with duckdb.connect(str(copy["warehouse"])) as con:
+        from_landing = score_slot(con, copy["landing"], slot)
+        assert from_landing.landing_files > 0
+        for hour in (LIVE_START, BREAK):  # the hours its 60-minute window reaches into
+            load_hour(con, copy["landing"], hour.to_pydatetime(), "test-key")
+        from_raw = score_slot(con, copy["landing"], slot)
+        assert from_raw.landing_files == 0 and from_raw.raw_hours_refreshed == 2
+        sources = con.execute(
+            "SELECT DISTINCT source FROM fastlane.slot_metrics WHERE slot_start = $s",
+            {"s": slot.to_pydatetime()}).fetchall()
+    assert sources == [("raw",)]
+    columns = ["metric", "cohort", "value", "p_value"]
+    pd.testing.assert_frame_equal(from_landing.scored[columns], from_raw.scored[columns])
+
+
+# --- the sensor ---------------------------------------------------------------------------
+
+def tick(instance, landing, cursor=None):
+    context = dg.build_sensor_context(
+        instance=instance, cursor=cursor,
+        resources={"landing": LandingResource(path=str(landing))})
+    return fast_lane_sensor(context), context.cursor
+
+
+def part(landing, slot: datetime, suffix="parquet"):
+    path = hour_dir(landing, slot) / f"part-{slot:%H%M}.{suffix}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"")
+    return path
+
+
+def test_the_sensor_launches_each_landed_slot_once(tmp_path):
+    landing = tmp_path / "landing"
+    h = datetime(2026, 11, 19, 12, tzinfo=UTC)
+    with dg.instance_for_test() as instance:
+        result, cursor = tick(instance, landing)
+        assert isinstance(result, dg.SkipReason) and "no event files" in result.skip_message
+        part(landing, h)
+        part(landing, h + timedelta(minutes=5))
+        result, cursor = tick(instance, landing, cursor)
+        # the first tick starts at the newest landed slot: the lane is about now
+        assert [r.partition_key for r in result] == ["2026-11-19-12:05"]
+        assert json.loads(cursor)["slot"].startswith("2026-11-19T12:05")
+        result, cursor = tick(instance, landing, cursor)
+        assert isinstance(result, dg.SkipReason)
+        for minutes in (10, 15, 20):
+            part(landing, h + timedelta(minutes=minutes))
+        result, cursor = tick(instance, landing, cursor)
+        assert [r.partition_key for r in result] == [
+            "2026-11-19-12:10", "2026-11-19-12:15", "2026-11-19-12:20"]
+        assert len({r.run_key for r in result}) == 3
+        # the next hour starts: its folder is found too
+        part(landing, h + timedelta(hours=1))
+        result, cursor = tick(instance, landing, cursor)
+        assert [r.partition_key for r in result][-1] == "2026-11-19-13:00"
+        assert len(result) == 8  # 12:25 .. 13:00
+
+
+def test_the_sensor_reads_other_files_by_mtime_and_skips_ahead_when_far_behind(tmp_path):
+    landing = tmp_path / "landing"
+    h = datetime(2026, 11, 19, 12, tzinfo=UTC)
+    folder = hour_dir(landing, h)
+    folder.mkdir(parents=True)
+    collector = folder / "collector-0001.jsonl"
+    collector.write_text("{}\n")
+    written = (h + timedelta(minutes=23)).timestamp()
+    os.utime(collector, (written, written))
+    with dg.instance_for_test() as instance:
+        result, cursor = tick(instance, landing)
+        # written at 12:23: complete up to the slot before 12:20's, i.e. 12:15
+        assert [r.partition_key for r in result] == ["2026-11-19-12:15"]
+        later = h + timedelta(hours=3, minutes=7)
+        part(landing, later)
+        result, cursor = tick(instance, landing, cursor)
+        keys = [r.partition_key for r in result]
+        assert len(keys) == MAX_SLOTS_PER_TICK and keys[-1] == "2026-11-19-15:05"
