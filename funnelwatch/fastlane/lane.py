@@ -52,7 +52,7 @@ def slot_start_of(value: datetime | str | pd.Timestamp, slot_minutes: int = 5) -
     return ts.floor(f"{slot_minutes}min").to_pydatetime()
 
 
-def _day_cohorts(con, day: datetime, config: FastLaneConfig) -> list[tuple[str, str]]:
+def day_cohorts(con, day: datetime, config: FastLaneConfig) -> list[tuple[str, str]]:
     """The day's cohorts, chosen on first use from the `cohort_days` before the day."""
     rows = con.execute(f"SELECT dimension, value FROM {COHORTS} WHERE day = $d ORDER BY rank",
                        {"d": day}).fetchall()
@@ -114,7 +114,8 @@ def _runs(hours: list[datetime]) -> list[tuple[datetime, datetime]]:
     return [(a, b + timedelta(hours=1)) for a, b in runs]
 
 
-def _replace(con, frame: pd.DataFrame, start: datetime, end: datetime, source: str) -> None:
+def replace_slot_metrics(con, frame: pd.DataFrame, start: datetime, end: datetime,
+                         source: str) -> None:
     con.execute(f"DELETE FROM {SLOT_METRICS} WHERE slot_start >= $s AND slot_start < $e",
                 {"s": start, "e": end})
     if frame.empty:
@@ -135,7 +136,7 @@ def refresh_slot_metrics(con, landing: Path | str, slot_start: datetime,
     result = SlotResult(slot_start)
     slot = timedelta(minutes=config.slot_minutes)
     day = slot_start.replace(hour=0, minute=0, second=0, microsecond=0)
-    cohorts = cohort_frame(_day_cohorts(con, day, config))
+    cohorts = cohort_frame(day_cohorts(con, day, config))
     result.cohorts = cohorts["cohort"].tolist()
     hour = as_utc_hour(slot_start)
     history_start = hour - timedelta(days=config.history_days)
@@ -143,7 +144,7 @@ def refresh_slot_metrics(con, landing: Path | str, slot_start: datetime,
     stale = _stale_raw_hours(con, history_start, hour + timedelta(hours=1), result.cohorts)
     for start, end in _runs(stale):
         frame = slot_metrics(con, EVENTS_TABLE, {}, start, end, cohorts, config.slot_minutes)
-        _replace(con, frame, start, end, "raw")
+        replace_slot_metrics(con, frame, start, end, "raw")
         result.raw_hours_refreshed += int((end - start) / timedelta(hours=1))
     loaded = {pd.Timestamp(r[0]).to_pydatetime() for r in con.execute(
         f"SELECT DISTINCT event_hour FROM {INGEST_LOG_TABLE} WHERE event_hour >= $s",
@@ -160,8 +161,60 @@ def refresh_slot_metrics(con, landing: Path | str, slot_start: datetime,
         params.update({"hour_start": h, "hour_end": h + timedelta(hours=1)})
         frame = slot_metrics(con, rows_sql, params, h, end, cohorts, config.slot_minutes,
                              valid_only=True)
-        _replace(con, frame, h, end, "landing")
+        replace_slot_metrics(con, frame, h, end, "landing")
     return result
+
+
+def series_frame(con, start: datetime, end: datetime, cohorts: list[str]) -> pd.DataFrame:
+    """Slot metrics of [start, end] (both inclusive) as the detectors' long frame."""
+    frame = con.execute(
+        f"""SELECT metric || '|' || cohort AS series_id, slot_start AS ts, metric, cohort,
+                   numerator, denominator, value
+            FROM {SLOT_METRICS}
+            WHERE slot_start >= $s AND slot_start <= $t AND list_contains($c, cohort)
+            ORDER BY series_id, ts""",
+        {"s": start, "t": end, "c": cohorts},
+    ).df()
+    frame["ts"] = pd.to_datetime(frame["ts"], utc=True)
+    return frame
+
+
+def score_frame(frame: pd.DataFrame, first_slot: datetime, config: FastLaneConfig
+                ) -> pd.DataFrame:
+    """Score the slots of `frame` from `first_slot` on, fitted on the slots before it.
+    Scoring many slots at once equals scoring them one by one (no look-ahead)."""
+    first = pd.Timestamp(first_slot)
+    current = frame[frame["ts"] >= first]
+    scores = config.detector().fit(frame[frame["ts"] < first]).score(current)
+    scored = pd.concat([current[["ts", "metric", "cohort", "value"]], scores], axis=1)
+    scored = scored.rename(columns={"ts": "slot_start"}).reset_index(drop=True)
+    scored.insert(1, "event_hour", scored["slot_start"].dt.floor("h"))
+    scored["scored_at"] = pd.Timestamp.now(tz="UTC")
+    for column in ("slot_start", "event_hour", "scored_at"):
+        scored[column] = pd.to_datetime(scored[column], utc=True).astype("datetime64[us, UTC]")
+    return scored
+
+
+def store_scores(con, scored: pd.DataFrame, start: datetime, end: datetime) -> None:
+    """Replace the scores of slots in [start, end) with `scored`."""
+    con.execute(f"DELETE FROM {SCORES} WHERE slot_start >= $s AND slot_start < $e",
+                {"s": start, "e": end})
+    if scored.empty:
+        return
+    con.register("_fastlane_scores", scored)
+    try:
+        con.execute(f"""INSERT INTO {SCORES} SELECT slot_start, event_hour, metric, cohort,
+                          value, expected, lower, upper, p_value, severity, direction,
+                          is_anomaly, window_slots, window_observed, window_expected,
+                          baseline_days, reason, scored_at FROM _fastlane_scores""")
+    finally:
+        con.unregister("_fastlane_scores")
+
+
+def ensure_lane_tables(con) -> None:
+    ensure_fastlane_schema(con)
+    con.execute(f"""CREATE TABLE IF NOT EXISTS {COHORTS} (
+                      day TIMESTAMPTZ, dimension VARCHAR, value VARCHAR, rank INTEGER)""")
 
 
 def score_slot(con, landing: Path | str, slot_start: datetime | str,
@@ -171,41 +224,14 @@ def score_slot(con, landing: Path | str, slot_start: datetime | str,
     config = config or FastLaneConfig()
     slot_start = slot_start_of(slot_start, config.slot_minutes)
     ensure_raw_schema(con)
-    ensure_fastlane_schema(con)
-    con.execute(f"""CREATE TABLE IF NOT EXISTS {COHORTS} (
-                      day TIMESTAMPTZ, dimension VARCHAR, value VARCHAR, rank INTEGER)""")
+    ensure_lane_tables(con)
     con.execute("BEGIN TRANSACTION")
     try:
         result = refresh_slot_metrics(con, landing, slot_start, config)
-        frame = con.execute(
-            f"""SELECT metric || '|' || cohort AS series_id, slot_start AS ts, metric, cohort,
-                       numerator, denominator, value
-                FROM {SLOT_METRICS}
-                WHERE slot_start >= $s AND slot_start <= $t AND list_contains($c, cohort)
-                ORDER BY series_id, ts""",
-            {"s": slot_start - timedelta(days=config.history_days), "t": slot_start,
-             "c": result.cohorts},
-        ).df()
-        frame["ts"] = pd.to_datetime(frame["ts"], utc=True)
-        current = frame[frame["ts"] == pd.Timestamp(slot_start)]
-        history = frame[frame["ts"] < pd.Timestamp(slot_start)]
-        scores = config.detector().fit(history).score(current)
-        scored = pd.concat([current[["metric", "cohort", "value"]], scores], axis=1)
-        scored.insert(0, "slot_start", pd.Timestamp(slot_start))
-        scored.insert(1, "event_hour", pd.Timestamp(as_utc_hour(slot_start)))
-        scored["scored_at"] = pd.Timestamp.now(tz="UTC")
-        for column in ("slot_start", "event_hour", "scored_at"):
-            scored[column] = scored[column].astype("datetime64[us, UTC]")
-        scored = scored.reset_index(drop=True)
-        con.execute(f"DELETE FROM {SCORES} WHERE slot_start = $s", {"s": slot_start})
-        con.register("_fastlane_scores", scored)
-        try:
-            con.execute(f"""INSERT INTO {SCORES} SELECT slot_start, event_hour, metric, cohort,
-                              value, expected, lower, upper, p_value, severity, direction,
-                              is_anomaly, window_slots, window_observed, window_expected,
-                              baseline_days, reason, scored_at FROM _fastlane_scores""")
-        finally:
-            con.unregister("_fastlane_scores")
+        frame = series_frame(con, slot_start - timedelta(days=config.history_days), slot_start,
+                             result.cohorts)
+        scored = score_frame(frame, slot_start, config)
+        store_scores(con, scored, slot_start, slot_start + timedelta(minutes=config.slot_minutes))
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")
