@@ -133,18 +133,21 @@ def run(
     start_time = _parse_day(start) if start else first
     end_time = _parse_day(end) if end else last
     from orchestration.definitions import defs
-    from orchestration.partitions import hourly_partitions
 
-    keys = hourly_partitions.get_partition_keys_in_range(
-        dg.PartitionKeyRange(
-            hourly_partitions.get_partition_key_for_timestamp(start_time.timestamp()),
-            hourly_partitions.get_partition_key_for_timestamp((end_time - timedelta(hours=1)).timestamp()),
-        )
-    )
     try:
         job_def = defs.resolve_job_def(job)
     except dg.DagsterInvariantViolationError:
         _fail(f"no job {job!r} (jobs: {sorted(j.name for j in defs.resolve_all_job_defs())})")
+    partitions = job_def.partitions_def
+    if not isinstance(partitions, dg.TimeWindowPartitionsDefinition):
+        _fail(f"{job} is not partitioned by time; launch it from the UI (make dev)")
+    first_key = partitions.get_partition_key_for_timestamp(start_time.timestamp())
+    first = partitions.time_window_for_partition_key(first_key)
+    if end_time < start_time + (first.end - first.start):
+        _fail(f"no whole {job} partition between {start_time} and {end_time}")
+    last_key = partitions.get_partition_key_for_timestamp(
+        (end_time - (first.end - first.start)).timestamp())
+    keys = partitions.get_partition_keys_in_range(dg.PartitionKeyRange(first_key, last_key))
     jobs = [job_def]
     # On the schedule, anomalies_sensor launches the respond job for every scored hour; a
     # range run is a backfill the sensor leaves to its caller, so run it here in hour order.
@@ -155,7 +158,7 @@ def run(
         typer.echo(f"released run {run_id}: left STARTED by a process that is gone (killed); "
                    "its warehouse pool slot is free again")
     for one in jobs:
-        typer.echo(f"running {one.name} over {len(keys)} hours: {keys[0]} .. {keys[-1]}")
+        typer.echo(f"running {one.name} over {len(keys)} partitions: {keys[0]} .. {keys[-1]}")
         result = one.execute_in_process(
             instance=instance,
             # INFO on the console: a range run records one materialization per hour and

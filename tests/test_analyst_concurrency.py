@@ -37,7 +37,7 @@ def test_analyst_reads_while_the_pipeline_writes(paths, dbt_manifest, tmp_path):
     env = {**os.environ, "DAGSTER_HOME": str(home)}
 
     log_path = tmp_path / "writer.log"
-    log = open(log_path, "w")
+    log = open(log_path, "w")  # noqa: SIM115 - the writer subprocesses write to it for the whole test
     first = _run_hours(env, (0,), log)
     assert first.wait(timeout=300) == 0, log_path.read_text()[-3000:]
 

@@ -241,3 +241,30 @@ def test_the_sensor_reads_other_files_by_mtime_and_skips_ahead_when_far_behind(t
         result, cursor = tick(instance, landing, cursor)
         keys = [r.partition_key for r in result]
         assert len(keys) == MAX_SLOTS_PER_TICK and keys[-1] == "2026-11-19-15:05"
+
+
+def test_funnelwatch_run_takes_the_fast_lane_over_a_window_in_one_run(copy, monkeypatch):
+    from typer.testing import CliRunner
+
+    from funnelwatch.cli import app
+
+    home = copy["tmp"] / "dagster_home"
+    home.mkdir()
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    monkeypatch.setenv("FUNNELWATCH_LANDING", str(copy["landing"]))
+    monkeypatch.setenv("FUNNELWATCH_WAREHOUSE", str(copy["warehouse"]))
+    monkeypatch.setenv("FUNNELWATCH_PUBLISH_DIR", str(copy["tmp"] / "published"))
+    monkeypatch.setenv("FUNNELWATCH_FEEDBACK_DIR", str(copy["tmp"] / "feedback"))
+    start, end = BREAK, BREAK + pd.Timedelta(minutes=30)
+    result = CliRunner().invoke(app, ["run", "--job", "checkout_fast_lane_job",
+                                      "--start", start.isoformat(), "--end", end.isoformat()])
+    assert result.exit_code == 0, result.output
+    assert "running checkout_fast_lane_job over 6 partitions" in result.output
+    assert "2026-11-19-12:00 .. 2026-11-19-12:25" in result.output
+    with duckdb.connect(str(copy["warehouse"]), read_only=True) as con:
+        slots = con.execute("SELECT count(DISTINCT slot_start) FROM fastlane.scores").fetchone()[0]
+        opened = con.execute("SELECT count(*) FROM incidents.incidents").fetchone()[0]
+    assert slots == 6 and opened == 1
+    bad = CliRunner().invoke(app, ["run", "--job", "checkout_fast_lane_job",
+                                   "--start", start.isoformat(), "--end", start.isoformat()])
+    assert bad.exit_code != 0 and "no whole checkout_fast_lane_job partition" in bad.output

@@ -7,7 +7,9 @@ domain for the slot's hour: an incident opened here is the one the hourly lane u
 from datetime import UTC, datetime
 
 import dagster as dg
+import pandas as pd
 
+from orchestration.partitions import single_run_backfill
 from orchestration.resources import WAREHOUSE_POOL, LandingResource, WarehouseResource
 from orchestration.respond.assets import send_incident_alerts
 from orchestration.respond.resources import AlertingSettings, IncidentSettings
@@ -41,6 +43,7 @@ class FastLaneSettings(dg.ConfigurableResource):
     kinds={"python", "duckdb"},
     owners=["team:checkout"],
     partitions_def=five_minute_partitions,
+    backfill_policy=single_run_backfill,
     pool=WAREHOUSE_POOL,
     description=(
         "Checkout conversion, payment failure rate (per provider too) and purchases of one "
@@ -64,24 +67,36 @@ def checkout_fast_lane(
     from funnelwatch.incidents.rca import analyse_incident
 
     window = context.partition_time_window
+    config = fast_lane.config()
+    # One slot when the sensor launches it; a range run (`funnelwatch run --job
+    # checkout_fast_lane_job --start ... --end ...`) takes its slots in order.
+    starts = pd.date_range(window.start, window.end, freq=f"{config.slot_minutes}min",
+                           inclusive="left")
+    results = []
     with warehouse.get_connection() as con:
-        slot, hour = process_slot(con, landing.root, window.start, fast_lane.config(),
-                                  incident_settings.policy(), analyse=analyse_incident)
+        for start in starts:
+            results.append(process_slot(con, landing.root, start.to_pydatetime(), config,
+                                        incident_settings.policy(), analyse=analyse_incident))
         alerts = send_incident_alerts(context, con, alerting)
-    flagged = slot.flagged
+    slot = results[-1][0]
+    flagged = pd.concat([s.flagged for s, _ in results], ignore_index=True)
+    opened = [i for _, h in results for i in h.opened]
+    updated = sorted({i for _, h in results for i in h.updated + h.escalated + h.reopened})
     metadata = {
-        "slot": dg.MetadataValue.text(f"{window.start:%Y-%m-%d %H:%M} UTC"),
+        "slot": dg.MetadataValue.text(f"{window.start:%Y-%m-%d %H:%M} UTC"
+                                      + (f" .. {window.end:%H:%M}" if len(starts) > 1 else "")),
+        "slots_scored": dg.MetadataValue.int(len(results)),
         "series_scored": dg.MetadataValue.int(len(slot.scored)),
         "series_flagged": dg.MetadataValue.int(len(flagged)),
         "cohorts": dg.MetadataValue.text(", ".join(slot.cohorts)),
         "flagged": dg.MetadataValue.md(
-            flagged[FLAGGED_COLUMNS].round(3).to_markdown(index=False) if len(flagged)
-            else "_none_"),
-        "landing_files_read": dg.MetadataValue.int(slot.landing_files),
-        "raw_hours_refreshed": dg.MetadataValue.int(slot.raw_hours_refreshed),
-        "incidents_opened": dg.MetadataValue.text(", ".join(hour.opened) or "none"),
-        "incidents_updated": dg.MetadataValue.text(
-            ", ".join(hour.updated + hour.escalated + hour.reopened) or "none"),
+            flagged[["slot_start", *FLAGGED_COLUMNS]].round(3).head(50).to_markdown(index=False)
+            if len(flagged) else "_none_"),
+        "landing_files_read": dg.MetadataValue.int(sum(s.landing_files for s, _ in results)),
+        "raw_hours_refreshed": dg.MetadataValue.int(
+            sum(s.raw_hours_refreshed for s, _ in results)),
+        "incidents_opened": dg.MetadataValue.text(", ".join(opened) or "none"),
+        "incidents_updated": dg.MetadataValue.text(", ".join(updated) or "none"),
         # wall time from the end of the slot to its alerts being sent: the lane's latency
         # when it runs live (meaningless when slots are processed after the fact)
         "seconds_after_slot_end": dg.MetadataValue.float(
