@@ -20,9 +20,10 @@ of previous days to compare it with. `SameSlotTest` is rate-aware:
   = 100 E / (1 + E), so 50 is the alert threshold, as in the hourly lane.
 
 Practical significance: a rate must move by at least ``min_rate_change`` (relative), a count
-by ``min_count_drop`` / ``min_count_rise``, and the baseline must expect at least
-``min_expected`` events in the window. A slot needs ``min_baseline_days`` earlier days with
-the whole window observed, else it is not scored (reason 'cold start').
+by ``min_count_drop`` / ``min_count_rise``, and the window must have or expect at least
+``min_expected`` events (successes of a rate, or the count). A slot needs
+``min_baseline_days`` earlier days with the whole window observed, else it is not scored
+(reason 'cold start').
 
 Same contract as the other detectors: ``fit(history)`` keeps the earlier slots (the days
 before and the earlier slots of today), ``score(current)`` scores the current slots; a
@@ -41,6 +42,7 @@ from detectors.config import log10p, metric_direction, split_series_id
 
 DEFAULT_WINDOWS = (1, 3, 6, 12)
 DEFAULT_LAG_DAYS = (1, 2, 3, 4, 5, 6, 7, 14, 21)
+PRIOR_DISPERSION_DOF = 4.0
 
 
 class SameSlotTest(Detector):
@@ -63,6 +65,7 @@ class SameSlotTest(Detector):
         min_count_drop: float = 0.25,
         min_count_rise: float = 0.5,
         max_rho: float = 0.2,
+        prior_trials: float = 20.0,
     ):
         super().__init__(sensitivity)
         if 60 % slot_minutes or slot_minutes <= 0:
@@ -81,6 +84,7 @@ class SameSlotTest(Detector):
         self.min_count_drop = min_count_drop
         self.min_count_rise = min_count_rise
         self.max_rho = max_rho
+        self.prior_trials = prior_trials
 
     @property
     def slot(self) -> pd.Timedelta:
@@ -88,6 +92,21 @@ class SameSlotTest(Detector):
 
     def _fit(self, history: pd.DataFrame) -> None:
         self.history_ = history[["series_id", "ts", "numerator", "denominator"]].copy()
+
+    def _series_rate(self, sids: np.ndarray, ts: pd.Series) -> np.ndarray:
+        """Each rate series' rate over its history before the scored slot's day: the prior a
+        window's baseline is shrunk to. Payment failures are rare: the same 5 minutes of a
+        week of days often hold none, and a baseline of 0 would make one failure an alert.
+        (Before the day, not the slot, so a day scored at once equals slot by slot.)"""
+        out = np.full(len(sids), np.nan)
+        days = ts.dt.floor("D").to_numpy()
+        rates = self.history_[self.history_["denominator"] > 0]
+        for day in np.unique(days):
+            before = rates[rates["ts"] < day]
+            sums = before.groupby("series_id")[["numerator", "denominator"]].sum()
+            rate = (sums["numerator"] / sums["denominator"]).reindex(sids[days == day])
+            out[days == day] = rate.to_numpy(dtype=float)
+        return out
 
     # -- window sums on a regular slot grid ------------------------------------------------
     def _grid(self, frame: pd.DataFrame, column: str, index: pd.DatetimeIndex) -> pd.DataFrame:
@@ -122,6 +141,7 @@ class SameSlotTest(Detector):
         metrics = np.array([split_series_id(s)[0] for s in sids])
         allowed = np.array([metric_direction(m) for m in metrics])
 
+        prior = self._series_rate(sids, current["ts"])
         best_p = np.ones(len(current))
         for w in self.windows:
             # NaN when any slot of the window is missing (not observed is not zero)
@@ -136,7 +156,7 @@ class SameSlotTest(Detector):
             nb = np.where(valid, n_all[lag_rows, cols[None, :]], np.nan)
             days = np.where(rate_row, np.isfinite(kb) & np.isfinite(nb) & (nb > 0),
                             np.isfinite(kb)).sum(axis=0)
-            p_lo, p_hi, expected, observed = self._tails(k, n, kb, nb, rate_row)
+            p_lo, p_hi, expected, observed = self._tails(k, n, kb, nb, rate_row, prior)
             p_dir = np.where(allowed == "down", p_lo,
                              np.where(allowed == "up", p_hi, np.fmin(p_lo, p_hi)))
             p_dir = np.where(allowed == "none", 1.0, p_dir)
@@ -175,17 +195,22 @@ class SameSlotTest(Detector):
         extra["severity"] = severity
         return out.assign(**extra)
 
-    def _tails(self, k, n, kb, nb, rate_row):
+    def _tails(self, k, n, kb, nb, rate_row, prior):
         """One-sided p-values (low, high), expected and observed value of the window."""
         with np.errstate(divide="ignore", invalid="ignore"):
-            # rates: beta-binomial at the pooled baseline rate
+            # rates: beta-binomial at the pooled baseline rate, shrunk to the series' rate
+            # with the weight of `prior_trials` trials
             use = np.isfinite(kb) & np.isfinite(nb) & (nb > 0)
-            ksum = np.where(use, kb, 0).sum(axis=0)
-            nsum = np.where(use, nb, 0).sum(axis=0)
+            m = np.where(np.isfinite(prior), self.prior_trials, 0.0)
+            ksum = np.where(use, kb, 0).sum(axis=0) + m * np.nan_to_num(prior)
+            nsum = np.where(use, nb, 0).sum(axis=0) + m
             p0 = np.clip(ksum / nsum, 1e-6, 1 - 1e-6)
             pearson = np.where(use, (kb - nb * p0) ** 2 / (nb * p0 * (1 - p0)), 0).sum(axis=0)
             dof = np.maximum(use.sum(axis=0) - 1, 1)
-            phi = np.maximum(pearson / dof, 1.0)
+            # A dispersion estimated from a few days is noisy (dof 2 with 3 baseline days):
+            # shrunk towards 1 (binomial) with the weight of PRIOR_DISPERSION_DOF days.
+            phi = np.maximum((pearson + PRIOR_DISPERSION_DOF) / (dof + PRIOR_DISPERSION_DOF),
+                             1.0)
             nbar = np.where(use, nb, np.nan)
             nbar = np.nanmean(np.where(use.any(axis=0), nbar, 1.0), axis=0)
             rho = np.clip((phi - 1.0) / np.maximum(nbar - 1.0, 1.0), 0.0, self.max_rho)
@@ -226,8 +251,11 @@ class SameSlotTest(Detector):
     def _meaningful(self, observed, expected, rate_row, n):
         with np.errstate(divide="ignore", invalid="ignore"):
             change = observed / expected - 1.0
+            # enough events to tell: a drop needs expected successes, a rise (failures)
+            # needs observed ones; either way at least `min_expected`
+            n = np.nan_to_num(n)
             rate_ok = (np.abs(change) >= self.min_rate_change) & (
-                np.nan_to_num(n) * np.fmin(expected, 1 - expected) >= self.min_expected)
+                np.fmax(n * observed, n * expected) >= self.min_expected)
             count_ok = ((change <= -self.min_count_drop) | (change >= self.min_count_rise)) & (
                 np.fmax(observed, expected) >= self.min_expected)
         return np.where(rate_row, rate_ok, count_ok)

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from funnelwatch.evaluation import scoring
+from funnelwatch.evaluation import fastlane_eval, scoring
 
 AIM_FALSE_PER_DAY = 1.0
 AIM_RECALL = 0.95
@@ -150,6 +150,7 @@ def write_report(suite: str, outcomes, path: Path, elapsed_s: float | None = Non
                   _table(smallest.reset_index())]
     lines += _power_section(outcomes)
     lines += incident_sections(outcomes)
+    lines += fastlane_eval.report_section(outcomes)
     runs = pd.DataFrame([
         {"run": o.spec.key, "scenario": o.spec.scenario, "sessions/h": o.spec.sessions_per_hour,
          "days scored": o.days, "alert events": len(o.events),

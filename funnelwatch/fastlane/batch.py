@@ -21,15 +21,16 @@ from funnelwatch.fastlane.lane import (
 )
 from funnelwatch.fastlane.metrics import cohort_frame, slot_metrics
 from funnelwatch.landing import as_utc_hour
-from funnelwatch.warehouse import EVENTS_TABLE
+from funnelwatch.warehouse import EVENTS_TABLE, INGEST_LOG_TABLE
 
 
 @dataclass
 class RangeResult:
-    days: int
+    days: int  # whole days scored
     slots_scored: int
     points_scored: int
     flagged: int
+    alerting_days: int
 
 
 def score_range(con, start: datetime, end: datetime, config: FastLaneConfig | None = None
@@ -46,10 +47,15 @@ def score_range(con, start: datetime, end: datetime, config: FastLaneConfig | No
         day += timedelta(days=1)
     cohorts_by_day = {d: cohort_frame(day_cohorts(con, d, config)) for d in days}
     every = pd.concat(cohorts_by_day.values()).drop_duplicates("cohort") if days else None
-    result = RangeResult(len(days), 0, 0, 0)
+    result = RangeResult(len(days), 0, 0, 0, 0)
     if every is None:
         return result
-    history_start = first_day - timedelta(days=config.history_days)
+    # Only loaded hours: zero-filled slots before the data began would be a baseline of 0.
+    first_loaded = con.execute(f"SELECT min(event_hour) FROM {INGEST_LOG_TABLE}").fetchall()[0][0]
+    if first_loaded is None:
+        return result
+    history_start = max(first_day - timedelta(days=config.history_days),
+                        pd.Timestamp(first_loaded).to_pydatetime())
     metrics = slot_metrics(con, EVENTS_TABLE, {}, history_start, days[-1] + timedelta(days=1),
                            every, config.slot_minutes)
     replace_slot_metrics(con, metrics, history_start, days[-1] + timedelta(days=1), "raw")
@@ -63,4 +69,6 @@ def score_range(con, start: datetime, end: datetime, config: FastLaneConfig | No
         result.slots_scored += scored["slot_start"].nunique()
         result.points_scored += len(scored)
         result.flagged += int(scored["is_anomaly"].sum())
+        # a day with the baseline days the detector needs (the rest is its cold start)
+        result.alerting_days += day >= history_start + timedelta(days=config.min_baseline_days)
     return result
