@@ -32,6 +32,19 @@ def test_evaluate_smoke_suite_finds_the_labelled_break(tmp_path, dbt_manifest):
     assert incident["hours_to_detect"] <= 2.0
     assert outcome.days == pytest.approx(2.0, abs=0.05)  # 4 days minus the 48 h cold start
 
+    # The checkout fast lane over the same run: the break alerts within the incident (a 50%
+    # drop at the demo volume takes its 60-minute window and more; docs/fastlane.md), and
+    # it adds no false page.
+    from funnelwatch.evaluation.fastlane_eval import evaluate_run
+
+    assert "## Checkout fast lane (5-minute slots)" in text
+    folder = out / runs[0].key
+    fast = evaluate_run(folder, folder / "warehouse" / "funnelwatch.duckdb", outcome.labels)
+    row = fast["timing"].set_index("id").loc["checkout-break"]
+    assert 0 < row["fast_lane_min"] <= 4 * 60 and 0 < row["hourly_lane_min"] <= 2 * 60
+    assert fast["false_pages_both"] <= fast["false_pages_hourly"]
+    assert (folder / "fastlane_eval.duckdb").is_file()
+
     # The break became one incident with its root cause, impact and report, and the
     # evaluation report scores it.
     assert "## Incidents" in text and "## Root cause" in text and "## Feedback" in text
