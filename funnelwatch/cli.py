@@ -43,6 +43,30 @@ def _parse_day(value: str | None) -> datetime:
     return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed
 
 
+def simulate_store(days: int, end: str | None, sessions_per_hour: int, seed: int,
+                   scenario: str):
+    """(start, end, SimulationResult) of `days` days ending at `end` (default today 00:00
+    UTC) with a scenario's incidents; bad input exits with its reason. Shared by `simulate`
+    and `replay`."""
+    from simulator import SimulationConfig, load_incidents
+    from simulator import simulate as run_simulation
+
+    end_time = _parse_day(end)
+    start_time = end_time - timedelta(days=days)
+    try:
+        incidents = [] if scenario == "none" else load_incidents(scenario)
+    except (OSError, ValueError) as exc:
+        _fail(f"cannot load scenario {scenario!r}: {exc}")
+    config = SimulationConfig(
+        start=start_time, end=end_time, sessions_per_hour=sessions_per_hour, seed=seed,
+        incidents=incidents,
+    )
+    try:
+        return start_time, end_time, run_simulation(config)
+    except ValueError as exc:
+        _fail(str(exc))
+
+
 @app.command()
 def simulate(
     days: Annotated[int, typer.Option(help="Days of history to generate.")] = 14,
@@ -54,22 +78,11 @@ def simulate(
     landing: LandingOption = None,
 ):
     """Generate a simulated store's clickstream (with labelled incidents) into the landing folder."""
-    from simulator import SimulationConfig, load_incidents, write_simulation
-    from simulator import simulate as run_simulation
+    from simulator import write_simulation
 
     settings = _settings(landing)
-    end_time = _parse_day(end)
-    start_time = end_time - timedelta(days=days)
-    try:
-        incidents = [] if scenario == "none" else load_incidents(scenario)
-    except (OSError, ValueError) as exc:
-        _fail(f"cannot load scenario {scenario!r}: {exc}")
-    config = SimulationConfig(
-        start=start_time, end=end_time, sessions_per_hour=sessions_per_hour, seed=seed,
-        incidents=incidents,
-    )
+    start_time, end_time, result = simulate_store(days, end, sessions_per_hour, seed, scenario)
     truth = ground_truth or settings.landing.parent / "ground_truth.json"
-    result = run_simulation(config)
     write_simulation(result, settings.landing, truth)
     typer.echo(
         f"simulated {len(result.events):,} events, {start_time:%Y-%m-%d %H:%M} .. "

@@ -53,8 +53,7 @@ def register(app: typer.Typer) -> None:
         """Simulate DAYS days, write all but the last LIVE-HOURS as history, then replay the
         live hours into the landing folder on an accelerated clock (one file per slot)."""
         # Imported here: funnelwatch.cli imports this module to register the command.
-        from funnelwatch.cli import _fail, _parse_day, _settings
-        from simulator import SimulationConfig, load_incidents, simulate
+        from funnelwatch.cli import _fail, _settings, simulate_store
         from simulator.replay import replay, write_history
 
         if days <= 0:
@@ -69,21 +68,9 @@ def register(app: typer.Typer) -> None:
         if _has_event_files(settings.landing):
             _fail(f"{settings.landing / 'events'} already holds event files; replay into an "
                   "empty landing folder (--landing, or delete it) so no hour is loaded twice")
-        end_time = _parse_day(end)
-        start_time = end_time - timedelta(days=days)
+        start_time, end_time, result = simulate_store(days, end, sessions_per_hour, seed,
+                                                      scenario)
         live_start = end_time - timedelta(hours=live_hours)
-        try:
-            incidents = [] if scenario == "none" else load_incidents(scenario)
-        except (OSError, ValueError) as exc:
-            _fail(f"cannot load scenario {scenario!r}: {exc}")
-        config = SimulationConfig(
-            start=start_time, end=end_time, sessions_per_hour=sessions_per_hour, seed=seed,
-            incidents=incidents,
-        )
-        try:
-            result = simulate(config)
-        except ValueError as exc:
-            _fail(str(exc))
         truth = ground_truth or settings.landing.parent / "ground_truth.json"
         truth.parent.mkdir(parents=True, exist_ok=True)
         truth.write_text(json.dumps(result.incidents, indent=2) + "\n")
