@@ -206,21 +206,46 @@ def test_the_sensor_launches_each_landed_slot_once(tmp_path):
         part(landing, h + timedelta(minutes=5))
         result, cursor = tick(instance, landing, cursor)
         # the first tick starts at the newest landed slot: the lane is about now
-        assert [r.partition_key for r in result] == ["2026-11-19-12:05"]
+        assert result.partition_key == "2026-11-19-12:05"
         assert json.loads(cursor)["slot"].startswith("2026-11-19T12:05")
         result, cursor = tick(instance, landing, cursor)
         assert isinstance(result, dg.SkipReason)
         for minutes in (10, 15, 20):
             part(landing, h + timedelta(minutes=minutes))
         result, cursor = tick(instance, landing, cursor)
-        assert [r.partition_key for r in result] == [
-            "2026-11-19-12:10", "2026-11-19-12:15", "2026-11-19-12:20"]
-        assert len({r.run_key for r in result}) == 3
+        # slots that landed together go into one run, in order
+        assert result.partition_key_range == dg.PartitionKeyRange(
+            "2026-11-19-12:10", "2026-11-19-12:20")
         # the next hour starts: its folder is found too
         part(landing, h + timedelta(hours=1))
         result, cursor = tick(instance, landing, cursor)
-        assert [r.partition_key for r in result][-1] == "2026-11-19-13:00"
-        assert len(result) == 8  # 12:25 .. 13:00
+        assert result.partition_key_range == dg.PartitionKeyRange(
+            "2026-11-19-12:25", "2026-11-19-13:00")
+
+
+def test_the_sensor_waits_while_a_fast_lane_run_is_queued(tmp_path, monkeypatch):
+    from orchestration.definitions import defs
+
+    for name in ("WAREHOUSE", "PUBLISH_DIR", "LANDING"):  # resolved when the run is created
+        monkeypatch.setenv(f"FUNNELWATCH_{name}", str(tmp_path / name.lower()))
+    landing = tmp_path / "landing"
+    h = datetime(2026, 11, 19, 12, tzinfo=UTC)
+    part(landing, h)
+    with dg.instance_for_test() as instance:
+        result, cursor = tick(instance, landing)
+        job = defs.resolve_job_def("checkout_fast_lane_job")
+        # a run created and not started yet (the daemon holds queued runs the same way)
+        run = instance.create_run_for_job(job, tags={"dagster/partition": result.partition_key})
+        assert run.status == dg.DagsterRunStatus.NOT_STARTED
+        part(landing, h + timedelta(minutes=5))
+        waiting, same_cursor = tick(instance, landing, cursor)
+        assert isinstance(waiting, dg.SkipReason) and "waiting to start" in waiting.skip_message
+        assert same_cursor == cursor
+        instance.report_run_canceled(run)
+        part(landing, h + timedelta(minutes=10))
+        result, cursor = tick(instance, landing, cursor)
+        assert result.partition_key_range == dg.PartitionKeyRange(
+            "2026-11-19-12:05", "2026-11-19-12:10")
 
 
 def test_the_sensor_reads_other_files_by_mtime_and_skips_ahead_when_far_behind(tmp_path):
@@ -235,12 +260,14 @@ def test_the_sensor_reads_other_files_by_mtime_and_skips_ahead_when_far_behind(t
     with dg.instance_for_test() as instance:
         result, cursor = tick(instance, landing)
         # written at 12:23: complete up to the slot before 12:20's, i.e. 12:15
-        assert [r.partition_key for r in result] == ["2026-11-19-12:15"]
+        assert result.partition_key == "2026-11-19-12:15"
         later = h + timedelta(hours=3, minutes=7)
         part(landing, later)
         result, cursor = tick(instance, landing, cursor)
-        keys = [r.partition_key for r in result]
-        assert len(keys) == MAX_SLOTS_PER_TICK and keys[-1] == "2026-11-19-15:05"
+        # far behind: the newest MAX_SLOTS_PER_TICK slots, 14:10 .. 15:05
+        assert MAX_SLOTS_PER_TICK == 12
+        assert result.partition_key_range == dg.PartitionKeyRange(
+            "2026-11-19-14:10", "2026-11-19-15:05")
 
 
 def test_funnelwatch_run_takes_the_fast_lane_over_a_window_in_one_run(copy, monkeypatch):

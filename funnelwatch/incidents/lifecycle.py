@@ -352,9 +352,12 @@ def process_hour(
                           f"severity {inc['severity']:.0f} -> {new_severity:.0f} "
                           f"({severity_band(new_severity)})")
                 result.escalated.append(inc_id)
-            elif inc["started_at"] == hour:  # its first hour, processed again (late data)
+            elif inc["started_at"] == hour:
+                # its first hour processed again: every fast-lane slot of the hour, the
+                # hourly lane after it, or late data. The opening row is rewritten with what
+                # the hour holds now (the incident and its alert keep their id).
                 add_timeline(con, inc_id, hour, "opened", f"{len(rows)} anomalous series "
-                          "(hour processed again)")
+                          "(first hour, as of the latest data)")
                 result.updated.append(inc_id)
             else:
                 add_timeline(con, inc_id, hour, "updated", f"{len(rows)} anomalous series")
