@@ -66,6 +66,7 @@ def default_resources() -> dict:
     from orchestration.detect.assets import DetectionSettings
     from orchestration.fastlane.assets import FastLaneSettings
     from orchestration.maintain.assets import RetentionSettings
+    from orchestration.maintain.run_history import RunHistorySettings
     from orchestration.respond.resources import AlertingSettings, IncidentSettings
     from orchestration.transform.project import dbt_executable, dbt_project
 
@@ -82,4 +83,5 @@ def default_resources() -> dict:
         "incident_settings": IncidentSettings(),
         "alerting": AlertingSettings(),
         "retention": RetentionSettings(),
+        "run_history": RunHistorySettings(),
     }

@@ -16,6 +16,7 @@ import dagster as dg
 import pandas as pd
 
 from funnelwatch.privacy.retention import DEFAULT_RETENTION_DAYS, apply_retention
+from orchestration.maintain.run_history import prune_run_history_job, prune_run_history_schedule
 from orchestration.resources import WAREHOUSE_POOL, LandingResource, WarehouseResource
 
 
@@ -105,5 +106,5 @@ raw_events_retention_schedule = dg.ScheduleDefinition(
 )
 
 assets = [raw_events_retention]
-jobs = [raw_events_retention_job]
-schedules = [raw_events_retention_schedule]
+jobs = [raw_events_retention_job, prune_run_history_job]
+schedules = [raw_events_retention_schedule, prune_run_history_schedule]
