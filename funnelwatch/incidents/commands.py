@@ -35,20 +35,33 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
+# The fast lane holds the warehouse for a few seconds every 5 minutes: a command waits that
+# long for the lock before it gives up (an hourly run holds it for a minute or more).
+LOCK_WAIT_SECONDS = 20.0
+
+
 @contextmanager
-def _read_only(warehouse: Path) -> Iterator[Any]:
+def _read_only(warehouse: Path, wait_seconds: float = LOCK_WAIT_SECONDS) -> Iterator[Any]:
+    import time
+
     import duckdb
 
     if not warehouse.exists():
         _fail(f"no warehouse at {warehouse}: run the pipeline first (`make demo` or `funnelwatch run`)")
-    try:
-        con = duckdb.connect(str(warehouse), read_only=True)
-    except (duckdb.IOException, duckdb.ConnectionException) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        _fail(
-            f"the warehouse {warehouse} is busy: the pipeline holds its write lock right now "
-            f"({first}). Try again when the run ends."
-        )
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        try:
+            con = duckdb.connect(str(warehouse), read_only=True)
+            break
+        except (duckdb.IOException, duckdb.ConnectionException) as exc:
+            if time.monotonic() < deadline:
+                time.sleep(0.5)
+                continue
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            _fail(
+                f"the warehouse {warehouse} is busy: the pipeline holds its write lock right "
+                f"now ({first}; waited {wait_seconds:.0f} s). Try again when the run ends."
+            )
     try:
         yield con
     finally:

@@ -1,0 +1,52 @@
+"""CLI commands that read the warehouse wait a little for a writer (the fast lane holds it a
+few seconds every 5 minutes) and then fail clearly. A real second process holds the lock."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+import typer
+
+from funnelwatch.incidents.commands import _read_only
+
+HOLD = """
+import sys, time, duckdb
+con = duckdb.connect(sys.argv[1])
+con.execute("CREATE TABLE IF NOT EXISTS t (x INTEGER)")
+print("locked", flush=True)
+time.sleep(float(sys.argv[2]))
+con.close()
+"""
+
+
+def hold_lock(path, seconds: float) -> subprocess.Popen:
+    writer = subprocess.Popen([sys.executable, "-c", HOLD, str(path), str(seconds)],
+                              stdout=subprocess.PIPE, text=True)
+    assert writer.stdout.readline().strip() == "locked"
+    return writer
+
+
+def test_a_reader_waits_for_a_short_write_and_then_reads(tmp_path):
+    path = tmp_path / "warehouse.duckdb"
+    writer = hold_lock(path, 2.0)
+    started = time.monotonic()
+    with _read_only(path, wait_seconds=30) as con:
+        assert con.execute("SELECT count(*) FROM t").fetchone() == (0,)
+    assert writer.wait(timeout=30) == 0
+    assert time.monotonic() - started >= 1.0, "it did wait for the writer"
+
+
+def test_a_reader_gives_up_with_a_clear_message_when_the_write_lasts(tmp_path, capsys):
+    path = tmp_path / "warehouse.duckdb"
+    writer = hold_lock(path, 20.0)
+    try:
+        with pytest.raises(typer.Exit) as exit_info, _read_only(path, wait_seconds=1):
+            pass
+        assert exit_info.value.exit_code == 2
+        assert "is busy" in capsys.readouterr().err
+    finally:
+        writer.kill()
+        writer.wait()
