@@ -212,6 +212,7 @@ def store_scores(con, scored: pd.DataFrame, start: datetime, end: datetime) -> N
 
 
 def ensure_lane_tables(con) -> None:
+    con.execute("SET TimeZone = 'UTC'")  # slots and hours are UTC (date_trunc follows it)
     ensure_fastlane_schema(con)
     con.execute(f"""CREATE TABLE IF NOT EXISTS {COHORTS} (
                       day TIMESTAMPTZ, dimension VARCHAR, value VARCHAR, rank INTEGER)""")
