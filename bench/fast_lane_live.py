@@ -233,13 +233,25 @@ def analyse(root: Path) -> dict:
     with _instance() as instance:
         for rec in instance.get_run_records(filters=dg.RunsFilter(job_name=JOB)):
             run = rec.dagster_run
-            rows.append({
-                "partition": run.tags.get("dagster/partition"),
-                "status": run.status.value,
-                "created": rec.create_timestamp.timestamp(),
-                "started": rec.start_time, "ended": rec.end_time,
-                "trigger": run.tags.get("funnelwatch/trigger"),
-            })
+            # a run over several slots (the sensor batches slots that landed while a run
+            # waited) counts for each of its slots
+            first = run.tags.get("dagster/asset_partition_range_start")
+            last = run.tags.get("dagster/asset_partition_range_end")
+            if first and last:
+                partitions = [f"{t:%Y-%m-%d-%H:%M}" for t in pd.date_range(
+                    pd.to_datetime(first, format="%Y-%m-%d-%H:%M"),
+                    pd.to_datetime(last, format="%Y-%m-%d-%H:%M"), freq="5min")]
+            else:
+                partitions = [run.tags.get("dagster/partition")]
+            for partition in partitions:
+                rows.append({
+                    "partition": partition,
+                    "status": run.status.value,
+                    "created": rec.create_timestamp.timestamp(),
+                    "started": rec.start_time, "ended": rec.end_time,
+                    "trigger": run.tags.get("funnelwatch/trigger"),
+                    "slots_in_run": len(partitions),
+                })
         other = [(r.dagster_run.job_name, r.dagster_run.status.value,
                   r.dagster_run.tags.get("dagster/partition"),
                   r.dagster_run.tags.get("dagster/sensor_name")
