@@ -33,6 +33,8 @@ numerator, denominator.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 from scipy import stats
@@ -197,7 +199,9 @@ class SameSlotTest(Detector):
 
     def _tails(self, k, n, kb, nb, rate_row, prior):
         """One-sided p-values (low, high), expected and observed value of the window."""
-        with np.errstate(divide="ignore", invalid="ignore"):
+        with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
+            # all-NaN baselines (cold start) give NaN means and variances, handled below
+            warnings.simplefilter("ignore", RuntimeWarning)
             # rates: beta-binomial at the pooled baseline rate, shrunk to the series' rate
             # with the weight of `prior_trials` trials
             use = np.isfinite(kb) & np.isfinite(nb) & (nb > 0)
@@ -261,7 +265,9 @@ class SameSlotTest(Detector):
         return np.where(rate_row, rate_ok, count_ok)
 
     def _slot_sd(self, expected, n, rate_row, kb, nb):
-        with np.errstate(divide="ignore", invalid="ignore"):
+        with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
+            # a slot with one baseline day has no variance (NaN, then the expected count)
+            warnings.simplefilter("ignore", RuntimeWarning)
             rate_sd = np.sqrt(expected * (1 - expected) / np.maximum(np.nan_to_num(n), 1))
             count_sd = np.sqrt(np.maximum(np.nan_to_num(np.nanvar(kb, axis=0)), expected))
         return np.where(rate_row, rate_sd, count_sd)

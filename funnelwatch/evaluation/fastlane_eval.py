@@ -210,7 +210,8 @@ def report_section(outcomes) -> list[str]:
     both_found = fast_found & timing["hourly_lane_min"].notna()
     earlier = int((timing.loc[both_found, "fast_lane_min"]
                    < timing.loc[both_found, "hourly_lane_min"]).sum())
-    shown = timing.assign(start=timing["start"].dt.strftime("%m-%d %H:%M"))[
+    shown = timing.assign(start=pd.to_datetime(timing["start"], utc=True).dt.strftime(
+        "%m-%d %H:%M"))[
         ["run", "id", "type", "magnitude", "cohort", "start", "fast_lane_min",
          "hourly_lane_min"]].sort_values(["type", "magnitude", "run"])
     return [
