@@ -591,15 +591,22 @@ def _run_cmd(hour: int) -> list[str]:
             "--end", f"{DAY}T{hour + 1:02d}:00", "--no-respond"]
 
 
+def _rounded(rows: list[tuple]) -> list[tuple]:
+    """Floats to 6 decimals: DuckDB sums revenue in parallel, in no fixed order, so the same
+    rows can add up to 275.9 or 275.90000000000003 (CI saw both)."""
+    return [tuple(round(v, 6) if isinstance(v, float) else v for v in row) for row in rows]
+
+
 def _marts(warehouse: Path) -> dict:
     with connect(warehouse, read_only=True) as con:
         return {
             "raw": con.execute("SELECT count(*), count(DISTINCT event_id) FROM raw.events")
             .fetchall(),
-            "funnel": con.execute("SELECT * FROM marts.fct_funnel_hourly ORDER BY ALL").fetchall(),
-            "cohorts": con.execute(
+            "funnel": _rounded(con.execute(
+                "SELECT * FROM marts.fct_funnel_hourly ORDER BY ALL").fetchall()),
+            "cohorts": _rounded(con.execute(
                 "SELECT event_hour, metric, cohort, numerator, denominator "
-                "FROM marts.fct_cohort_metrics_hourly ORDER BY ALL").fetchall(),
+                "FROM marts.fct_cohort_metrics_hourly ORDER BY ALL").fetchall()),
         }
 
 
