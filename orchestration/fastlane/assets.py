@@ -24,6 +24,14 @@ five_minute_partitions = dg.TimeWindowPartitionsDefinition(
 FLAGGED_COLUMNS = ["metric", "cohort", "value", "expected", "severity", "window_slots", "reason"]
 
 
+def _flagged_table(flagged: pd.DataFrame) -> str:
+    if flagged.empty:
+        return "_none_"
+    shown = flagged[FLAGGED_COLUMNS].round(3).head(50)
+    shown.insert(0, "slot", flagged["slot_start"].head(50).dt.strftime("%Y-%m-%d %H:%M"))
+    return shown.to_markdown(index=False)
+
+
 class FastLaneSettings(dg.ConfigurableResource):
     """What the fast lane watches and how strictly (funnelwatch.fastlane.config)."""
 
@@ -89,9 +97,7 @@ def checkout_fast_lane(
         "series_scored": dg.MetadataValue.int(len(slot.scored)),
         "series_flagged": dg.MetadataValue.int(len(flagged)),
         "cohorts": dg.MetadataValue.text(", ".join(slot.cohorts)),
-        "flagged": dg.MetadataValue.md(
-            flagged[["slot_start", *FLAGGED_COLUMNS]].round(3).head(50).to_markdown(index=False)
-            if len(flagged) else "_none_"),
+        "flagged": dg.MetadataValue.md(_flagged_table(flagged)),
         "landing_files_read": dg.MetadataValue.int(sum(s.landing_files for s, _ in results)),
         "raw_hours_refreshed": dg.MetadataValue.int(
             sum(s.raw_hours_refreshed for s, _ in results)),
