@@ -146,11 +146,11 @@ def refresh_slot_metrics(con, landing: Path | str, slot_start: datetime,
         frame = slot_metrics(con, EVENTS_TABLE, {}, start, end, cohorts, config.slot_minutes)
         replace_slot_metrics(con, frame, start, end, "raw")
         result.raw_hours_refreshed += int((end - start) / timedelta(hours=1))
-    loaded = {pd.Timestamp(r[0]).to_pydatetime() for r in con.execute(
-        f"SELECT DISTINCT event_hour FROM {INGEST_LOG_TABLE} WHERE event_hour >= $s",
-        {"s": slot_end - max(config.windows) * slot - timedelta(hours=1)}).fetchall()}
     # The hours the longest window reaches into that are not loaded yet: from landing.
     window_start = slot_end - max(config.windows) * slot
+    loaded = {pd.Timestamp(r[0]).to_pydatetime() for r in con.execute(
+        f"SELECT DISTINCT event_hour FROM {INGEST_LOG_TABLE} WHERE event_hour >= $s",
+        {"s": as_utc_hour(window_start)}).fetchall()}
     for h in sorted({as_utc_hour(window_start), hour}):
         if h in loaded:
             continue
