@@ -227,21 +227,21 @@ def _release_dead_runs(instance) -> list[str]:
 
 def _top_anomalies_text(warehouse: Path, hours: int) -> tuple[str, str]:
     """(the most severe anomalies, the incidents) as text."""
-    import duckdb
-
     from funnelwatch.incidents.commands import incidents_table, list_incidents
     from funnelwatch.reports import top_anomalies
+    from funnelwatch.warehouse import WarehouseBusyError, connect_when_free
 
     try:
-        with duckdb.connect(str(warehouse), read_only=True) as con:
-            frame = top_anomalies(con, hours=hours)
-            has_incidents = con.execute(
-                "SELECT count(*) FROM information_schema.tables "
-                "WHERE table_schema = 'incidents' AND table_name = 'incidents'").fetchone()[0]
-            rows = list_incidents(con, "all", 0, 10)[0] if has_incidents else []
-    except duckdb.IOException as exc:  # the pipeline holds the write lock right now
-        busy = f"_warehouse busy ({exc}); try again when the run ends_"
+        con = connect_when_free(warehouse, read_only=True)
+    except WarehouseBusyError as exc:  # the pipeline held the write lock all along
+        busy = f"_{exc}_"
         return busy, busy
+    with con:
+        frame = top_anomalies(con, hours=hours)
+        has_incidents = con.execute(
+            "SELECT count(*) FROM information_schema.tables "
+            "WHERE table_schema = 'incidents' AND table_name = 'incidents'").fetchall()[0][0]
+        rows = list_incidents(con, "all", 0, 10)[0] if has_incidents else []
     anomalies = frame.to_markdown(index=False) if not frame.empty else "_no anomalies_"
     return anomalies, incidents_table(rows) if rows else "_no incidents_"
 

@@ -38,6 +38,38 @@ def connect(path: Path | str, read_only: bool = False) -> duckdb.DuckDBPyConnect
     return con
 
 
+class WarehouseBusyError(RuntimeError):
+    """Another process (the pipeline) holds the warehouse's write lock."""
+
+
+# The fast lane holds the write lock for a few seconds every 5 minutes, an hourly run for a
+# minute or more: a command waits this long for it before it gives up.
+LOCK_WAIT_SECONDS = 20.0
+
+
+def connect_when_free(path: Path | str, read_only: bool = False,
+                      wait_seconds: float | None = None) -> duckdb.DuckDBPyConnection:
+    """`connect`, retried while another process holds the lock, up to `wait_seconds`
+    (default LOCK_WAIT_SECONDS); then WarehouseBusyError saying so. Nothing is changed."""
+    import time
+
+    wait = LOCK_WAIT_SECONDS if wait_seconds is None else wait_seconds
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            return connect(path, read_only=read_only)
+        except (duckdb.IOException, duckdb.ConnectionException) as exc:
+            if time.monotonic() < deadline:
+                time.sleep(0.5)
+                continue
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise WarehouseBusyError(
+                f"the warehouse {path} is busy: another process (the pipeline) holds its write "
+                f"lock (waited {wait:.0f} s; {first}). Nothing was changed; try again when the "
+                "run has finished."
+            ) from exc
+
+
 @contextmanager
 def connection(path: Path | str, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
     con = connect(path, read_only=read_only)

@@ -344,6 +344,8 @@ def _hold_lock(path: Path) -> subprocess.Popen:
 
 def test_busy_warehouse_is_a_clear_error_exit_2(built, tmp_path, monkeypatch):
     paths = _copy(built, tmp_path)
+    # the commands wait LOCK_WAIT_SECONDS for the lock (tests/test_warehouse_lock_wait.py)
+    monkeypatch.setattr("funnelwatch.warehouse.LOCK_WAIT_SECONDS", 1.0)
     proc = _hold_lock(paths["warehouse"])
     try:
         with pytest.raises(WarehouseBusyError, match="busy"):

@@ -35,33 +35,18 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
-# The fast lane holds the warehouse for a few seconds every 5 minutes: a command waits that
-# long for the lock before it gives up (an hourly run holds it for a minute or more).
-LOCK_WAIT_SECONDS = 20.0
-
-
 @contextmanager
-def _read_only(warehouse: Path, wait_seconds: float = LOCK_WAIT_SECONDS) -> Iterator[Any]:
-    import time
-
-    import duckdb
+def _read_only(warehouse: Path, wait_seconds: float | None = None) -> Iterator[Any]:
+    """The warehouse read-only, waiting up to LOCK_WAIT_SECONDS (funnelwatch.warehouse) for a
+    writer; exit 2 saying so when the write lasts longer."""
+    from funnelwatch.warehouse import WarehouseBusyError, connect_when_free
 
     if not warehouse.exists():
         _fail(f"no warehouse at {warehouse}: run the pipeline first (`make demo` or `funnelwatch run`)")
-    deadline = time.monotonic() + wait_seconds
-    while True:
-        try:
-            con = duckdb.connect(str(warehouse), read_only=True)
-            break
-        except (duckdb.IOException, duckdb.ConnectionException) as exc:
-            if time.monotonic() < deadline:
-                time.sleep(0.5)
-                continue
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            _fail(
-                f"the warehouse {warehouse} is busy: the pipeline holds its write lock right "
-                f"now ({first}; waited {wait_seconds:.0f} s). Try again when the run ends."
-            )
+    try:
+        con = connect_when_free(warehouse, read_only=True, wait_seconds=wait_seconds)
+    except WarehouseBusyError as exc:
+        _fail(str(exc))
     try:
         yield con
     finally:
@@ -244,16 +229,16 @@ def register(app: typer.Typer) -> None:
     ):
         """Acknowledge an open incident: the pager gets an `acknowledge` on the next alert run
         and the incident stops counting as unhandled."""
-        import duckdb
-
         from funnelwatch.incidents.lifecycle import acknowledge
+        from funnelwatch.warehouse import WarehouseBusyError, connect_when_free
 
         settings = Settings.from_env()
+        if not settings.warehouse.exists():
+            _fail(f"no warehouse at {settings.warehouse}: run the pipeline first")
         try:
-            con = duckdb.connect(str(settings.warehouse))
-        except duckdb.IOException as exc:
-            _fail(f"warehouse {settings.warehouse} is busy: the pipeline holds its write lock "
-                  f"({exc}). Try again when the run ends.")
+            con = connect_when_free(settings.warehouse)
+        except WarehouseBusyError as exc:
+            _fail(str(exc))
         with con:
             row = _find(con, incident_id)
             if row is None:

@@ -44,7 +44,12 @@ from funnelwatch.ingest.pseudonymize import hmac_sha256_hex, hmac_sql, padded_ke
 from funnelwatch.landing import event_files, landed_hours
 from funnelwatch.privacy import ERASURES_TABLE, PRIVACY_SCHEMA, pseudonymization_keys
 from funnelwatch.privacy.retention import newest_loaded_hour
-from funnelwatch.warehouse import EVENTS_TABLE, QUARANTINE_TABLE, connect
+from funnelwatch.warehouse import (
+    EVENTS_TABLE,
+    QUARANTINE_TABLE,
+    WarehouseBusyError,  # noqa: F401 - raised by open_warehouse; callers catch it from here
+    connect_when_free,
+)
 
 DBT_PROJECT_DIR = REPO_ROOT / "dbt_project"
 SESSION_TABLES = ("intermediate.int_session_hours", "marts.fct_sessions")
@@ -56,10 +61,6 @@ STATUS_ERASED = "erased"
 STATUS_PENDING = "rebuild_pending"
 STATUS_ALREADY = "already_erased"
 STATUS_UNKNOWN = "unknown_user"
-
-
-class WarehouseBusyError(RuntimeError):
-    """Another process (the pipeline) holds the warehouse's write lock."""
 
 
 class ErasureError(RuntimeError):
@@ -93,15 +94,11 @@ def hash_user_id(raw_user_id: str, keys: list[str]) -> list[str]:
 
 
 def open_warehouse(path: Path | str) -> duckdb.DuckDBPyConnection:
+    """The warehouse for writing, waiting a little for the pipeline's lock
+    (WarehouseBusyError after LOCK_WAIT_SECONDS)."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"no warehouse at {path}")
-    try:
-        return connect(path)
-    except (duckdb.IOException, duckdb.ConnectionException) as exc:
-        raise WarehouseBusyError(
-            f"the warehouse {path} is busy: another process (the pipeline) holds its write "
-            f"lock; nothing was changed, try again when the run has finished ({exc})"
-        ) from exc
+    return connect_when_free(path)
 
 
 def ensure_privacy_schema(con: duckdb.DuckDBPyConnection) -> None:
