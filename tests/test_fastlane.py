@@ -102,7 +102,8 @@ def test_slot_metrics_from_landing_files_count_valid_rows_and_zero_fill(store, t
         cohort_frame([("user_id", "x")])
 
 
-def _materialize(copy, slot: pd.Timestamp, routing_path) -> dg.MaterializeResult:
+def _materialize(copy, slot: pd.Timestamp, routing_path,
+                 fast_lane: FastLaneSettings | None = None) -> dg.MaterializeResult:
     return dg.materialize(
         [checkout_fast_lane],
         partition_key=key(slot),
@@ -110,7 +111,7 @@ def _materialize(copy, slot: pd.Timestamp, routing_path) -> dg.MaterializeResult
             "warehouse": WarehouseResource(path=str(copy["warehouse"]),
                                            publish_dir=str(copy["tmp"] / "published")),
             "landing": LandingResource(path=str(copy["landing"])),
-            "fast_lane": FastLaneSettings(),
+            "fast_lane": fast_lane or FastLaneSettings(),
             "incident_settings": IncidentSettings(reports_dir=str(copy["tmp"] / "reports"),
                                                   feedback_dir=str(copy["tmp"] / "fb")),
             # the simulated hours are in the past: a horizon that still pages them (the
@@ -161,6 +162,54 @@ def test_the_fast_lane_pages_once_within_minutes_and_the_hourly_lane_keeps_the_i
                            ).fetchall() == [(inc_id, alert_key)]
         assert enqueue_incident_alerts(con, parse_routing(ROUTING), datetime.now(UTC),
                                        horizon=timedelta(hours=10**5)).enqueued == []
+
+
+def test_a_field_gone_null_in_the_running_hour_is_held_back_not_paged(
+        copy, http_server, monkeypatch):  # noqa: F811 - the imported fixture
+    """The geo-IP lookup fails at LIVE_START + 10 min: country is null on every event of the
+    running hour's part files from then on. The country cohorts lose their purchases with no
+    business cause; the hourly lane's gate would call the hour a data-quality fault, and the
+    fast lane holds those flags back instead of paging. At ~1 US purchase per slot the drop
+    is not significant at the lane's alpha within the hour, so the detector runs at alpha
+    1e-2 here: it flags the country cohorts, and the guard must hold every such flag."""
+    monkeypatch.setenv("FW_TEST_HOOK_URL", f"{http_server.base}/hook")
+    routing_path = copy["tmp"] / "routing.yml"
+    routing_path.write_text(yaml.safe_dump(ROUTING))
+    fault_start = LIVE_START + pd.Timedelta(minutes=10)
+    with duckdb.connect() as con:
+        for part in sorted(hour_dir(copy["landing"], LIVE_START.to_pydatetime()).glob("part-*")):
+            nulled = part.with_suffix(".tmp")
+            con.execute(
+                f"""COPY (SELECT * REPLACE (CASE WHEN event_time >= $t THEN NULL
+                                                 ELSE country END AS country)
+                          FROM read_parquet('{part}')) TO '{nulled}' (FORMAT parquet)""",
+                {"t": fault_start.to_pydatetime()})
+            nulled.replace(part)
+    held = 0
+    for slot in pd.date_range(fault_start, BREAK, freq="5min", inclusive="left"):
+        result = _materialize(copy, slot, routing_path, FastLaneSettings(alpha=1e-2))
+        meta = result.asset_materializations_for_node("checkout_fast_lane")[0].metadata
+        assert "country=" not in meta["flagged"].value, f"a country flag at {slot}"
+        held += meta["series_held_back"].value
+    # the detector did see the drop: the guard, not a quiet detector, kept it from paging
+    assert held > 0
+    with duckdb.connect(str(copy["warehouse"])) as con:
+        reasons = con.execute(
+            "SELECT DISTINCT cohort, reason FROM fastlane.scores WHERE reason LIKE 'held back%'"
+        ).fetchall()
+        country_flags = con.execute(
+            "SELECT count(*) FROM fastlane.scores WHERE cohort LIKE 'country=%' AND is_anomaly"
+        ).fetchall()[0][0]
+        incidents = con.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_name = 'incidents' "
+            "AND table_schema = 'incidents'").fetchall()[0][0] and con.execute(
+            "SELECT count(*) FROM incidents.incidents WHERE cohort LIKE '%country=%'"
+        ).fetchall()[0][0]
+    assert country_flags == 0 and not incidents
+    assert reasons and all(c.startswith("country=") for c, _ in reasons)
+    assert all("country null in" in r for _, r in reasons), reasons
+    hooked = [r for r in http_server.requests if "country" in json.dumps(r.get("json"))]
+    assert hooked == []
 
 
 def test_rescoring_a_slot_after_the_hour_is_loaded_reads_raw_and_gives_the_same_counts(copy):

@@ -73,12 +73,14 @@ def build(folder: Path, warehouse: Path, config: FastLaneConfig | None = None,
     with duckdb.connect(str(partial)) as con:
         con.execute("SET TimeZone = 'UTC'")
         con.execute("ATTACH $p AS wh (READ_ONLY)", {"p": str(warehouse)})
-        for schema in ("raw", "detection", "evaluation"):
+        for schema in ("raw", "detection", "quality", "evaluation"):
             con.execute(f"CREATE SCHEMA {schema}")
         con.execute(f"CREATE TABLE raw.events AS SELECT {', '.join(RAW_COLUMNS)} "
                     "FROM wh.raw.events")
         con.execute("CREATE TABLE raw.ingest_log AS SELECT * FROM wh.raw.ingest_log")
         con.execute("CREATE TABLE detection.anomalies AS SELECT * FROM wh.detection.anomalies")
+        # the data-quality gate's verdicts: the fast lane holds back flags in those hours
+        con.execute("CREATE TABLE quality.incidents AS SELECT * FROM wh.quality.incidents")
         con.execute("DETACH wh")
         first, last = con.execute(
             "SELECT min(event_hour), max(event_hour) FROM detection.anomalies").fetchall()[0]

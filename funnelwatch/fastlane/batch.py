@@ -20,7 +20,9 @@ from funnelwatch.fastlane.lane import (
     store_scores,
 )
 from funnelwatch.fastlane.metrics import cohort_frame, slot_metrics
+from funnelwatch.fastlane.quality import DQ_AFTERMATH_HOURS
 from funnelwatch.landing import as_utc_hour
+from funnelwatch.quality.incidents import failed_hours
 from funnelwatch.warehouse import EVENTS_TABLE, INGEST_LOG_TABLE
 
 
@@ -64,7 +66,8 @@ def score_range(con, start: datetime, end: datetime, config: FastLaneConfig | No
         frame = series_frame(con, day - timedelta(days=config.history_days),
                              day_end - timedelta(minutes=config.slot_minutes),
                              cohorts["cohort"].tolist())
-        scored = score_frame(frame, day, config)
+        failed = failed_hours(con, day - timedelta(hours=DQ_AFTERMATH_HOURS), day_end)
+        scored = score_frame(frame, day, config, failed)
         store_scores(con, scored, day, day_end)
         result.slots_scored += scored["slot_start"].nunique()
         result.points_scored += len(scored)

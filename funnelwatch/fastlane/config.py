@@ -11,6 +11,9 @@ PROVIDER_DIMENSION = "payment_provider"
 # Names shared with the hourly lane (marts.fct_cohort_metrics_hourly), so an incident the
 # fast lane opens is the one the hourly lane later updates and resolves.
 METRICS = ("checkout_conversion_rate", "payment_failure_rate", "purchases")
+# Store-wide share of events with a session field null, per slot: not scored, the inputs of
+# the data-quality guard (funnelwatch/fastlane/quality.py). "null_rate:country", ...
+NULL_RATE_PREFIX = "null_rate:"
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,11 @@ class FastLaneConfig:
     alpha: float = 1e-5
     min_baseline_days: int = 3
     min_expected: float = 3.0
+    # Data-quality guard, as the hourly lane's gate (funnelwatch.quality.QualitySettings): a
+    # session field null in more than this share of the store's events over the longest
+    # window holds back the flags of that field's cohorts (with at least `min_guard_events`).
+    max_null_rate: float = 0.05
+    min_guard_events: int = 100
 
     def __post_init__(self):
         if 60 % self.slot_minutes or self.slot_minutes <= 0:

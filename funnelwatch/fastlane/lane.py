@@ -15,17 +15,25 @@ providers by attempts), so a day's baseline and its scores are about the same co
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
 
-from funnelwatch.fastlane.config import PROVIDER_DIMENSION, SESSION_DIMENSIONS, FastLaneConfig
+from funnelwatch.fastlane.config import (
+    METRICS,
+    PROVIDER_DIMENSION,
+    SESSION_DIMENSIONS,
+    FastLaneConfig,
+)
 from funnelwatch.fastlane.metrics import cohort_frame, slot_metrics
+from funnelwatch.fastlane.quality import DQ_AFTERMATH_HOURS, HELD_BACK, hold_back
 from funnelwatch.fastlane.store import SCHEMA, SCORES, SLOT_METRICS, ensure_fastlane_schema
 from funnelwatch.ingest.loader import landing_rows_sql
 from funnelwatch.landing import as_utc_hour, event_files
+from funnelwatch.quality.incidents import failed_hours
 from funnelwatch.warehouse import EVENTS_TABLE, INGEST_LOG_TABLE, ensure_raw_schema
 
 COHORTS = f"{SCHEMA}.cohorts"
@@ -44,6 +52,13 @@ class SlotResult:
         if self.scored.empty:
             return self.scored
         return self.scored[self.scored["is_anomaly"]]
+
+    @property
+    def held_back(self) -> pd.DataFrame:
+        """Flags the data-quality guard held back (funnelwatch/fastlane/quality.py)."""
+        if self.scored.empty:
+            return self.scored
+        return self.scored[self.scored["reason"].fillna("").str.startswith(HELD_BACK)]
 
 
 def slot_start_of(value: datetime | str | pd.Timestamp, slot_minutes: int = 5) -> datetime:
@@ -179,19 +194,24 @@ def series_frame(con, start: datetime, end: datetime, cohorts: list[str]) -> pd.
     return frame
 
 
-def score_frame(frame: pd.DataFrame, first_slot: datetime, config: FastLaneConfig
-                ) -> pd.DataFrame:
-    """Score the slots of `frame` from `first_slot` on, fitted on the slots before it.
-    Scoring many slots at once equals scoring them one by one (no look-ahead)."""
+def score_frame(frame: pd.DataFrame, first_slot: datetime, config: FastLaneConfig,
+                failed_hours: Iterable = ()) -> pd.DataFrame:
+    """Score the slots of `frame` from `first_slot` on, fitted on the slots before it, then
+    hold back the flags a data fault explains (funnelwatch/fastlane/quality.py; `failed_hours`:
+    hours with an open data-quality incident). Scoring many slots at once equals scoring them
+    one by one (no look-ahead)."""
     first = pd.Timestamp(first_slot)
-    current = frame[frame["ts"] >= first]
-    scores = config.detector().fit(frame[frame["ts"] < first]).score(current)
+    watched = frame[frame["metric"].isin(METRICS)]
+    current = watched[watched["ts"] >= first]
+    scores = config.detector().fit(watched[watched["ts"] < first]).score(current)
     scored = pd.concat([current[["ts", "metric", "cohort", "value"]], scores], axis=1)
     scored = scored.rename(columns={"ts": "slot_start"}).reset_index(drop=True)
     scored.insert(1, "event_hour", scored["slot_start"].dt.floor("h"))
     scored["scored_at"] = pd.Timestamp.now(tz="UTC")
     for column in ("slot_start", "event_hour", "scored_at"):
         scored[column] = pd.to_datetime(scored[column], utc=True).astype("datetime64[us, UTC]")
+    hold_back(scored, frame[frame["ts"] >= first - pd.Timedelta(
+        minutes=config.slot_minutes * max(config.windows))], config, failed_hours)
     return scored
 
 
@@ -231,7 +251,10 @@ def score_slot(con, landing: Path | str, slot_start: datetime | str,
         result = refresh_slot_metrics(con, landing, slot_start, config)
         frame = series_frame(con, slot_start - timedelta(days=config.history_days), slot_start,
                              result.cohorts)
-        scored = score_frame(frame, slot_start, config)
+        hour = as_utc_hour(slot_start)
+        failed = failed_hours(con, hour - timedelta(hours=DQ_AFTERMATH_HOURS),
+                              hour + timedelta(hours=1))
+        scored = score_frame(frame, slot_start, config, failed)
         store_scores(con, scored, slot_start, slot_start + timedelta(minutes=config.slot_minutes))
         con.execute("COMMIT")
     except BaseException:

@@ -9,7 +9,7 @@ from datetime import datetime
 import duckdb
 import pandas as pd
 
-from funnelwatch.fastlane.config import PROVIDER_DIMENSION, SESSION_DIMENSIONS
+from funnelwatch.fastlane.config import NULL_RATE_PREFIX, PROVIDER_DIMENSION, SESSION_DIMENSIONS
 
 ALLOWED_DIMENSIONS = (*SESSION_DIMENSIONS, PROVIDER_DIMENSION)
 # checkout_conversion_rate: sessions that purchased in the window out of sessions that
@@ -23,8 +23,9 @@ COUNTS_SQL = """
     count(*) FILTER (WHERE event_type = 'payment_attempt'
                      AND payment_status = 'failure') AS payment_failures,
     count(DISTINCT coalesce(order_id, event_id)) FILTER (WHERE event_type = 'purchase')
-        AS purchases
-"""
+        AS purchases,
+    count(*) AS events,
+""" + ",\n".join(f"    count(*) FILTER (WHERE e.{d} IS NULL) AS null_{d}" for d in SESSION_DIMENSIONS)
 
 
 def cohort_frame(cohorts: list[tuple[str, str]]) -> pd.DataFrame:
@@ -73,7 +74,8 @@ def slot_metrics(
                           freq=f"{slot_minutes}min", inclusive="left")
     grid = pd.MultiIndex.from_product([slots, cohorts["cohort"]], names=["slot_start", "cohort"])
     count_columns = ["checkout_sessions", "purchase_sessions", "payment_attempts",
-                     "payment_failures", "purchases"]
+                     "payment_failures", "purchases", "events",
+                     *(f"null_{d}" for d in SESSION_DIMENSIONS)]
     if len(counts):
         counts["slot_start"] = pd.to_datetime(counts["slot_start"], utc=True).astype(
             "datetime64[us, UTC]")
@@ -93,6 +95,11 @@ def slot_metrics(
                       denominator=lambda f: f["payment_attempts"]),
         filled[~is_provider].assign(metric="purchases", numerator=lambda f: f["purchases"],
                                     denominator=float("nan")),
+        # the data-quality guard's inputs (funnelwatch/fastlane/quality.py), store-wide only:
+        # a session field gone null empties that dimension's cohorts without any business cause
+        *(filled[filled["cohort"] == "all"].assign(
+            metric=f"{NULL_RATE_PREFIX}{d}", numerator=lambda f, d=d: f[f"null_{d}"],
+            denominator=lambda f: f["events"]) for d in SESSION_DIMENSIONS),
     ]
     out = pd.concat(parts, ignore_index=True)[
         ["slot_start", "metric", "cohort", "numerator", "denominator"]]

@@ -32,6 +32,7 @@ import duckdb
 import pandas as pd
 
 from funnelwatch.detection.store import ensure_detection_schema
+from funnelwatch.fastlane.quality import HELD_BACK
 from funnelwatch.fastlane.store import SCORES as FASTLANE_SCORES
 from funnelwatch.fastlane.store import ensure_fastlane_schema
 from funnelwatch.fastlane.store import flagged_points_sql as fastlane_flagged_points_sql
@@ -233,11 +234,13 @@ def _recovered(con, metric: str, cohort: str, last_anomaly: datetime, hour: date
     if good >= hours:
         return True
     # A series only the fast lane watches (payment_failure_rate per provider) recovers when
-    # its slots of those hours were scored (nearly all) and none was flagged.
+    # its slots of those hours were scored (nearly all) and none was flagged. A slot held
+    # back by the data-quality guard proves nothing either way.
     scored, flagged = con.execute(
         f"""SELECT count(*), count(*) FILTER (WHERE is_anomaly) FROM {FASTLANE_SCORES}
-            WHERE metric = $m AND cohort = $c AND event_hour > $from AND event_hour <= $h""",
-        window,
+            WHERE metric = $m AND cohort = $c AND event_hour > $from AND event_hour <= $h
+              AND NOT starts_with(coalesce(reason, ''), $held)""",
+        {**window, "held": HELD_BACK},
     ).fetchone()
     return flagged == 0 and scored >= FASTLANE_RECOVERY_COVERAGE * hours * SLOTS_PER_HOUR
 
