@@ -170,6 +170,63 @@ def rerun_only(args) -> None:
     print(json.dumps(summary, default=str))
 
 
+def resume(args) -> None:
+    """Continue a soak that stopped (crash or kill) with its work folder and CSV kept: the
+    hour it was in is processed again from the start (schedule -> run -> sensor -> respond),
+    then the remaining hours, the re-run check and the summary of all soaked hours."""
+    paths = S.SoakPaths.under(args.workdir)
+    S.prepare_environment(paths)
+    import dagster as dg
+
+    with args.out.open() as f:
+        rows = [_sample(r) for r in csv.DictReader(f)]
+    soaked = [r for r in rows if r.phase == "soak"]
+    done = [S.utc(pd.Timestamp(r.partition[:10] + "T" + r.partition[11:])) for r in soaked]
+    start = S.utc(args.start)
+    end = start + pd.Timedelta(days=args.history_days + args.days)
+    remaining = S.hours_between(done[-1] + pd.Timedelta(hours=1), end)
+    state = S.SoakState()
+    out = args.out.open("a", newline="")
+    writer = csv.DictWriter(out, fieldnames=[x.name for x in fields(S.Sample)])
+
+    def on_sample(sample: S.Sample) -> None:
+        writer.writerow(asdict(sample))
+        out.flush()
+
+    with dg.DagsterInstance.get() as instance:
+        released = S.release_interrupted_runs(instance)
+        print(f"released {len(released)} run(s) left STARTED: {released}", flush=True)
+        # The daemon keeps the sensor's cursor; here it is the last hour that finished: the
+        # storage id of its cohort_anomalies materialization, so the stopped hour's scores
+        # are seen by the sensor when that hour is processed again.
+        records = instance.fetch_materializations(dg.AssetKey("cohort_anomalies"),
+                                                  limit=200).records
+        last_done = S.partition_key(done[-1])
+        ids = [r.storage_id for r in records if r.partition_key == last_done]
+        state.sensor_cursor = str(max(ids)) if ids else None
+        print(f"resuming at {S.partition_key(remaining[0])}: {len(remaining)} hours left, "
+              f"sensor cursor {state.sensor_cursor}", flush=True)
+        more = S.soak(instance, paths, remaining, state, on_sample=on_sample,
+                      start_index=len(soaked))
+        _table(more, statistics.median(r.rss_mb for r in soaked[:24]))
+        soaked += more
+        hours = done + remaining[: len(more)]
+        window = (hours[0], hours[-1] + pd.Timedelta(hours=1))
+        counts_before = S.hour_row_counts(paths.warehouse, *window)
+        print(f"\nre-run of the last {args.rerun_hours} hours", flush=True)
+        rerun = S.soak(instance, paths, hours[-args.rerun_hours:], state, phase="rerun",
+                       on_sample=on_sample, start_index=len(soaked))
+        counts_after = S.hour_row_counts(paths.warehouse, *window)
+    out.close()
+    _table(rerun, None)
+    summary = summarize(soaked, rerun, soaked[-1], counts_before, counts_after)
+    summary.update(sessions_per_hour=args.sessions_per_hour, history_days=args.history_days,
+                   csv=str(args.out), resumed_at=S.partition_key(remaining[0]),
+                   respond_runs=sum(x.respond_runs for x in soaked))
+    _print_summary(summary)
+    print(json.dumps(summary, default=str))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--days", type=int, default=7, help="days soaked hour by hour")
@@ -194,9 +251,14 @@ def main() -> None:
     parser.add_argument("--rerun-only", action="store_true",
                         help="resume an interrupted soak in --workdir: release runs it left "
                              "STARTED, re-run the last --rerun-hours hours of --out, summarize")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue a stopped soak in --workdir from the hour it was in "
+                             "(same --days/--start/--history-days), then re-run and summarize")
     args = parser.parse_args()
     if args.rerun_only:
         return rerun_only(args)
+    if args.resume:
+        return resume(args)
 
     tmp = None
     if args.workdir is None:

@@ -101,3 +101,21 @@ def test_hours_on_the_schedule_path_load_exactly_once_and_reruns_do_not_grow(
     series = [s.rss_mb for s in soaked + rerun]
     half = series[len(series) // 2 - 1:]
     assert max(half) - half[0] < RSS_GROWTH_BOUND_MB, series
+
+
+def test_the_soak_sensor_tick_turns_a_scored_hour_with_anomalies_into_a_partitioned_request():
+    """The soak's sensor tick must resolve a partitioned RunRequest as the daemon does (with
+    the definitions). The first 7-day soak died at its first anomaly: the 49-hour soak and the
+    test above never reach one. Here the hour's scores are a reported materialization."""
+    from orchestration.detect.assets import SEVERITY_BANDS
+
+    with dg.instance_for_test() as instance:
+        key = S.partition_key(START)
+        instance.report_runless_asset_event(dg.AssetMaterialization(
+            asset_key="cohort_anomalies", partition=key,
+            metadata={f"anomalies_{SEVERITY_BANDS[0][1]}": 2}))
+        state = S.SoakState()
+        requests = S.sensor_requests(instance, state)
+        assert [r.partition_key for r in requests] == [key]
+        assert state.sensor_cursor is not None
+        assert S.sensor_requests(instance, state) == [], "the cursor moved past the hour"

@@ -225,9 +225,13 @@ def sensor_requests(instance, state: SoakState) -> list:
     """One tick of `anomalies_sensor` with the daemon's cursor; returns its run requests."""
     import dagster as dg
 
+    from orchestration.definitions import defs
     from orchestration.respond.sensors import anomalies_sensor
 
-    context = dg.build_sensor_context(instance=instance, cursor=state.sensor_cursor)
+    # The definitions, as the daemon has them: a partitioned RunRequest is resolved against
+    # its job (without them the first anomaly of a soak raised DagsterInvariantViolationError).
+    context = dg.build_sensor_context(instance=instance, cursor=state.sensor_cursor,
+                                      definitions=defs)
     data = anomalies_sensor.evaluate_tick(context)
     state.sensor_cursor = data.cursor if data.cursor is not None else state.sensor_cursor
     return list(data.run_requests or [])
