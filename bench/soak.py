@@ -222,7 +222,8 @@ def resume(args) -> None:
     summary = summarize(soaked, rerun, soaked[-1], counts_before, counts_after)
     summary.update(sessions_per_hour=args.sessions_per_hour, history_days=args.history_days,
                    csv=str(args.out), resumed_at=S.partition_key(remaining[0]),
-                   respond_runs=sum(x.respond_runs for x in soaked))
+                   respond_runs=sum(x.respond_runs for x in soaked),
+                   stopped_at_data_quality_gate=state.gate_stopped)
     _print_summary(summary)
     print(json.dumps(summary, default=str))
 
@@ -322,7 +323,8 @@ def main() -> None:
     out.close()
     summary = summarize(soaked, rerun, soaked[-1] if rerun else None, counts_before, counts_after)
     summary.update(sessions_per_hour=args.sessions_per_hour, scenario=args.scenario,
-                   history_days=args.history_days, csv=str(args.out))
+                   history_days=args.history_days, csv=str(args.out),
+                   stopped_at_data_quality_gate=state.gate_stopped)
     _print_summary(summary)
     print(json.dumps(summary, default=str))
     if tmp is not None and not args.keep:

@@ -119,3 +119,26 @@ def test_the_soak_sensor_tick_turns_a_scored_hour_with_anomalies_into_a_partitio
         assert [r.partition_key for r in requests] == [key]
         assert state.sensor_cursor is not None
         assert S.sensor_requests(instance, state) == [], "the cursor moved past the hour"
+
+
+def test_a_run_stopped_by_the_data_quality_gate_is_told_apart_from_a_broken_run():
+    """A live hour whose blocking data-quality check fails stops at the gate by design (the
+    7-day soak met one: a 50% checkout break halved checkout_step events below the volume
+    check's 0.4x); the soak records it and goes on, as the daemon does. Any other failure
+    still stops the soak."""
+
+    def job_failing_at(step: str) -> dg.JobDefinition:
+        @dg.op(name=step)
+        def failing():
+            raise dg.Failure("check failed")
+
+        @dg.job(name=f"fails_at_{step}")
+        def job():
+            failing()
+
+        return job
+
+    gate = job_failing_at("raw_events_quality").execute_in_process(raise_on_error=False)
+    other = job_failing_at("ingest_events").execute_in_process(raise_on_error=False)
+    assert not gate.success and S.stopped_at_gate(gate)
+    assert not other.success and not S.stopped_at_gate(other)

@@ -179,6 +179,20 @@ class SoakState:
     run_ids: list[str] = field(default_factory=list)
     pipeline_runs: list[tuple[str, str]] = field(default_factory=list)  # (partition, run id)
     respond_runs: list[tuple[str, str]] = field(default_factory=list)
+    # hours whose run the data-quality gate stopped (a blocking check failed: the hour is a
+    # data-quality incident, nothing downstream ran); the daemon goes on to the next hour
+    gate_stopped: list[tuple[str, str]] = field(default_factory=list)  # (partition, run id)
+
+
+# The blocking data-quality checks (orchestration/quality/checks.py): a live one-hour run
+# that fails one of them stops at the gate by design.
+GATE_STEPS = ("raw_events_quality", "cohort_metrics_quality")
+
+
+def stopped_at_gate(result) -> bool:
+    """The run failed only because a blocking data-quality check failed."""
+    failures = result.get_step_failure_events()
+    return bool(failures) and all(f.step_key in GATE_STEPS for f in failures)
 
 
 # --- the schedule's path ----------------------------------------------------------------------
@@ -251,7 +265,9 @@ def process_hour(instance, hour: pd.Timestamp, state: SoakState) -> tuple[float,
         run_config=_quiet_run_config(), raise_on_error=False,
     )
     pipeline_s = time.perf_counter() - start
-    if not result.success:
+    if not result.success and stopped_at_gate(result):
+        state.gate_stopped.append((request.partition_key, result.run_id))
+    elif not result.success:
         raise RuntimeError(f"hourly_pipeline run {result.run_id} for {request.partition_key} failed")
     state.run_ids.append(result.run_id)
     state.pipeline_runs.append((request.partition_key, result.run_id))
