@@ -128,16 +128,23 @@ def _sample(row: dict) -> S.Sample:
     return S.Sample(**{k: cast[types[k]](v) if types[k] in cast else v for k, v in row.items()})
 
 
-def rerun_only(args) -> None:
-    """The re-run check and the summary for a soak stopped before its end (work folder kept)."""
+def _stopped_soak(args) -> tuple[S.SoakPaths, list[S.Sample], list[S.Sample], list[pd.Timestamp]]:
+    """A stopped soak's work folder (environment prepared) and its CSV: (paths, every row,
+    the soaked rows, their hours)."""
     paths = S.SoakPaths.under(args.workdir)
     S.prepare_environment(paths)
-    import dagster as dg
-
     with args.out.open() as f:
         rows = [_sample(r) for r in csv.DictReader(f)]
     soaked = [r for r in rows if r.phase == "soak"]
     hours = [S.utc(pd.Timestamp(r.partition[:10] + "T" + r.partition[11:])) for r in soaked]
+    return paths, rows, soaked, hours
+
+
+def rerun_only(args) -> None:
+    """The re-run check and the summary for a soak stopped before its end (work folder kept)."""
+    paths, rows, soaked, hours = _stopped_soak(args)
+    import dagster as dg
+
     state = S.SoakState()
     with dg.DagsterInstance.get() as instance:
         released = S.release_interrupted_runs(instance)
@@ -174,14 +181,9 @@ def resume(args) -> None:
     """Continue a soak that stopped (crash or kill) with its work folder and CSV kept: the
     hour it was in is processed again from the start (schedule -> run -> sensor -> respond),
     then the remaining hours, the re-run check and the summary of all soaked hours."""
-    paths = S.SoakPaths.under(args.workdir)
-    S.prepare_environment(paths)
+    paths, _, soaked, done = _stopped_soak(args)
     import dagster as dg
 
-    with args.out.open() as f:
-        rows = [_sample(r) for r in csv.DictReader(f)]
-    soaked = [r for r in rows if r.phase == "soak"]
-    done = [S.utc(pd.Timestamp(r.partition[:10] + "T" + r.partition[11:])) for r in soaked]
     start = S.utc(args.start)
     end = start + pd.Timedelta(days=args.history_days + args.days)
     remaining = S.hours_between(done[-1] + pd.Timedelta(hours=1), end)
