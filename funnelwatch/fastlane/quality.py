@@ -21,11 +21,12 @@ from collections.abc import Iterable
 
 import pandas as pd
 
+from funnelwatch.detection.planned import DQ_AFTERMATH
 from funnelwatch.fastlane.config import NULL_RATE_PREFIX, FastLaneConfig
 
 HELD_BACK = "held back: "
-# as funnelwatch.detection.planned.DQ_AFTERMATH: sessions of a broken hour carry into the next
-DQ_AFTERMATH_HOURS = 1
+# the hourly lane's aftermath: sessions of a broken hour carry into the next
+DQ_AFTERMATH_HOURS = int(DQ_AFTERMATH / pd.Timedelta(hours=1))
 
 
 def null_rates(frame: pd.DataFrame, config: FastLaneConfig) -> pd.DataFrame:
