@@ -355,7 +355,7 @@ def evaluate(
 @app.command()
 def contract():
     """Print the event contract as Markdown (the source of docs/event_contract.md)."""
-    from funnelwatch.contract import contract_markdown
+    from funnelwatch.ingest.contract_doc import contract_markdown
 
     typer.echo(contract_markdown(), nl=False)
 

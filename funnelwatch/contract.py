@@ -2,7 +2,9 @@
 
 Every producer (the simulator, the GA4 and REES46 importers, a real collector) writes events
 in this shape, and ingest validates every row against it. `docs/event_contract.md` is
-generated from this module (`funnelwatch contract`) and a test keeps the two equal.
+generated from it and ingest's rules (`funnelwatch/ingest/contract_doc.py`, `funnelwatch
+contract`) and a test keeps the two equal. This module is the bottom layer: it imports nothing
+of funnelwatch.
 
 Times are UTC with microsecond precision everywhere: pandas 3 produces nanosecond
 timestamps, for which some DuckDB functions have no overload, so `normalise_times` is
@@ -197,43 +199,3 @@ def to_arrow(frame: pd.DataFrame) -> pa.Table:
         else:
             arrays.append(pa.nulls(len(frame), type=field.arrow_type))
     return pa.Table.from_arrays(arrays, schema=EVENT_ARROW_SCHEMA)
-
-
-def contract_markdown() -> str:
-    """The contract as Markdown: the source of docs/event_contract.md."""
-    lines = [
-        "# The funnelwatch event contract",
-        "",
-        ("Generated from `funnelwatch/contract.py` by `funnelwatch contract`; "
-        "do not edit by hand."),
-        "",
-        "All times are UTC with microsecond precision. Landing files live at",
-        "`<landing>/events/date=YYYY-MM-DD/hour=HH/*.parquet|*.jsonl|*.csv`, one folder per",
-        "event hour; ingest validates each row and quarantines the ones that break the rules",
-        "below, with the reason.",
-        "",
-        "## Events",
-        "",
-        "| column | type | required | description |",
-        "|---|---|---|---|",
-    ]
-    for f in EVENT_FIELDS:
-        lines.append(f"| `{f.name}` | {f.duckdb_type} | {'yes' if f.required else ''} | {f.description} |")
-    lines += ["", "## Validation rules (quarantine reasons)", ""]
-    from funnelwatch.ingest.validation import QUARANTINE_RULES  # local: avoid import cycle
-
-    for rule in QUARANTINE_RULES:
-        lines.append(f"- `{rule.reason}`: {rule.description}")
-    lines += [
-        ("- `duplicate_event_id` rows are not quarantined: the first copy is kept, the others "
-        "are dropped and counted in the materialization metadata."),
-        "",
-        "## Reference data",
-        "",
-        "CSV files with a header row under `<landing>/reference/<table>.csv`.",
-    ]
-    for table in REFERENCE_TABLES:
-        lines += ["", f"### `{table.name}`", "", table.description, ""]
-        lines += ["| column | type | description |", "|---|---|---|"]
-        lines += [f"| `{n}` | {t} | {d} |" for n, t, d in table.columns]
-    return "\n".join(lines) + "\n"

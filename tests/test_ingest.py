@@ -8,7 +8,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from funnelwatch.contract import contract_markdown, to_arrow
+from funnelwatch.contract import to_arrow
+from funnelwatch.ingest.contract_doc import contract_markdown
 from funnelwatch.ingest.loader import LandingFileError, load_hour
 from funnelwatch.ingest.pseudonymize import hmac_sha256_hex
 from funnelwatch.landing import hour_dir, write_events
