@@ -246,6 +246,28 @@ def _top_anomalies_text(warehouse: Path, hours: int) -> tuple[str, str]:
     return anomalies, incidents_table(rows) if rows else "_no incidents_"
 
 
+def _unknown_values_text(warehouse: Path, hours: int) -> str:
+    """The unknown values of the last `hours` loaded hours as a table, or '' when none."""
+    from funnelwatch.quality.unknown_values import unknown_values
+    from funnelwatch.warehouse import WarehouseBusyError, connect_when_free
+
+    try:
+        con = connect_when_free(warehouse, read_only=True)
+    except WarehouseBusyError:
+        return ""  # the anomalies section already says the warehouse is busy
+    with con:
+        has_log = con.execute(
+            "SELECT count(*) FROM information_schema.tables "
+            "WHERE table_schema = 'raw' AND table_name = 'ingest_log'").fetchone()[0]
+        if not has_log:
+            return ""
+        (last,) = con.execute("SELECT max(event_hour) FROM raw.ingest_log").fetchone()
+        if last is None:
+            return ""
+        found = unknown_values(con, last - timedelta(hours=hours - 1), last + timedelta(hours=1))
+    return found.table_markdown() if found.by_field else ""
+
+
 @app.command()
 def summary(
     hours: Annotated[int, typer.Option(help="Hours of the funnel to print.")] = 24,
@@ -274,6 +296,11 @@ def summary(
     typer.echo("\nIncidents (open first, then by revenue at risk; details: "
                "funnelwatch incident ID):\n")
     typer.echo(incidents)
+    unknown = _unknown_values_text(settings.warehouse, hours)
+    if unknown:
+        typer.echo(f"\nValues the event contract does not know, last {hours} loaded hours "
+                   "(kept as `other`, raw value in raw.events.unmapped_values):\n")
+        typer.echo(unknown)
     typer.echo(
         f"\nwarehouse (pipeline writes):   {settings.warehouse}\n"
         f"analyst snapshot (read-only):  {settings.publish_dir / 'analytics.duckdb'} "

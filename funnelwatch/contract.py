@@ -29,8 +29,12 @@ EVENT_TYPES: tuple[str, ...] = (
     "purchase",
     "js_error",
 )
-CHECKOUT_STEPS: tuple[str, ...] = ("shipping", "payment", "review")
-DEVICE_TYPES: tuple[str, ...] = ("desktop", "mobile", "tablet", "other")
+# A value outside a descriptive field's set is kept as OTHER_VALUE (the raw value is kept
+# beside it, in `raw.events.unmapped_values`) and counted, never quarantined: every real feed
+# has its own names, and one unknown value must not cost the row.
+OTHER_VALUE = "other"
+CHECKOUT_STEPS: tuple[str, ...] = ("shipping", "payment", "review", OTHER_VALUE)
+DEVICE_TYPES: tuple[str, ...] = ("desktop", "mobile", "tablet", OTHER_VALUE)
 PAGE_TYPES: tuple[str, ...] = (
     "home",
     "category",
@@ -39,9 +43,16 @@ PAGE_TYPES: tuple[str, ...] = (
     "cart",
     "checkout",
     "confirmation",
-    "other",
+    OTHER_VALUE,
 )
-PAYMENT_STATUSES: tuple[str, ...] = ("success", "failure")
+PAYMENT_STATUSES: tuple[str, ...] = ("success", "failure", OTHER_VALUE)
+# The descriptive fields with a closed set of values, compared case- and space-insensitively.
+DESCRIPTIVE_VALUE_SETS: dict[str, tuple[str, ...]] = {
+    "page_type": PAGE_TYPES,
+    "checkout_step": CHECKOUT_STEPS,
+    "device_type": DEVICE_TYPES,
+    "payment_status": PAYMENT_STATUSES,
+}
 
 
 @dataclass(frozen=True)
@@ -74,13 +85,20 @@ EVENT_FIELDS: tuple[Field, ...] = (
         True,
         "The session. Pseudonymised at ingest like user_id (GA4 session ids embed the user).",
     ),
-    Field("page_type", "VARCHAR", pa.string(), False, f"One of: {', '.join(PAGE_TYPES)}."),
+    Field(
+        "page_type",
+        "VARCHAR",
+        pa.string(),
+        False,
+        f"One of: {', '.join(PAGE_TYPES)} (another value is kept as `other`).",
+    ),
     Field(
         "checkout_step",
         "VARCHAR",
         pa.string(),
         False,
-        f"For checkout_step events, one of: {', '.join(CHECKOUT_STEPS)}.",
+        f"For checkout_step events, one of: {', '.join(CHECKOUT_STEPS)} (another value is kept "
+        "as `other`).",
     ),
     Field("sku", "VARCHAR", pa.string(), False, "Product SKU (product_view, cart, purchase)."),
     Field("category", "VARCHAR", pa.string(), False, "Product category of the SKU."),
@@ -89,7 +107,13 @@ EVENT_FIELDS: tuple[Field, ...] = (
     Field("order_id", "VARCHAR", pa.string(), False, "Order id; required on purchase."),
     Field("revenue", "DOUBLE", pa.float64(), False, "Order revenue, >= 0; required on purchase."),
     Field("currency", "VARCHAR", pa.string(), False, "ISO 4217 code, e.g. USD."),
-    Field("device_type", "VARCHAR", pa.string(), False, f"One of: {', '.join(DEVICE_TYPES)}."),
+    Field(
+        "device_type",
+        "VARCHAR",
+        pa.string(),
+        False,
+        f"One of: {', '.join(DEVICE_TYPES)} (another value is kept as `other`).",
+    ),
     Field("os", "VARCHAR", pa.string(), False, "Operating system, e.g. iOS, Android, Windows."),
     Field("os_version", "VARCHAR", pa.string(), False, "Operating system version."),
     Field("browser", "VARCHAR", pa.string(), False, "Browser, e.g. Safari, Chrome."),
@@ -106,7 +130,8 @@ EVENT_FIELDS: tuple[Field, ...] = (
         "VARCHAR",
         pa.string(),
         False,
-        f"For payment_attempt events, one of: {', '.join(PAYMENT_STATUSES)}.",
+        f"For payment_attempt events, one of: {', '.join(PAYMENT_STATUSES)} (another value is "
+        "kept as `other`).",
     ),
     Field("latency_ms", "DOUBLE", pa.float64(), False, "Latency of the request, >= 0 ms."),
     Field("error_code", "VARCHAR", pa.string(), False, "Error code (js_error, failed payment)."),

@@ -25,6 +25,9 @@ LINEAGE_COLUMNS = (
     ("event_hour", "TIMESTAMPTZ", "The UTC hour partition the event was loaded in."),
     ("source_file", "VARCHAR", "Landing file the event came from."),
     ("ingested_at", "TIMESTAMPTZ", "When the partition was loaded."),
+    ("unmapped_values", "MAP(VARCHAR, VARCHAR)",
+     ("Raw values of descriptive fields that the contract does not know, kept as `other` in "
+      "their column (field -> raw value); NULL when every value was known.")),
 )
 
 
@@ -109,6 +112,12 @@ def ensure_raw_schema(con: duckdb.DuckDBPyConnection) -> None:
           event_hour TIMESTAMPTZ, files VARCHAR[], rows_in BIGINT, rows_loaded BIGINT,
           rows_quarantined BIGINT, duplicates_dropped BIGINT, ingested_at TIMESTAMPTZ)"""
     )
+    # Columns added after the first release: a warehouse made before them gets them here
+    # (appended, so positional inserts stay in column order).
+    con.execute(f"ALTER TABLE {EVENTS_TABLE} ADD COLUMN IF NOT EXISTS unmapped_values "
+                "MAP(VARCHAR, VARCHAR)")
+    # {field: {raw value: rows}} of the hour's values kept as `other` (top values per field).
+    con.execute(f"ALTER TABLE {INGEST_LOG_TABLE} ADD COLUMN IF NOT EXISTS unknown_values JSON")
     for table in REFERENCE_TABLES:
         cols = ", ".join(f"{n} {t}" for n, t, _ in table.columns)
         con.execute(f"CREATE TABLE IF NOT EXISTS {RAW_SCHEMA}.{table.name} ({cols})")

@@ -253,7 +253,8 @@ def emptied(built, tmp_path_factory):
     with connect(warehouse) as con:
         con.execute(f"DELETE FROM raw.events WHERE event_hour = '{H11}'")
         con.execute(
-            "INSERT INTO raw.ingest_log VALUES "
+            "INSERT INTO raw.ingest_log (event_hour, files, rows_in, rows_loaded, "
+            "rows_quarantined, duplicates_dropped, ingested_at) VALUES "
             f"('{H13}', [], 0, 0, 0, 0, '{H13}'::TIMESTAMPTZ + INTERVAL 1 HOUR)"
         )
     proc, results = run_dbt(

@@ -8,7 +8,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from funnelwatch.contract import to_arrow
+from funnelwatch.contract import EVENT_FIELDS, to_arrow
 from funnelwatch.ingest.contract_doc import contract_markdown
 from funnelwatch.ingest.loader import LandingFileError, load_hour
 from funnelwatch.ingest.pseudonymize import hmac_sha256_hex
@@ -45,7 +45,7 @@ def test_accounting_quarantine_duplicates(tmp_path):
     bad.loc[0, "event_type"] = "wishlist_add"  # unknown type
     bad.loc[1, "event_time"] = pd.Timestamp(HOUR) + pd.Timedelta(hours=2)  # wrong hour
     bad.loc[2, "session_id"] = None  # required
-    bad.loc[3, "device_type"] = "fridge"  # not an accepted value
+    bad.loc[3, "device_type"] = "fridge"  # not an accepted value: kept as `other`
     dupes = good.iloc[:3].copy()  # same event_ids again, another file
     write_events(good, landing, "a")
     # written straight into the 13:00 folder, as a faulty collector would (wrong-hour row too)
@@ -54,23 +54,89 @@ def test_accounting_quarantine_duplicates(tmp_path):
 
     result = load_hour(con, landing, HOUR, KEY)
 
-    assert (result.rows_in, result.rows_loaded) == (17, 10)
-    assert (result.rows_quarantined, result.duplicates_dropped) == (4, 3)
+    assert (result.rows_in, result.rows_loaded) == (17, 11)
+    assert (result.rows_quarantined, result.duplicates_dropped) == (3, 3)
     assert result.rows_in == result.rows_loaded + result.rows_quarantined + result.duplicates_dropped
     assert result.quarantine_reasons == {
         "unknown_event_type": 1,
         "event_time_outside_hour": 1,
         "missing_session_id": 1,
-        "invalid_device_type": 1,
     }
-    assert _count(con, "SELECT count(DISTINCT event_id) FROM raw.events") == 10
+    # an unknown device type is kept as `other`, with its raw value, not quarantined
+    assert _count(con, "SELECT count(DISTINCT event_id) FROM raw.events") == 11
     reasons = dict(con.execute("SELECT event_id, reason FROM raw.events_quarantine").fetchall())
     assert reasons["b0"] == "unknown_event_type" and reasons["b1"] == "event_time_outside_hour"
-    # the first copy (file a) is kept
-    assert _count(con, "SELECT count(*) FROM raw.events WHERE source_file LIKE '%/b.parquet'") == 0
+    # the first copy (file a) of each duplicate is kept: only the `other` device row is from b
+    from_b = con.execute("SELECT event_id, device_type, unmapped_values FROM raw.events "
+                         "WHERE source_file LIKE '%/b.parquet'").fetchall()
+    assert from_b == [("b3", "other", {"device_type": "fridge"})]
     log = con.execute("SELECT rows_in, rows_loaded, rows_quarantined, duplicates_dropped "
                       "FROM raw.ingest_log").fetchall()
-    assert log == [(17, 10, 4, 3)]
+    assert log == [(17, 11, 3, 3)]
+
+
+def test_a_feed_with_its_own_value_names_loses_no_row(tmp_path):
+    """A feed that names descriptive values its own way (page_type=pdp,
+    payment_status=succeeded|failed) keeps every row: the values are `other`, the raw value is
+    kept beside it and counted per field in the ingest log."""
+    landing = tmp_path / "landing"
+    frame = _events(12)
+    frame["event_type"] = ["product_view"] * 6 + ["payment_attempt"] * 6
+    frame["page_type"] = ["pdp"] * 5 + ["Product "] + [None] * 6  # a known value, other case
+    frame["payment_status"] = [None] * 6 + ["succeeded"] * 4 + ["failed", "FAILURE"]
+    write_events(frame, landing, "a")
+    con = connect(tmp_path / "w.duckdb")
+
+    result = load_hour(con, landing, HOUR, KEY)
+
+    assert (result.rows_in, result.rows_loaded, result.rows_quarantined) == (12, 12, 0)
+    assert result.unknown_values == {
+        "page_type": {"pdp": 5},
+        "payment_status": {"succeeded": 4, "failed": 1},
+    }
+    assert result.rows_with_unknown_values == 10
+    by_id = {
+        event_id: rest for event_id, *rest in con.execute(
+            "SELECT event_id, page_type, payment_status, unmapped_values FROM raw.events"
+        ).fetchall()
+    }
+    by_id = {k: tuple(v) for k, v in by_id.items()}
+    assert by_id["e0"] == ("other", None, {"page_type": "pdp"})
+    assert by_id["e5"] == ("Product ", None, None)  # known: staging normalises it
+    assert by_id["e6"] == (None, "other", {"payment_status": "succeeded"})
+    assert by_id["e11"] == (None, "FAILURE", None)
+    logged = con.execute("SELECT unknown_values FROM raw.ingest_log").fetchone()[0]
+    assert json.loads(logged) == result.unknown_values
+
+
+def test_quarantined_rows_keep_their_raw_values(tmp_path):
+    landing = tmp_path / "landing"
+    frame = _events(2)
+    frame["event_type"] = ["wishlist_add", "checkout_step"]  # unknown type; step missing
+    frame["page_type"] = ["pdp", "pdp"]
+    write_events(frame, landing, "a")
+    con = connect(tmp_path / "w.duckdb")
+    result = load_hour(con, landing, HOUR, KEY)
+    assert result.quarantine_reasons == {"unknown_event_type": 1, "missing_checkout_step": 1}
+    assert con.execute("SELECT DISTINCT page_type FROM raw.events_quarantine").fetchall() == [
+        ("pdp",)]
+
+
+def test_a_warehouse_from_before_unmapped_values_gets_the_column(tmp_path):
+    con = connect(tmp_path / "w.duckdb")
+    con.execute("CREATE SCHEMA raw")
+    cols = ", ".join(f"{f.name} {f.duckdb_type}" for f in EVENT_FIELDS)
+    con.execute(f"CREATE TABLE raw.events ({cols}, event_hour TIMESTAMPTZ, source_file VARCHAR, "
+                "ingested_at TIMESTAMPTZ)")
+    con.execute("CREATE TABLE raw.ingest_log (event_hour TIMESTAMPTZ, files VARCHAR[], "
+                "rows_in BIGINT, rows_loaded BIGINT, rows_quarantined BIGINT, "
+                "duplicates_dropped BIGINT, ingested_at TIMESTAMPTZ)")
+    landing = tmp_path / "landing"
+    frame = _events(3)
+    frame["page_type"] = "pdp"
+    write_events(frame, landing, "a")
+    assert load_hour(con, landing, HOUR, KEY).rows_loaded == 3
+    assert _count(con, "SELECT count(*) FROM raw.events WHERE unmapped_values IS NOT NULL") == 3
 
 
 def test_rerun_replaces_the_hour_and_leaves_others(tmp_path):

@@ -165,3 +165,35 @@ def test_a_surge_is_not_a_data_fault(warehouse):
     write_events(_hour_events(HOUR, "now", {k: v * 5 for k, v in TYPES.items()}), landing, "sim")
     load_hour(con, landing, HOUR, "k")
     assert _failed(run_suites(con, HOUR)) == set()
+
+
+def test_unknown_values_warn_and_load_every_row(paths, dbt_manifest):
+    """A live hour of a feed with its own value names: every row reaches raw.events and the
+    marts, the unknown values are a WARN check with the top values, and the gate does not
+    block or open a data-quality incident for them."""
+    from tests.test_pipeline import _pipeline_assets, _resources
+
+    events = _hour_events(HOUR, "now")
+    events["page_type"] = "pdp"
+    write_events(events, paths["landing"], "collector")
+    result = dg.materialize(
+        _pipeline_assets(), partition_key=HOUR.strftime("%Y-%m-%d-%H:%M"),
+        resources=_resources(paths), instance=dg.DagsterInstance.ephemeral(),
+        raise_on_error=False,
+    )
+    evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    unknown = evaluations["events_unknown_values"]
+    assert not unknown.passed and unknown.severity == dg.AssetCheckSeverity.WARN
+    assert unknown.metadata["rows_kept_as_other"].value == {"page_type": len(events)}
+    assert "`pdp`" in unknown.metadata["unknown_values"].value
+    assert evaluations["events_ingest_rejections"].passed
+    materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+    assert any(k.startswith("marts/") for k in materialized), materialized
+    con = duckdb.connect(str(paths["warehouse"]), read_only=True)
+    try:
+        assert con.execute("SELECT count(*), count(unmapped_values) FROM raw.events").fetchone() \
+            == (len(events), len(events))
+        assert con.execute("SELECT count(*) FROM raw.events_quarantine").fetchone()[0] == 0
+        assert con.execute("SELECT count(*) FROM quality.incidents").fetchone()[0] == 0
+    finally:
+        con.close()

@@ -27,7 +27,11 @@ import duckdb
 
 from funnelwatch.contract import EVENT_FIELDS
 from funnelwatch.ingest.pseudonymize import hmac_sql, padded_keys
-from funnelwatch.ingest.validation import quarantine_reason_sql
+from funnelwatch.ingest.validation import (
+    descriptive_values_sql,
+    quarantine_reason_sql,
+    unmapped_values_sql,
+)
 from funnelwatch.landing import as_utc_hour, event_files
 from funnelwatch.warehouse import (
     EVENTS_TABLE,
@@ -62,6 +66,12 @@ class HourIngestResult:
     duplicates_dropped: int = 0
     quarantine_reasons: dict[str, int] = field(default_factory=dict)
     ignored_columns: list[str] = field(default_factory=list)
+    # {field: {raw value: rows}}: values the contract does not know, loaded as `other`
+    unknown_values: dict[str, dict[str, int]] = field(default_factory=dict)
+    rows_with_unknown_values: int = 0
+
+# How many distinct unknown values per field the ingest log keeps (the most frequent).
+TOP_UNKNOWN_VALUES = 10
 
 
 def _reader(path: Path, tag: str = "") -> tuple[str, dict]:
@@ -225,10 +235,19 @@ def landing_rows_sql(
         params.update(reader_params)
     if not selects:  # no files: an empty relation of the same shape
         selects.append(_empty_select())
+    # Rules see the raw values (a checkout_step event with no step is unusable); a valid row
+    # then carries the kept value (`other` for an unknown one) and the raw value in
+    # `_unmapped`, a quarantined row its raw values as they came.
+    kept = ", ".join(
+        f"CASE WHEN _reason IS NULL THEN {expr} ELSE {c} END AS {c}"
+        for c, expr in descriptive_values_sql().items()
+    )
     sql = (
-        f"(SELECT *, {quarantine_reason_sql(cast_columns)} AS _reason FROM ("
+        f"(SELECT * REPLACE ({kept}), "
+        f"_unmapped FROM (SELECT *, {quarantine_reason_sql(cast_columns)} AS _reason, "
+        f"{unmapped_values_sql()} AS _unmapped FROM ("
         + " UNION ALL ".join(selects)
-        + "))"
+        + ")))"
     )
     return sql, params, ignored
 
@@ -311,7 +330,7 @@ def load_hour(
             files,
             f"""INSERT INTO {EVENTS_TABLE}
                 SELECT {', '.join(hashed.get(f.name, 'c.' + f.name) for f in EVENT_FIELDS)},
-                       $h, c._source_file, now()
+                       $h, c._source_file, now(), c._unmapped
                 FROM {landing_rows} AS c {joins("INNER")}
                 WHERE c._reason IS NULL {dedupe}""",
             {**params, "h": hour_start},
@@ -331,8 +350,10 @@ def load_hour(
                 {**params, "h": hour_start},
             )
         result.rows_loaded = valid_rows - result.duplicates_dropped
+        result.unknown_values, result.rows_with_unknown_values = _unknown_values(con, hour_start)
         con.execute(
-            f"INSERT INTO {INGEST_LOG_TABLE} VALUES ($h, $files, $rin, $rl, $rq, $dd, now())",
+            f"INSERT INTO {INGEST_LOG_TABLE} VALUES "
+            "($h, $files, $rin, $rl, $rq, $dd, now(), $unknown)",
             {
                 "h": hour_start,
                 "files": result.files,
@@ -340,6 +361,7 @@ def load_hour(
                 "rl": result.rows_loaded,
                 "rq": result.rows_quarantined,
                 "dd": result.duplicates_dropped,
+                "unknown": json.dumps(result.unknown_values) if result.unknown_values else None,
             },
         )
         for column in PSEUDONYMISED_COLUMNS:
@@ -349,6 +371,33 @@ def load_hour(
         con.execute("ROLLBACK")
         raise
     return result
+
+
+def _unknown_values(
+    con: duckdb.DuckDBPyConnection, hour_start: datetime
+) -> tuple[dict[str, dict[str, int]], int]:
+    """The loaded hour's unknown values per field (the TOP_UNKNOWN_VALUES most frequent) and
+    the rows with any, counted on the loaded rows (duplicates dropped)."""
+    rows = con.execute(
+        f"""SELECT count(*) FROM {EVENTS_TABLE}
+            WHERE event_hour = $h AND unmapped_values IS NOT NULL""",
+        {"h": hour_start},
+    ).fetchone()[0]
+    if not rows:
+        return {}, 0
+    found = con.execute(
+        f"""SELECT e.key, e.value, count(*) AS n
+            FROM (SELECT unnest(map_entries(unmapped_values)) AS e FROM {EVENTS_TABLE}
+                  WHERE event_hour = $h AND unmapped_values IS NOT NULL)
+            GROUP BY e.key, e.value
+            QUALIFY row_number() OVER (PARTITION BY e.key ORDER BY n DESC, e.value) <= $top
+            ORDER BY e.key, n DESC, e.value""",
+        {"h": hour_start, "top": TOP_UNKNOWN_VALUES},
+    ).fetchall()
+    by_field: dict[str, dict[str, int]] = {}
+    for column, value, n in found:
+        by_field.setdefault(column, {})[value] = n
+    return by_field, rows
 
 
 def _empty_select() -> str:

@@ -11,12 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from funnelwatch.contract import (
-    CHECKOUT_STEPS,
-    DEVICE_TYPES,
+    DESCRIPTIVE_VALUE_SETS,
     EVENT_FIELDS,
     EVENT_TYPES,
-    PAGE_TYPES,
-    PAYMENT_STATUSES,
+    OTHER_VALUE,
     REQUIRED_COLUMNS,
 )
 
@@ -74,18 +72,17 @@ def _build_rules() -> tuple[Rule, ...]:
             "`event_time` is not inside the hour whose landing folder the row came from.",
             "event_time < $hour_start::TIMESTAMPTZ OR event_time >= $hour_end::TIMESTAMPTZ",
         ),
+        # Unknown values of descriptive fields are kept as `other` (`unmapped_values_sql`);
+        # only an event that lacks the field its type needs is unusable.
         Rule(
-            "invalid_checkout_step",
-            f"a checkout_step event needs `checkout_step` in ({', '.join(CHECKOUT_STEPS)}); "
-            "other values are rejected on any event.",
-            f"(event_type = 'checkout_step' AND checkout_step IS NULL) OR "
-            f"(checkout_step IS NOT NULL AND checkout_step NOT IN ({_sql_list(CHECKOUT_STEPS)}))",
+            "missing_checkout_step",
+            "a checkout_step event needs `checkout_step`.",
+            "event_type = 'checkout_step' AND nullif(trim(checkout_step), '') IS NULL",
         ),
         Rule(
-            "invalid_payment_status",
-            f"a payment_attempt needs `payment_status` in ({', '.join(PAYMENT_STATUSES)}).",
-            f"(event_type = 'payment_attempt' AND payment_status IS NULL) OR "
-            f"(payment_status IS NOT NULL AND payment_status NOT IN ({_sql_list(PAYMENT_STATUSES)}))",
+            "missing_payment_status",
+            "a payment_attempt needs `payment_status`.",
+            "event_type = 'payment_attempt' AND nullif(trim(payment_status), '') IS NULL",
         ),
         Rule(
             "purchase_without_order",
@@ -96,16 +93,6 @@ def _build_rules() -> tuple[Rule, ...]:
             "negative_amount",
             "`price`, `quantity`, `revenue` and `latency_ms` may not be negative.",
             "price < 0 OR quantity < 0 OR revenue < 0 OR latency_ms < 0",
-        ),
-        Rule(
-            "invalid_device_type",
-            f"`device_type`, when set, is one of ({', '.join(DEVICE_TYPES)}).",
-            f"device_type IS NOT NULL AND device_type NOT IN ({_sql_list(DEVICE_TYPES)})",
-        ),
-        Rule(
-            "invalid_page_type",
-            f"`page_type`, when set, is one of ({', '.join(PAGE_TYPES)}).",
-            f"page_type IS NOT NULL AND page_type NOT IN ({_sql_list(PAGE_TYPES)})",
         ),
     ]
     return tuple(rules)
@@ -132,3 +119,29 @@ def quarantine_reason_sql(cast_columns: set[str] | None = None) -> str:
         f"  WHEN coalesce(({rule.predicate}), false) THEN '{rule.reason}'" for rule in rules
     )
     return f"CASE\n{whens}\n  ELSE NULL\nEND"
+
+
+def _known(column: str) -> str:
+    return f"lower(trim({column})) IN ({_sql_list(DESCRIPTIVE_VALUE_SETS[column])})"
+
+
+def descriptive_values_sql() -> dict[str, str]:
+    """Per descriptive field, the SQL of the value kept: the value when it is null, empty or one
+    of the contract's (normalised later by staging), else `other`."""
+    return {
+        column: (f"CASE WHEN nullif(trim({column}), '') IS NULL OR {_known(column)} "
+                 f"THEN {column} ELSE '{OTHER_VALUE}' END")
+        for column in DESCRIPTIVE_VALUE_SETS
+    }
+
+
+def unmapped_values_sql() -> str:
+    """SQL of a MAP(field -> raw value) of the descriptive values kept as `other`; NULL when the
+    row has none (most rows: nothing stored)."""
+    entries = ", ".join(
+        f"CASE WHEN nullif(trim({c}), '') IS NOT NULL AND NOT {_known(c)} "
+        f"THEN {{'key': '{c}', 'value': {c}}} END"
+        for c in DESCRIPTIVE_VALUE_SETS
+    )
+    known = f"list_filter([{entries}], lambda e: e IS NOT NULL)"
+    return f"CASE WHEN len({known}) > 0 THEN map_from_entries({known}) END"

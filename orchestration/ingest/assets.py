@@ -104,6 +104,7 @@ def ingest_metadata(results, is_demo_key: bool) -> dict:
                 "loaded": r.rows_loaded,
                 "quarantined": r.rows_quarantined,
                 "duplicates": r.duplicates_dropped,
+                "kept_as_other": r.rows_with_unknown_values,
             }
             for r in results
         ]
@@ -116,6 +117,8 @@ def ingest_metadata(results, is_demo_key: bool) -> dict:
         "rows_quarantined": dg.MetadataValue.int(totals["rows_quarantined"]),
         "duplicates_dropped": dg.MetadataValue.int(totals["duplicates_dropped"]),
         "dagster/row_count": dg.MetadataValue.int(totals["rows_loaded"]),
+        "rows_with_unknown_values": dg.MetadataValue.int(
+            sum(r.rows_with_unknown_values for r in results)),
         "hours": dg.MetadataValue.int(len(results)),
         "hours_without_files": dg.MetadataValue.int(len(empty_hours)),
         "quarantine_reasons": dg.MetadataValue.md(

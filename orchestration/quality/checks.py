@@ -21,6 +21,7 @@ from funnelwatch.quality.mart_suites import (
     run_mart_suites,
 )
 from funnelwatch.quality.suites import CHECK_DESCRIPTIONS, CHECK_NAMES, run_suites
+from funnelwatch.quality.unknown_values import unknown_values
 from orchestration.partitions import hourly_partitions, partition_hours
 from orchestration.resources import WAREHOUSE_POOL, WarehouseResource
 from orchestration.transform.assets import funnelwatch_dbt_models
@@ -96,4 +97,36 @@ def _check_hours(context, warehouse: WarehouseResource, asset_key, names, run):
         )
 
 
-checks = [raw_events_quality, cohort_metrics_quality]
+@dg.asset_check(
+    asset="raw_events",
+    name="events_unknown_values",
+    blocking=False,
+    partitions_def=hourly_partitions,
+    pool=WAREHOUSE_POOL,
+    description=(
+        "Values of descriptive fields (page_type, checkout_step, device_type, payment_status) "
+        "that the event contract does not know. They are loaded as `other` with the raw value "
+        "kept (raw.events.unmapped_values), never quarantined: a warning to extend the "
+        "source's mapping, not a data-quality incident."
+    ),
+)
+def events_unknown_values(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource):
+    window = context.op_execution_context.partition_time_window
+    with warehouse.get_connection() as con:
+        found = unknown_values(con, window.start, window.end)
+    hours = len(partition_hours(context.op_execution_context))
+    metadata = {
+        "hours_checked": dg.MetadataValue.int(hours),
+        "hours_with_unknown_values": dg.MetadataValue.int(len(found.hours)),
+        "rows_kept_as_other": dg.MetadataValue.json(
+            {column: found.rows(column) for column in sorted(found.by_field)}),
+    }
+    if found.by_field:
+        metadata["unknown_values"] = dg.MetadataValue.md(found.table_markdown())
+        metadata["first_hours"] = dg.MetadataValue.json(
+            [f"{h:%Y-%m-%d %H:00}" for h in found.hours[:50]])
+    return dg.AssetCheckResult(
+        passed=not found.by_field, severity=dg.AssetCheckSeverity.WARN, metadata=metadata)
+
+
+checks = [raw_events_quality, cohort_metrics_quality, events_unknown_values]

@@ -42,6 +42,9 @@ renamed as (
         cast(latency_ms as double) as latency_ms,
         error_code,
 
+        -- raw values the contract does not know, kept as `other` above (field -> raw value)
+        unmapped_values,
+
         -- lineage
         event_hour as loaded_partition_hour,
         source_file,
