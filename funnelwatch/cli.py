@@ -186,10 +186,26 @@ def run(
             },
             raise_on_error=False,
         )
+        if one.name == "hourly_pipeline":
+            _print_ingest_problems(start_time, end_time)
         if not result.success:
             typer.echo(f"run {result.run_id} failed; see `make dev` for the logs", err=True)
             raise typer.Exit(1)
         typer.echo(f"run {result.run_id} ({one.name}) succeeded")
+
+
+def _print_ingest_problems(start: datetime, end: datetime) -> None:
+    """One line per file set aside or reason for quarantine in the run's window."""
+    from funnelwatch.ingest.problems import ingest_problem_lines
+    from funnelwatch.warehouse import WarehouseBusyError, connect_when_free
+
+    try:
+        con = connect_when_free(Settings.from_env().warehouse, read_only=True)
+    except WarehouseBusyError:
+        return
+    with con:
+        for line in ingest_problem_lines(con, start, end):
+            typer.echo(line, err=True)
 
 
 def _process_alive(pid: int) -> bool:

@@ -19,6 +19,7 @@ RAW_SCHEMA = "raw"
 EVENTS_TABLE = f"{RAW_SCHEMA}.events"
 QUARANTINE_TABLE = f"{RAW_SCHEMA}.events_quarantine"
 INGEST_LOG_TABLE = f"{RAW_SCHEMA}.ingest_log"
+REJECTED_FILES_TABLE = f"{RAW_SCHEMA}.rejected_files"
 
 # Columns ingest adds to every loaded event.
 LINEAGE_COLUMNS = (
@@ -118,6 +119,12 @@ def ensure_raw_schema(con: duckdb.DuckDBPyConnection) -> None:
                 "MAP(VARCHAR, VARCHAR)")
     # {field: {raw value: rows}} of the hour's values kept as `other` (top values per field).
     con.execute(f"ALTER TABLE {INGEST_LOG_TABLE} ADD COLUMN IF NOT EXISTS unknown_values JSON")
+    # Landing files set aside by the hour's latest ingest: unreadable, left where they are.
+    con.execute(
+        f"""CREATE TABLE IF NOT EXISTS {REJECTED_FILES_TABLE} (
+          event_hour TIMESTAMPTZ, file VARCHAR, line BIGINT, reason VARCHAR,
+          rejected_at TIMESTAMPTZ)"""
+    )
     for table in REFERENCE_TABLES:
         cols = ", ".join(f"{n} {t}" for n, t, _ in table.columns)
         con.execute(f"CREATE TABLE IF NOT EXISTS {RAW_SCHEMA}.{table.name} ({cols})")

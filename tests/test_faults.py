@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from funnelwatch.contract import to_arrow
-from funnelwatch.ingest.loader import LandingFileError, load_hour
+from funnelwatch.ingest.loader import load_hour
 from funnelwatch.landing import hour_dir, write_events
 from funnelwatch.publish import open_snapshot
 from funnelwatch.warehouse import connect
@@ -180,29 +180,29 @@ def _headerless_csv(path: Path) -> int | None:
         ("truncated.jsonl", _truncated_jsonl),
     ],
 )
-def test_unreadable_file_fails_the_hour_naming_file_and_line(loaded, name, make):
-    """A file that cannot be read fails the hour with a message naming the file (and line for
-    text files); nothing of the hour changes in the warehouse and the landing is untouched."""
+def test_unreadable_file_is_set_aside_and_the_hour_loads(loaded, name, make):
+    """A file that cannot be read is set aside, named with its line for text files, and left
+    untouched in the landing folder; the hour loads from its good file, accounted."""
     landing, con = loaded
     bad = hour_dir(landing, HOUR) / name
     line = make(bad)
     before = _digest(landing)
-    log_lines = _count(con, "SELECT count(*) FROM raw.ingest_log")
 
-    with pytest.raises(LandingFileError) as caught:
-        load_hour(con, landing, HOUR, KEY)
+    result = load_hour(con, landing, HOUR, KEY)
 
-    message = str(caught.value)
-    assert str(bad) in message and caught.value.path == bad
+    (rejected,) = result.rejected_files
+    message = str(rejected)
+    assert str(bad) in message and rejected.path == bad
     if line is not None:
-        assert caught.value.line == line and f"line {line}" in message
-    assert _hour_rows(con) == (20, 20, 0)  # the hour as it was loaded before: nothing lost
-    assert _count(con, "SELECT count(*) FROM raw.ingest_log") == log_lines
+        assert rejected.line == line and f"line {line}" in message
+    _assert_accounted(con, result, 20)
+    assert _hour_rows(con) == (20, 20, 0)
+    assert _count(con, "SELECT count(*) FROM raw.rejected_files WHERE file = ?", [str(bad)]) == 1
     assert _digest(landing) == before
-    # the connection is usable afterwards (the transaction was rolled back, not left open)
     bad.unlink()
     result = load_hour(con, landing, HOUR, KEY)
     _assert_accounted(con, result, 20)
+    assert _count(con, "SELECT count(*) FROM raw.rejected_files") == 0
 
 
 def test_empty_hour_folder_loads_zero_rows(tmp_path):
@@ -755,3 +755,51 @@ def test_analyst_long_query_during_a_partition_run(killed_dbt_scenario):
     # the pipeline published while an analyst's query was running on the older snapshot
     assert any(q["before"][0] != q["published_when_done"] for q in queries), queries
     assert s["published_after_rerun"] == s["published"]
+
+
+def test_one_bad_file_does_not_blind_a_two_hour_run(paths, tmp_path, dbt_manifest):
+    """`funnelwatch run` over two hours, the first holding a CSV named .parquet beside a good
+    file: the run goes on, both hours' good files load, the CLI prints one line naming the
+    file, a data-quality incident of the first hour names it, and landing a fixed file
+    re-processes the hour exactly."""
+    landing = paths["landing"]
+
+    def events(n, prefix, hour=HOUR):
+        frame = _events(n, hour=hour, prefix=prefix)
+        # full cohort fields: only the bad file may fail a check
+        return frame.assign(device_type="mobile", os="iOS", browser="Safari", country="US")
+
+    write_events(events(40, "a"), landing, "good")
+    write_events(events(30, "b", NEXT_HOUR), landing, "good")
+    bad = hour_dir(landing, HOUR) / "collector.parquet"
+    bad.write_text("event_id,event_time\nx,2026-11-02T13:00:00Z\n")
+    env = _env(paths, tmp_path / "dagster_home")
+    cmd = [sys.executable, "-m", "funnelwatch.cli", "run", "--start", "2026-11-02T13:00",
+           "--end", "2026-11-02T15:00", "--no-respond"]
+
+    run = subprocess.run(cmd, env=env, cwd=REPO_ROOT, capture_output=True, text=True,
+                         timeout=600)
+
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    problems = [line for line in run.stderr.splitlines() if "set aside" in line]
+    assert len(problems) == 1 and str(bad) in problems[0], run.stderr[-3000:]
+    assert "Traceback" not in run.stderr
+    with connect(paths["warehouse"]) as con:
+        assert _hour_rows(con, HOUR) == (40, 40, 0)
+        assert _hour_rows(con, NEXT_HOUR) == (30, 30, 0)
+        incidents = con.execute(
+            "SELECT event_hour, summary, status FROM quality.incidents").fetchall()
+    assert len(incidents) == 1
+    (hour, summary, status) = incidents[0]
+    assert hour == pd.Timestamp(HOUR) and status == "open"
+    assert "events_unreadable_files" in summary and str(bad) in summary
+
+    bad.unlink()  # the collector re-delivers the file, readable this time
+    write_events(events(5, "fixed"), landing, "collector")
+    again = subprocess.run(cmd[:6] + ["--end", "2026-11-02T14:00", "--no-respond"], env=env,
+                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "set aside" not in again.stderr
+    with connect(paths["warehouse"]) as con:
+        assert _hour_rows(con, HOUR) == (45, 45, 0)
+        assert con.execute("SELECT status FROM quality.incidents").fetchall() == [("resolved",)]

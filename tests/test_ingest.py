@@ -10,7 +10,7 @@ import pytest
 
 from funnelwatch.contract import EVENT_FIELDS, to_arrow
 from funnelwatch.ingest.contract_doc import contract_markdown
-from funnelwatch.ingest.loader import LandingFileError, load_hour
+from funnelwatch.ingest.loader import load_hour
 from funnelwatch.ingest.pseudonymize import hmac_sha256_hex
 from funnelwatch.landing import hour_dir, write_events
 from funnelwatch.warehouse import connect
@@ -179,7 +179,9 @@ def test_ids_are_pseudonymised_with_the_key(tmp_path):
         ("bad.parquet", "PAR1 this is not parquet", None),
     ],
 )
-def test_malformed_file_names_file_and_line_and_loses_nothing(tmp_path, name, content, line):
+def test_malformed_file_is_set_aside_naming_file_and_line(tmp_path, name, content, line):
+    """One unreadable file beside a good one: the good file loads, the bad one is recorded with
+    its reason and line and left where it is; a fixed file re-loads the hour exactly."""
     landing = tmp_path / "landing"
     write_events(_events(5), landing, "a")
     con = connect(tmp_path / "w.duckdb")
@@ -187,16 +189,40 @@ def test_malformed_file_names_file_and_line_and_loses_nothing(tmp_path, name, co
     bad = hour_dir(landing, HOUR) / name
     bad.write_text(content)
 
-    with pytest.raises(LandingFileError) as caught:
-        load_hour(con, landing, HOUR, KEY)
+    result = load_hour(con, landing, HOUR, KEY)
 
-    assert str(bad) in str(caught.value)
-    assert caught.value.line == line
-    if line:
-        assert f"line {line}" in str(caught.value)
-    # the hour loaded before is intact, the landing files are untouched
+    (rejected,) = result.rejected_files
+    assert rejected.path == bad and rejected.line == line
+    assert str(bad) in str(rejected) and (f"line {line}" in str(rejected) if line else True)
+    assert result.files == [str(hour_dir(landing, HOUR) / "a.parquet")]
+    assert (result.rows_in, result.rows_loaded) == (5, 5)
     assert _count(con, "SELECT count(*) FROM raw.events") == 5
+    assert con.execute("SELECT file, line FROM raw.rejected_files").fetchall() == [
+        (str(bad), line)]
     assert bad.exists() and (hour_dir(landing, HOUR) / "a.parquet").exists()
+
+    bad.unlink()  # the operator lands the fixed file
+    write_events(_events(3, prefix="f"), landing, "fixed")
+    result = load_hour(con, landing, HOUR, KEY)
+    assert result.rejected_files == [] and result.rows_loaded == 8
+    assert _count(con, "SELECT count(*) FROM raw.rejected_files") == 0
+
+
+def test_an_event_id_loaded_in_another_hour_is_quarantined(tmp_path):
+    landing = tmp_path / "landing"
+    other = "2026-11-02T14:00:00+00:00"
+    write_events(_events(4), landing, "a")
+    write_events(_events(3, hour=other), landing, "a")  # e0..e2 again, at 14:xx
+    con = connect(tmp_path / "w.duckdb")
+    load_hour(con, landing, HOUR, KEY)
+
+    result = load_hour(con, landing, other, KEY)
+
+    assert (result.rows_in, result.rows_loaded, result.rows_quarantined) == (3, 0, 3)
+    assert result.quarantine_reasons == {"duplicate_event_id_other_hour": 3}
+    assert _count(con, "SELECT count(*) FROM raw.events") == 4
+    # re-running the first hour keeps its own events (they are not "another hour's")
+    assert load_hour(con, landing, HOUR, KEY).rows_loaded == 4
 
 
 def test_text_files_with_bad_values_are_quarantined_not_failed(tmp_path):

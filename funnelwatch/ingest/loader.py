@@ -6,8 +6,12 @@ Steps, all inside DuckDB:
 1. stage: every landing file of the hour is read (Parquet, JSON lines or CSV) and projected
    onto the contract columns. Columns whose type already matches are taken as they are (the
    fast path for Parquet); others are TRY_CAST and a failed cast is recorded per row.
-   A file that cannot be read at all raises LandingFileError naming the file (and line).
-2. validate: the first broken contract rule gives the quarantine reason.
+   A file that cannot be read at all (a CSV named .parquet, a collector's partial write) is
+   set aside: recorded in raw.rejected_files with the reason and line, left untouched in the
+   landing folder, and the hour is loaded from its other files. A fixed file landed later
+   re-processes the hour (the late-data sensor), which then has no rejected file.
+2. validate: the first broken contract rule gives the quarantine reason; an event_id already
+   loaded in another hour is quarantined as `duplicate_event_id_other_hour`.
 3. dedupe: valid rows keep the first copy of each event_id (by file name, then row).
 4. pseudonymise user_id and session_id with HMAC-SHA256 (raw ids never reach a table).
 5. replace: DELETE the hour from raw.events and the quarantine, INSERT the new rows and a
@@ -37,6 +41,7 @@ from funnelwatch.warehouse import (
     EVENTS_TABLE,
     INGEST_LOG_TABLE,
     QUARANTINE_TABLE,
+    REJECTED_FILES_TABLE,
     ensure_raw_schema,
 )
 
@@ -69,6 +74,8 @@ class HourIngestResult:
     # {field: {raw value: rows}}: values the contract does not know, loaded as `other`
     unknown_values: dict[str, dict[str, int]] = field(default_factory=dict)
     rows_with_unknown_values: int = 0
+    # files of the hour that could not be read, set aside (not loaded, left in place)
+    rejected_files: list[LandingFileError] = field(default_factory=list)
 
 # How many distinct unknown values per field the ingest log keeps (the most frequent).
 TOP_UNKNOWN_VALUES = 10
@@ -216,13 +223,28 @@ def _json_columns() -> dict[str, str]:
     return {f.name: "VARCHAR" for f in EVENT_FIELDS}
 
 
+OTHER_HOUR_DUPLICATE = "duplicate_event_id_other_hour"
+# The event_ids of the hour being loaded that raw.events already has in another hour.
+_OTHER_HOUR_IDS = "_event_ids_in_other_hours"
+
+
 def landing_rows_sql(
-    con: duckdb.DuckDBPyConnection, files: list[Path]
+    con: duckdb.DuckDBPyConnection, files: list[Path], other_hour_ids: str | None = None
 ) -> tuple[str, dict, list[str]]:
     """(sql, params, ignored columns): a parenthesised SELECT over the landing files, projected
     onto the contract, with `_reason` (NULL for a valid row, else why it is quarantined; it
     needs `$hour_start` / `$hour_end` among the params), `_source_file` and `_source_row`.
+    `other_hour_ids`: a table of event_ids loaded in other hours, quarantined as duplicates.
     Also used by the fast lane, which reads the files of the running hour directly."""
+    sql, _, params, ignored = _landing_rows(con, files, other_hour_ids)
+    return sql, params, ignored
+
+
+def _landing_rows(
+    con: duckdb.DuckDBPyConnection, files: list[Path], other_hour_ids: str | None
+) -> tuple[str, str, dict, list[str]]:
+    """landing_rows_sql's (sql, params, ignored) with, second, the bare staged union (the
+    contract columns, no reason: what the duplicate look-up reads)."""
     selects, params, ignored = [], {}, []
     cast_columns: set[str] = set()
     for index, path in enumerate(files):
@@ -242,14 +264,17 @@ def landing_rows_sql(
         f"CASE WHEN _reason IS NULL THEN {expr} ELSE {c} END AS {c}"
         for c, expr in descriptive_values_sql().items()
     )
+    reason = quarantine_reason_sql(cast_columns)
+    if other_hour_ids:
+        reason = (f"coalesce({reason}, CASE WHEN event_id IN "
+                  f"(SELECT event_id FROM {other_hour_ids}) THEN '{OTHER_HOUR_DUPLICATE}' END)")
+    union = "(" + " UNION ALL ".join(selects) + ")"
     sql = (
         f"(SELECT * REPLACE ({kept}), "
-        f"_unmapped FROM (SELECT *, {quarantine_reason_sql(cast_columns)} AS _reason, "
-        f"{unmapped_values_sql()} AS _unmapped FROM ("
-        + " UNION ALL ".join(selects)
-        + ")))"
+        f"_unmapped FROM (SELECT *, {reason} AS _reason, "
+        f"{unmapped_values_sql()} AS _unmapped FROM {union}))"
     )
-    return sql, params, ignored
+    return sql, union, params, ignored
 
 
 def load_hour(
@@ -258,25 +283,62 @@ def load_hour(
     hour: datetime | str,
     pseudonymization_key: str,
 ) -> HourIngestResult:
-    """Replace one hour of raw.events (and its quarantine) with the hour's landing files."""
+    """Replace one hour of raw.events (and its quarantine) with the hour's landing files.
+
+    A file that cannot be read is set aside (`result.rejected_files`, raw.rejected_files) and
+    the hour is loaded from the others: the failed attempt was rolled back, so each retry
+    starts from the hour as it was. Only a bad file costs a retry; a clean hour reads once."""
     hour_start = as_utc_hour(hour)
-    hour_end = hour_start + timedelta(hours=1)
     files = event_files(landing, hour_start)
-    result = HourIngestResult(hour=hour_start, files=[str(p) for p in files])
     ensure_raw_schema(con)
+    rejected: list[LandingFileError] = []
+    while True:
+        readable = [p for p in files if p not in {r.path for r in rejected}]
+        try:
+            result = _load_files(con, hour_start, readable, rejected, pseudonymization_key)
+        except LandingFileError as bad:
+            if bad.path not in readable or bad.path in {r.path for r in rejected}:
+                raise  # not one of the hour's files: a bug of ours, never loop on it
+            rejected.append(bad)
+            continue
+        result.rejected_files = rejected
+        return result
+
+
+def _load_files(
+    con: duckdb.DuckDBPyConnection,
+    hour_start: datetime,
+    files: list[Path],
+    rejected: list[LandingFileError],
+    pseudonymization_key: str,
+) -> HourIngestResult:
+    hour_end = hour_start + timedelta(hours=1)
+    result = HourIngestResult(hour=hour_start, files=[str(p) for p in files])
     ipad, opad = padded_keys(pseudonymization_key)
 
-    for column in PSEUDONYMISED_COLUMNS:
-        con.execute(f"DROP TABLE IF EXISTS _{column}_ids")
+    for table in (*(f"_{c}_ids" for c in PSEUDONYMISED_COLUMNS), _OTHER_HOUR_IDS):
+        con.execute(f"DROP TABLE IF EXISTS {table}")
     # One SELECT over all the hour's files, projected onto the contract, with the reason.
     # It is not materialised: each step below streams from the files (columnar Parquet reads
     # only the columns a step needs), which keeps ingest close to a bare load.
-    landing_rows, params, ignored = landing_rows_sql(con, files)
+    landing_rows, staged, params, ignored = _landing_rows(con, files, _OTHER_HOUR_IDS)
     params.update({"hour_start": hour_start, "hour_end": hour_end})
     result.ignored_columns += ignored
 
     con.execute("BEGIN TRANSACTION")
     try:
+        # The hour's ids that another hour already loaded: a join of the hour's few ids with
+        # raw.events' event_id column (DuckDB builds the hash table on the small side).
+        con.execute(f"CREATE TEMP TABLE {_OTHER_HOUR_IDS} (event_id VARCHAR)")
+        _run(
+            con,
+            files,
+            f"""INSERT INTO {_OTHER_HOUR_IDS}
+                SELECT DISTINCT e.event_id FROM {EVENTS_TABLE} AS e
+                WHERE e.event_hour <> $hour_start AND e.event_id IN (
+                    SELECT event_id FROM {staged} WHERE event_id IS NOT NULL)""",
+            {k: v for k, v in params.items() if k != "hour_end"},
+        )
         by_reason = _run(
             con,
             files,
@@ -364,8 +426,14 @@ def load_hour(
                 "unknown": json.dumps(result.unknown_values) if result.unknown_values else None,
             },
         )
-        for column in PSEUDONYMISED_COLUMNS:
-            con.execute(f"DROP TABLE _{column}_ids")
+        con.execute(f"DELETE FROM {REJECTED_FILES_TABLE} WHERE event_hour = $h", {"h": hour_start})
+        for bad in rejected:
+            con.execute(
+                f"INSERT INTO {REJECTED_FILES_TABLE} VALUES ($h, $file, $line, $reason, now())",
+                {"h": hour_start, "file": str(bad.path), "line": bad.line, "reason": bad.detail},
+            )
+        for table in (*(f"_{c}_ids" for c in PSEUDONYMISED_COLUMNS), _OTHER_HOUR_IDS):
+            con.execute(f"DROP TABLE {table}")
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")
@@ -421,10 +489,15 @@ def _culprit(con, files: list[Path], exc: Exception) -> LandingFileError:
     for path in files:
         if str(path) in str(exc):
             return _file_error(path, exc)
-    for path in files:
-        reader, params = _reader(path)
-        try:
-            con.execute(f"SELECT count(*) FROM {reader}", params).fetchone()
-        except FILE_ERRORS as single:
-            return _file_error(path, single)
+    # A cursor of its own: the failed statement may have aborted the caller's transaction.
+    probe = con.cursor()
+    try:
+        for path in files:
+            reader, params = _reader(path)
+            try:
+                probe.execute(f"SELECT count(*) FROM {reader}", params).fetchone()
+            except FILE_ERRORS as single:
+                return _file_error(path, single)
+    finally:
+        probe.close()
     raise exc  # no file fails on its own: the statement itself is wrong (a bug of ours)

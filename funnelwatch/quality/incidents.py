@@ -69,6 +69,14 @@ def record_outcomes(
             summary = f"data-quality checks failed for {hour:%Y-%m-%d %H:00} UTC: " + ", ".join(
                 failed
             )
+            # A check whose evidence has a headline (e.g. the unreadable files' names) says it
+            # in the incident: the on-call person sees what to fix without opening the run.
+            headlines = [r[0] for r in con.execute(
+                f"SELECT json_extract_string(evidence, '$.headline') FROM {SCHEMA}.check_results "
+                "WHERE event_hour = $h AND NOT passed ORDER BY check_name", {"h": hour}
+            ).fetchall() if r[0]]
+            if headlines:
+                summary += "; " + "; ".join(headlines)
             if existing:
                 con.execute(
                     f"UPDATE {SCHEMA}.incidents SET failed_checks = $f, summary = $s, "

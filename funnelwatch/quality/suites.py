@@ -20,7 +20,12 @@ import pandas as pd
 
 from funnelwatch.contract import EVENT_COLUMNS, EVENT_TYPES
 from funnelwatch.landing import as_utc_hour
-from funnelwatch.warehouse import EVENTS_TABLE, INGEST_LOG_TABLE, LINEAGE_COLUMNS
+from funnelwatch.warehouse import (
+    EVENTS_TABLE,
+    INGEST_LOG_TABLE,
+    LINEAGE_COLUMNS,
+    REJECTED_FILES_TABLE,
+)
 
 # Session attributes that define cohorts: their null rate must stay low.
 COHORT_FIELDS = ("device_type", "os", "browser", "country")
@@ -64,6 +69,9 @@ CHECK_DESCRIPTIONS = {
     "dropped at most 1% as duplicate event_ids (raw.ingest_log).",
     "events_completeness": "With 500+ events expected, events reach the hour's last 15 "
     "minutes (a half-loaded or cut-off hour fails).",
+    "events_unreadable_files": "Every landing file of the hour could be read: a file that "
+    "could not (a CSV named .parquet, a truncated write) was set aside and its events are "
+    "missing from the hour (raw.rejected_files).",
 }
 CHECK_NAMES = tuple(CHECK_DESCRIPTIONS)
 
@@ -215,6 +223,9 @@ def run_suites(
                                      all(r.success for r in rejected),
                                      CHECK_DESCRIPTIONS["events_ingest_rejections"], evidence))
 
+    # files ingest could not read and set aside: the hour is missing their events
+    outcomes.append(_unreadable_files_outcome(con, hour))
+
     # completeness: a busy hour whose events stop early was cut off or half loaded
     expected_events = float(baseline["baseline"].sum()) if not baseline.empty else 0.0
     if expected_events < settings.completeness_min_events:
@@ -232,3 +243,27 @@ def run_suites(
         outcomes.append(CheckOutcome("events_completeness", last.success,
                                      CHECK_DESCRIPTIONS["events_completeness"], _evidence(last)))
     return outcomes
+
+
+def _unreadable_files_outcome(con: duckdb.DuckDBPyConnection, hour: datetime) -> CheckOutcome:
+    recorded = con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'raw' "
+        "AND table_name = 'rejected_files'").fetchone()[0]
+    if not recorded:  # a warehouse no ingest of this version has written yet
+        return CheckOutcome("events_unreadable_files", True,
+                            CHECK_DESCRIPTIONS["events_unreadable_files"],
+                            {"note": "no ingest has recorded files yet"})
+    rejected = con.execute(
+        f"SELECT file, line, reason FROM {REJECTED_FILES_TABLE} WHERE event_hour = $h "
+        "ORDER BY file",
+        {"h": hour},
+    ).fetchall()
+    files = [{"file": f, "line": line, "reason": reason} for f, line, reason in rejected]
+    evidence: dict = {"files": files}
+    if files:
+        # The incident's summary names the files (quality.incidents.record_outcomes).
+        evidence["headline"] = "unreadable files set aside: " + "; ".join(
+            f"{f['file']}" + (f" line {f['line']}" if f["line"] is not None else "")
+            + f" ({f['reason']})" for f in files)
+    return CheckOutcome("events_unreadable_files", not files,
+                        CHECK_DESCRIPTIONS["events_unreadable_files"], evidence)
