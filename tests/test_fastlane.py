@@ -229,6 +229,26 @@ def test_rescoring_a_slot_after_the_hour_is_loaded_reads_raw_and_gives_the_same_
     pd.testing.assert_frame_equal(from_landing.scored[columns], from_raw.scored[columns])
 
 
+def test_an_unreadable_part_file_is_left_out_and_the_slot_scores_as_without_it(copy):
+    """A collector's half-written part (truncated Parquet) or a CSV named .parquet in the
+    running hour: the slot scores from the other files, exactly as if the bad one were not
+    there, and says which file it left out."""
+    slot = BREAK + pd.Timedelta(minutes=20)
+    columns = ["metric", "cohort", "value", "p_value"]
+    with duckdb.connect(str(copy["warehouse"])) as con:
+        clean = score_slot(con, copy["landing"], slot)
+        folder = hour_dir(copy["landing"], BREAK.to_pydatetime())
+        good = sorted(folder.glob("part-*.parquet"))[0].read_bytes()
+        (folder / "part-truncated.parquet").write_bytes(good[: len(good) // 2])
+        (folder / "part-text.parquet").write_text("event_id,event_time\nx,2026-11-19\n")
+        with_bad = score_slot(con, copy["landing"], slot)
+    assert len(with_bad.files_set_aside) == 2
+    assert all("part-truncated.parquet" in f or "part-text.parquet" in f
+               for f in with_bad.files_set_aside)
+    assert with_bad.landing_files == clean.landing_files
+    pd.testing.assert_frame_equal(clean.scored[columns], with_bad.scored[columns])
+
+
 # --- the sensor ---------------------------------------------------------------------------
 
 def tick(instance, landing, cursor=None):

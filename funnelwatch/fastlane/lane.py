@@ -31,7 +31,7 @@ from funnelwatch.fastlane.config import (
 from funnelwatch.fastlane.metrics import cohort_frame, slot_metrics
 from funnelwatch.fastlane.quality import DQ_AFTERMATH_HOURS, HELD_BACK, hold_back
 from funnelwatch.fastlane.store import SCHEMA, SCORES, SLOT_METRICS, ensure_fastlane_schema
-from funnelwatch.ingest.loader import landing_rows_sql
+from funnelwatch.ingest.loader import FILE_ERRORS, LandingFileError, culprit, landing_rows_sql
 from funnelwatch.landing import as_utc_hour, event_files
 from funnelwatch.quality.incidents import failed_hours
 from funnelwatch.warehouse import EVENTS_TABLE, INGEST_LOG_TABLE, ensure_raw_schema
@@ -46,6 +46,8 @@ class SlotResult:
     scored: pd.DataFrame = field(default_factory=pd.DataFrame)
     raw_hours_refreshed: int = 0
     landing_files: int = 0
+    # unreadable landing files left out of the slot (ingest sets them aside the same way)
+    files_set_aside: list[str] = field(default_factory=list)
 
     @property
     def flagged(self) -> pd.DataFrame:
@@ -170,14 +172,39 @@ def refresh_slot_metrics(con, landing: Path | str, slot_start: datetime,
         if h in loaded:
             continue
         files = event_files(landing, h)
-        result.landing_files += len(files)
         end = min(h + timedelta(hours=1), slot_end)
-        rows_sql, params, _ = landing_rows_sql(con, files)
-        params.update({"hour_start": h, "hour_end": h + timedelta(hours=1)})
-        frame = slot_metrics(con, rows_sql, params, h, end, cohorts, config.slot_minutes,
-                             valid_only=True)
+        frame = _landing_slot_metrics(con, files, h, end, cohorts, config, result)
+        result.landing_files += len(files)
         replace_slot_metrics(con, frame, h, end, "landing")
     return result
+
+
+def _landing_slot_metrics(con, files: list[Path], hour: datetime, end: datetime,
+                          cohorts: pd.DataFrame, config: FastLaneConfig,
+                          result: SlotResult) -> pd.DataFrame:
+    """Slot metrics of [hour, end) from the hour's landing files, leaving out (and naming in
+    `result.files_set_aside`) any file that cannot be read, as ingest sets it aside. `files` is
+    trimmed to the files read. The files are read on a cursor of its own: a read error there
+    must not abort the caller's transaction."""
+    reader = con.cursor()
+    try:
+        reader.execute("SET TimeZone = 'UTC'")
+        while True:
+            try:
+                rows_sql, params, _ = landing_rows_sql(reader, files)
+                params.update({"hour_start": hour, "hour_end": hour + timedelta(hours=1)})
+                try:
+                    return slot_metrics(reader, rows_sql, params, hour, end, cohorts,
+                                        config.slot_minutes, valid_only=True)
+                except FILE_ERRORS as exc:  # unreadable past its footer: find which file
+                    raise culprit(reader, files, exc) from exc
+            except LandingFileError as bad:
+                if bad.path not in files:
+                    raise
+                files.remove(bad.path)
+                result.files_set_aside.append(str(bad))
+    finally:
+        reader.close()
 
 
 def series_frame(con, start: datetime, end: datetime, cohorts: list[str]) -> pd.DataFrame:

@@ -481,10 +481,10 @@ def _run(con: duckdb.DuckDBPyConnection, files: list[Path], sql: str, params: di
     try:
         return con.execute(sql, params)
     except FILE_ERRORS as exc:
-        raise _culprit(con, files, exc) from exc
+        raise culprit(con, files, exc) from exc
 
 
-def _culprit(con, files: list[Path], exc: Exception) -> LandingFileError:
+def culprit(con, files: list[Path], exc: Exception) -> LandingFileError:
     """Find which file broke a statement over several files, by reading each on its own."""
     for path in files:
         if str(path) in str(exc):

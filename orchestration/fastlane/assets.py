@@ -104,6 +104,8 @@ def checkout_fast_lane(
         "series_held_back": dg.MetadataValue.int(len(held_back)),
         "held_back": dg.MetadataValue.md(_flagged_table(held_back)),
         "landing_files_read": dg.MetadataValue.int(sum(s.landing_files for s, _ in results)),
+        "landing_files_set_aside": dg.MetadataValue.json(
+            sorted({f for s, _ in results for f in s.files_set_aside})),
         "raw_hours_refreshed": dg.MetadataValue.int(
             sum(s.raw_hours_refreshed for s, _ in results)),
         "incidents_opened": dg.MetadataValue.text(", ".join(opened) or "none"),
