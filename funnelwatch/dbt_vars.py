@@ -16,12 +16,13 @@ The dbt project (dbt_project/) reads these vars:
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-import yaml
+from pydantic import AfterValidator, Field, StrictFloat, StrictInt, field_validator
+
+from funnelwatch.config_files import ConfigModel, load_yaml_model, validate_model
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_COHORTS_PATH = REPO_ROOT / "config" / "cohorts.yml"
@@ -41,72 +42,59 @@ LEAF_DIMENSIONS: tuple[str, ...] = (
 SINGLE_ONLY_DIMENSIONS: tuple[str, ...] = ("category",)
 ALLOWED_DIMENSIONS: tuple[str, ...] = LEAF_DIMENSIONS + SINGLE_ONLY_DIMENSIONS
 
-_CONFIG_KEYS = {
-    "dimensions",
-    "combinations",
-    "min_sessions_per_hour",
-    "monitor_window_days",
-    "session_lookback_hours",
-}
 DBT_TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 
 
-def _check_names(names: tuple[str, ...], where: str) -> None:
-    unknown = [n for n in names if n not in ALLOWED_DIMENSIONS]
-    if unknown:
+def _known_dimension(name: str) -> str:
+    if name not in ALLOWED_DIMENSIONS:
         raise ValueError(
-            f"unknown cohort dimension(s) {unknown} in {where}; "
-            f"allowed: {', '.join(ALLOWED_DIMENSIONS)}"
+            f"unknown cohort dimension {name!r}; allowed: {', '.join(ALLOWED_DIMENSIONS)}"
         )
+    return name
 
 
-@dataclass(frozen=True)
-class CohortConfig:
-    """Which cohorts are monitored (see config/cohorts.yml)."""
+def _valid_combination(combo: tuple[str, ...]) -> tuple[str, ...]:
+    if not combo:
+        raise ValueError("a combination must name at least one dimension")
+    if len(set(combo)) != len(combo):
+        raise ValueError(f"duplicate dimension in combination {list(combo)}")
+    single_only = [d for d in combo if d in SINGLE_ONLY_DIMENSIONS]
+    if single_only and len(combo) > 1:
+        raise ValueError(
+            f"{single_only} can only be monitored as a single dimension, not in "
+            f"combination {list(combo)}; combinable: {', '.join(LEAF_DIMENSIONS)}"
+        )
+    return combo
 
-    dimensions: tuple[str, ...] = LEAF_DIMENSIONS
-    combinations: tuple[tuple[str, ...], ...] = field(default_factory=tuple)
-    min_sessions_per_hour: float = 20
-    monitor_window_days: int = 7
-    session_lookback_hours: int = 3
 
-    def __post_init__(self) -> None:
-        if isinstance(self.dimensions, str) or isinstance(self.combinations, str):
-            raise ValueError(  # noqa: TRY004 - one exception type for config errors
-                "dimensions and combinations must be lists, not strings"
-            )
-        dims = tuple(self.dimensions)
-        combos = tuple((c,) if isinstance(c, str) else tuple(c) for c in self.combinations)
-        object.__setattr__(self, "dimensions", dims)
-        object.__setattr__(self, "combinations", combos)
+# Per element, so an error names the entry: `combinations[2]: unknown cohort dimension ...`.
+Dimension = Annotated[str, AfterValidator(_known_dimension)]
+Combination = Annotated[tuple[Dimension, ...], AfterValidator(_valid_combination)]
 
-        _check_names(dims, "dimensions")
+
+class CohortConfig(ConfigModel):
+    """Which cohorts are monitored (config/cohorts.yml; unknown keys and wrong types are
+    errors, funnelwatch/config_files.py)."""
+
+    dimensions: tuple[Dimension, ...] = LEAF_DIMENSIONS
+    combinations: tuple[Combination, ...] = ()
+    min_sessions_per_hour: Annotated[StrictFloat, Field(ge=0)] = 20.0
+    monitor_window_days: Annotated[StrictInt, Field(ge=1)] = 7
+    session_lookback_hours: Annotated[StrictInt, Field(ge=0)] = 3
+
+    @field_validator("combinations", mode="before")
+    @classmethod
+    def _single_name_is_a_combination(cls, value: Any) -> Any:
+        if isinstance(value, (list, tuple)):
+            return [(c,) if isinstance(c, str) else c for c in value]
+        return value
+
+    @field_validator("dimensions")
+    @classmethod
+    def _unique_dimensions(cls, dims: tuple[str, ...]) -> tuple[str, ...]:
         if len(set(dims)) != len(dims):
             raise ValueError(f"duplicate dimension in dimensions: {list(dims)}")
-        for combo in combos:
-            _check_names(combo, f"combination {list(combo)}")
-            if not combo:
-                raise ValueError("a combination must name at least one dimension")
-            if len(set(combo)) != len(combo):
-                raise ValueError(f"duplicate dimension in combination {list(combo)}")
-            single_only = [d for d in combo if d in SINGLE_ONLY_DIMENSIONS]
-            if single_only and len(combo) > 1:
-                raise ValueError(
-                    f"{single_only} can only be monitored as a single dimension, not in "
-                    f"combination {list(combo)}; combinable: {', '.join(LEAF_DIMENSIONS)}"
-                )
-
-        for name in ("min_sessions_per_hour", "monitor_window_days", "session_lookback_hours"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ValueError(f"{name} must be a number, got {value!r}")  # noqa: TRY004
-        if self.min_sessions_per_hour < 0:
-            raise ValueError("min_sessions_per_hour must be >= 0")
-        for name, low in (("monitor_window_days", 1), ("session_lookback_hours", 0)):
-            value = getattr(self, name)
-            if value != int(value) or value < low:
-                raise ValueError(f"{name} must be a whole number >= {low}, got {value!r}")
-            object.__setattr__(self, name, int(value))
+        return dims
 
     def dimension_sets(self) -> list[list[str]]:
         """Singles, then combinations, without repeats (order kept: it is the cohort key order)."""
@@ -117,30 +105,15 @@ class CohortConfig:
         return sets
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> CohortConfig:
-        data = dict(data or {})
-        unknown = sorted(set(data) - _CONFIG_KEYS)
-        if unknown:
-            raise ValueError(
-                f"unknown key(s) {unknown} in cohort config; known: {sorted(_CONFIG_KEYS)}"
-            )
-        return cls(
-            dimensions=tuple(data.get("dimensions", LEAF_DIMENSIONS) or ()),
-            combinations=tuple(data.get("combinations", ()) or ()),
-            min_sessions_per_hour=data.get("min_sessions_per_hour", 20),
-            monitor_window_days=data.get("monitor_window_days", 7),
-            session_lookback_hours=data.get("session_lookback_hours", 3),
-        )
+    def from_dict(cls, data: dict[str, Any] | None, source: str = "cohort config") -> CohortConfig:
+        """A parsed cohorts document (None: the defaults); a problem is one ConfigError line."""
+        return validate_model({} if data is None else data, cls, source)
 
 
 def load_cohort_config(path: Path | str | None = None) -> CohortConfig:
-    """Read the cohort configuration (default: config/cohorts.yml at the repo root)."""
-    path = Path(path) if path is not None else DEFAULT_COHORTS_PATH
-    with open(path, encoding="utf-8") as handle:
-        data = yaml.safe_load(handle)
-    if data is not None and not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping at the top level")
-    return CohortConfig.from_dict(data)
+    """Read the cohort configuration (default: config/cohorts.yml at the repo root). A bad
+    file raises ConfigError (one line: file, key, what was expected)."""
+    return load_yaml_model(path if path is not None else DEFAULT_COHORTS_PATH, CohortConfig)
 
 
 def _utc(value: datetime, name: str) -> datetime:

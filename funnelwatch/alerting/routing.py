@@ -1,7 +1,8 @@
 """Routing rules (config/alert_routing.yml): which channels get a notification, with which
 playbook, and what is suppressed (mute, snooze, quiet hours) and why.
 
-`load_routing` reads and validates the file; `route(notification, config, now)` is pure.
+`load_routing` reads and validates the file (pydantic models of its keys: a typo'd key or a
+wrong type is one ConfigError line); `route(notification, config, now)` is pure.
 """
 
 from __future__ import annotations
@@ -11,13 +12,31 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Annotated, Any, Literal, NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import yaml
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from funnelwatch.alerting.channels import build_channel
-from funnelwatch.alerting.notification import Notification
+from funnelwatch.alerting.notification import ACTIONS, Notification
+from funnelwatch.config_files import (
+    ConfigError,
+    ConfigModel,
+    display_path,
+    read_yaml,
+    validate_model,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_ROUTING_PATH = REPO_ROOT / "config" / "alert_routing.yml"
@@ -185,120 +204,243 @@ def route(notification: Notification, config: RoutingConfig, now: datetime) -> R
 
 
 # --- loading ----------------------------------------------------------------------------------
+# The file's shape as pydantic models (unknown keys are errors, funnelwatch/config_files.py);
+# `parse_routing` validates with them, checks the names that refer to each other, and builds
+# the frozen objects `route` uses.
 
 
-def _zone(name: Any, where: str) -> ZoneInfo:
+def _known_zone(name: str) -> str:
     try:
-        return ZoneInfo(str(name))
+        ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
-        raise ValueError(f"{where}: unknown time zone {name!r}") from None
+        raise ValueError(f"unknown time zone {name!r} (expected an IANA name like "
+                         f"'Europe/Berlin' or 'UTC')") from None
+    return name
 
 
-def _time(value: Any, where: str) -> time:
-    if isinstance(value, int):  # YAML 1.1 reads 22:00 unquoted as sexagesimal 1320
-        return time(value // 60 % 24, value % 60)
+def _clock(value: Any) -> time:
+    if isinstance(value, time):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return time(value // 60 % 24, value % 60)  # YAML 1.1 reads 22:00 unquoted as 1320
     try:
         return time.fromisoformat(str(value))
     except ValueError:
-        raise ValueError(f"{where}: {value!r} is not a time like '22:00'") from None
+        raise ValueError(f"expected a time like '22:00', got {value!r}") from None
 
 
-def _datetime(value: Any, tz: ZoneInfo, where: str) -> datetime | None:
-    if value is None:
-        return None
-    if isinstance(value, date) and not isinstance(value, datetime):
-        value = datetime.combine(value, time())
-    if not isinstance(value, datetime):
+def _instant(value: Any) -> datetime | None:
+    if value is None or isinstance(value, datetime):
+        return value
+    if isinstance(value, date):
+        return datetime.combine(value, time())
+    if isinstance(value, str):
         try:
-            value = datetime.fromisoformat(str(value))
+            return datetime.fromisoformat(value)
         except ValueError:
-            raise ValueError(f"{where}: {value!r} is not an ISO date-time") from None
-    return value if value.tzinfo else value.replace(tzinfo=tz)
+            pass
+    raise ValueError(f"expected an ISO date-time like '2026-12-27T09:00:00+01:00', got {value!r}")
 
 
-def _suppression(spec: Mapping[str, Any], tz: ZoneInfo, where: str) -> Suppression:
+def _day(value: str) -> str:
+    if value.lower()[:3] not in DAYS:
+        raise ValueError(f"unknown day {value!r} (expected one of: {', '.join(DAYS)})")
+    return value.lower()[:3]
+
+
+ZoneName = Annotated[str, AfterValidator(_known_zone)]
+ClockTime = Annotated[time, BeforeValidator(_clock)]
+Instant = Annotated[datetime | None, BeforeValidator(_instant)]
+Severity = Annotated[StrictFloat, Field(ge=0, le=100)]
+SECRET_KEYS = ("url", "routing_key", "password", "token")
+
+
+class QuietHoursSpec(ConfigModel):
+    start: ClockTime
+    end: ClockTime
+    timezone: ZoneName | None = None  # default: the file's `timezone`
+    days: list[Annotated[str, AfterValidator(_day)]] = Field(default_factory=lambda: list(DAYS))
+
+
+class TeamSpec(ConfigModel):
+    description: str | None = None
+    playbook: str | None = None
+    quiet_hours: QuietHoursSpec | None = None
+    mute: StrictBool = False
+    snooze_until: Instant = None
+
+
+class RuleSpec(ConfigModel):
+    name: str | None = None  # default: "rule N"
+    channels: list[str]
+    min_severity: Severity = 0.0
+    metric: str = "*"
+    cohort: str = "*"
+    team: str | None = None
+    actions: list[Literal["trigger", "acknowledge", "resolve"]] = Field(
+        default_factory=lambda: list(ACTIONS))
+    playbook: str | None = None
+    quiet_hours: QuietHoursSpec | None = None
+    mute: StrictBool = False
+    snooze_until: Instant = None
+    stop: StrictBool = False
+
+    @field_validator("channels")
+    @classmethod
+    def _some_channel(cls, channels: list[str]) -> list[str]:
+        if not channels:
+            raise ValueError("expected at least one channel name")
+        return channels
+
+
+class ChannelSpec(ConfigModel):
+    """Settings of one channel: the keyword arguments of its class in channels.py."""
+
+    timeout_s: Annotated[StrictFloat, Field(gt=0)] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_secrets(cls, data: Any) -> Any:
+        if isinstance(data, Mapping):
+            for key in SECRET_KEYS:
+                if key in data:
+                    raise ValueError(f"{key!r} is a secret; name an environment variable with "
+                                     f"{key}_env instead")
+        return data
+
+
+class SlackSpec(ChannelSpec):
+    type: Literal["slack"]
+    url_env: str
+
+
+class WebhookSpec(ChannelSpec):
+    type: Literal["webhook"]
+    url_env: str
+    token_env: str | None = None
+    include_chart: StrictBool = False
+
+
+class PagerDutySpec(ChannelSpec):
+    type: Literal["pagerduty"]
+    routing_key_env: str
+    events_url: str | None = None
+    source: str | None = None
+
+
+class EmailSpec(ChannelSpec):
+    model_config = ConfigDict(populate_by_name=True)  # `sender` and `use_ssl` work too
+
+    type: Literal["email"]
+    host: str
+    port: Annotated[StrictInt, Field(gt=0, lt=65536)]
+    sender: str = Field(alias="from")
+    to: list[str]
+    starttls: StrictBool = True
+    use_ssl: StrictBool = Field(False, alias="ssl")
+    username_env: str | None = None
+    password_env: str | None = None
+
+    @field_validator("to", mode="before")
+    @classmethod
+    def _one_address_is_a_list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("to")
+    @classmethod
+    def _some_recipient(cls, to: list[str]) -> list[str]:
+        if not to:
+            raise ValueError("expected at least one recipient address")
+        return to
+
+
+AnyChannelSpec = Annotated[SlackSpec | WebhookSpec | PagerDutySpec | EmailSpec,
+                           Field(discriminator="type")]
+
+
+class RoutingFile(ConfigModel):
+    """config/alert_routing.yml."""
+
+    timezone: ZoneName = "UTC"
+    critical_severity: Severity = 80.0
+    channels: dict[str, AnyChannelSpec] = Field(default_factory=dict)
+    teams: dict[str, TeamSpec | None] = Field(default_factory=dict)
+    rules: list[RuleSpec] = Field(default_factory=list)
+
+    @field_validator("channels", "teams", "rules", mode="before")
+    @classmethod
+    def _empty_section(cls, value: Any, info: ValidationInfo) -> Any:
+        # `teams:` with every entry commented out is an empty section, not an error.
+        if value is None:
+            return [] if info.field_name == "rules" else {}
+        return value
+
+
+def _suppression(spec: TeamSpec | RuleSpec, tz: ZoneInfo) -> Suppression:
     quiet = None
-    if spec.get("quiet_hours"):
-        q = spec["quiet_hours"]
-        days = q.get("days", list(DAYS))
-        bad = [d for d in days if str(d).lower()[:3] not in DAYS]
-        if bad:
-            raise ValueError(f"{where}: unknown days {bad}")
+    if spec.quiet_hours is not None:
+        q = spec.quiet_hours
         quiet = QuietHours(
-            start=_time(q["start"], where),
-            end=_time(q["end"], where),
-            timezone=_zone(q["timezone"], where) if q.get("timezone") else tz,
-            days=frozenset(DAYS.index(str(d).lower()[:3]) for d in days),
+            start=q.start,
+            end=q.end,
+            timezone=ZoneInfo(q.timezone) if q.timezone else tz,
+            days=frozenset(DAYS.index(d) for d in q.days),
         )
-    mute = spec.get("mute", False)
-    if not isinstance(mute, bool):
-        raise TypeError(f"{where}: mute must be true or false")
-    return Suppression(mute, _datetime(spec.get("snooze_until"), tz, where), quiet)
+    snooze = spec.snooze_until
+    if snooze is not None and snooze.tzinfo is None:
+        snooze = snooze.replace(tzinfo=tz)
+    return Suppression(spec.mute, snooze, quiet)
 
 
-RULE_KEYS = {"name", "channels", "min_severity", "metric", "cohort", "team", "actions",
-             "playbook", "quiet_hours", "mute", "snooze_until", "stop"}
-TEAM_KEYS = {"quiet_hours", "mute", "snooze_until", "playbook", "description"}
-
-
-def parse_routing(raw: Mapping[str, Any]) -> RoutingConfig:
-    """Validate a routing document (the parsed YAML)."""
-    if not isinstance(raw, Mapping):
-        raise TypeError("routing config must be a mapping")
-    tz = _zone(raw.get("timezone", "UTC"), "timezone")
-    channels = dict(raw.get("channels") or {})
+def parse_routing(raw: Any, source: str = "routing config") -> RoutingConfig:
+    """Validate a routing document (the parsed YAML); a problem raises one ConfigError line
+    naming `source` and the key."""
+    doc = validate_model(raw, RoutingFile, source)
+    tz = ZoneInfo(doc.timezone)
+    channels = {name: spec.model_dump(by_alias=True, exclude_unset=True)
+                for name, spec in doc.channels.items()}
     for name, spec in channels.items():
-        build_channel(name, spec)  # validates; reads no secret
-    teams: dict[str, Team] = {}
-    for name, spec in (raw.get("teams") or {}).items():
-        spec = spec or {}
-        unknown = set(spec) - TEAM_KEYS
-        if unknown:
-            raise ValueError(f"team {name!r}: unknown keys {sorted(unknown)}")
-        teams[name] = Team(name, _suppression(spec, tz, f"team {name!r}"), spec.get("playbook"))
+        try:
+            build_channel(name, spec)  # the channel class's own checks; reads no secret
+        except ValueError as exc:
+            raise ConfigError(source, str(exc), f"channels.{name}") from None
+    teams = {name: Team(name, _suppression(spec or TeamSpec(), tz), (spec or TeamSpec()).playbook)
+             for name, spec in doc.teams.items()}
     rules = []
-    for i, spec in enumerate(raw.get("rules") or []):
-        name = str(spec.get("name") or f"rule {i + 1}")
-        where = f"rule {name!r}"
-        unknown = set(spec) - RULE_KEYS
-        if unknown:
-            raise ValueError(f"{where}: unknown keys {sorted(unknown)}")
-        rule_channels = tuple(spec.get("channels") or ())
-        if not rule_channels:
-            raise ValueError(f"{where}: no channels")
-        missing = [c for c in rule_channels if c not in channels]
+    for i, spec in enumerate(doc.rules):
+        missing = [c for c in spec.channels if c not in channels]
         if missing:
-            raise ValueError(f"{where}: undefined channels {missing}")
-        if spec.get("team") is not None and spec["team"] not in teams:
-            raise ValueError(f"{where}: undefined team {spec['team']!r}")
-        min_severity = float(spec.get("min_severity", 0))
-        if not 0 <= min_severity <= 100:
-            raise ValueError(f"{where}: min_severity must be from 0 to 100")
-        actions = tuple(spec.get("actions") or ("trigger", "acknowledge", "resolve"))
+            raise ConfigError(source, f"undefined channels {missing} (defined under channels: "
+                              f"{', '.join(channels) or 'none'})", f"rules[{i}].channels")
+        if spec.team is not None and spec.team not in teams:
+            raise ConfigError(source, f"undefined team {spec.team!r} (defined under teams: "
+                              f"{', '.join(teams) or 'none'})", f"rules[{i}].team")
         rules.append(
             Rule(
-                name=name,
-                channels=rule_channels,
-                min_severity=min_severity,
-                metric=str(spec.get("metric", "*")),
-                cohort=str(spec.get("cohort", "*")),
-                team=spec.get("team"),
-                actions=actions,
-                playbook=spec.get("playbook"),
-                suppression=_suppression(spec, tz, where),
-                stop=bool(spec.get("stop", False)),
+                name=spec.name or f"rule {i + 1}",
+                channels=tuple(spec.channels),
+                min_severity=spec.min_severity,
+                metric=spec.metric,
+                cohort=spec.cohort,
+                team=spec.team,
+                actions=tuple(spec.actions),
+                playbook=spec.playbook,
+                suppression=_suppression(spec, tz),
+                stop=spec.stop,
             )
         )
-    names = [r.name for r in rules]
-    if len(names) != len(set(names)):
-        raise ValueError("rule names must be unique")
-    critical = float(raw.get("critical_severity", 80))
-    return RoutingConfig(tuple(rules), teams, channels, critical, tz)
+    seen: set[str] = set()
+    for i, rule in enumerate(rules):
+        if rule.name in seen:
+            raise ConfigError(source, f"rule name {rule.name!r} is used twice (rule names "
+                              "must be unique)", f"rules[{i}].name")
+        seen.add(rule.name)
+    return RoutingConfig(tuple(rules), teams, channels, doc.critical_severity, tz)
 
 
 def load_routing(path: Path | str | None = None) -> RoutingConfig:
     """Read config/alert_routing.yml (or `path`). Holds no secrets: channels name the
-    environment variables their secrets are read from at send time."""
+    environment variables their secrets are read from at send time. A bad file raises
+    ConfigError (one line: file, key, what was expected)."""
     path = Path(path) if path else DEFAULT_ROUTING_PATH
-    with open(path, encoding="utf-8") as fh:
-        return parse_routing(yaml.safe_load(fh) or {})
+    return parse_routing(read_yaml(path) or {}, display_path(path))

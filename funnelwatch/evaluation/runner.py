@@ -15,13 +15,15 @@ import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Annotated, Any
 
 import duckdb
 import pandas as pd
-import yaml
+from pydantic import BeforeValidator, Field, StrictInt
 
+from funnelwatch.config_files import ConfigError, ConfigModel, display_path, load_yaml_model
 from funnelwatch.evaluation import scoring
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,33 +51,66 @@ class RunSpec:
         return self.end - timedelta(days=self.days)
 
 
+def _window_end(value: Any) -> Any:
+    if isinstance(value, (int, float)):  # pydantic would read a number as a Unix time
+        raise ValueError(f"expected a date like '2026-12-01', got {value!r}")  # noqa: TRY004 - pydantic reports ValueErrors
+    return value
+
+
+class SuiteRun(ConfigModel):
+    """One entry of `runs:`; what it leaves out comes from `defaults:`."""
+
+    name: str | None = None
+    scenario: str | None = None  # simulator/scenarios/<name>.yaml, a YAML path, or none
+    seeds: list[StrictInt] | None = None
+    end: Annotated[datetime | None, BeforeValidator(_window_end)] = None  # exclusive, UTC
+    days: Annotated[StrictInt, Field(ge=1)] | None = None
+    sessions_per_hour: Annotated[StrictInt, Field(ge=1)] | None = None
+
+
+class SuiteFile(ConfigModel):
+    """funnelwatch/evaluation/suites/<name>.yaml."""
+
+    name: str | None = None  # default: the file name
+    calibrated_on: list[str] = Field(default_factory=list)  # run keys, `<name>-seed<seed>`
+    defaults: SuiteRun = Field(default_factory=SuiteRun)
+    runs: list[SuiteRun]
+
+
+REQUIRED_RUN_KEYS = ("name", "scenario", "seeds", "end", "days", "sessions_per_hour")
+
+
 def load_suite(name_or_path: str | Path) -> tuple[str, list[RunSpec]]:
+    """(suite name, its runs, one per seed). A bad file raises ConfigError (one line)."""
     path = Path(name_or_path)
     if not path.suffix:
         path = SUITE_DIR / f"{name_or_path}.yaml"
     if not path.is_file():
         known = sorted(p.stem for p in SUITE_DIR.glob("*.yaml"))
         raise FileNotFoundError(f"no evaluation suite {str(name_or_path)!r} (known: {known})")
-    doc = yaml.safe_load(path.read_text()) or {}
-    defaults = doc.get("defaults", {})
-    calibration = set(doc.get("calibrated_on", []))
+    suite = load_yaml_model(path, SuiteFile)
+    source = display_path(path)
+    defaults = suite.defaults.model_dump(exclude_none=True)
     runs = []
-    for item in doc.get("runs", []):
-        merged = {**defaults, **item}
-        missing = {"name", "scenario", "seeds", "end", "days", "sessions_per_hour"} - set(merged)
+    for i, item in enumerate(suite.runs):
+        merged = {**defaults, **item.model_dump(exclude_none=True)}
+        missing = [k for k in REQUIRED_RUN_KEYS if k not in merged]
         if missing:
-            raise ValueError(f"{path}: run {item.get('name')!r} lacks {sorted(missing)}")
-        end = pd.Timestamp(str(merged["end"])).tz_localize("UTC").to_pydatetime()
+            raise ConfigError(source, f"missing {', '.join(missing)} (required in the run or "
+                              "in defaults)", f"runs[{i}]")
+        end = merged["end"]
+        end = end.replace(tzinfo=UTC) if end.tzinfo is None else end.astimezone(UTC)
         for seed in merged["seeds"]:
-            spec = RunSpec(merged["name"], str(merged["scenario"]), int(seed), end,
-                           int(merged["days"]), int(merged["sessions_per_hour"]))
-            runs.append(replace(spec, calibration=spec.key in calibration))
-    unknown = calibration - {r.key for r in runs}
+            spec = RunSpec(merged["name"], merged["scenario"], seed, end, merged["days"],
+                           merged["sessions_per_hour"])
+            runs.append(replace(spec, calibration=spec.key in suite.calibrated_on))
+    unknown = set(suite.calibrated_on) - {r.key for r in runs}
     if unknown:
-        raise ValueError(f"{path}: calibrated_on names unknown runs {sorted(unknown)}")
+        raise ConfigError(source, f"names unknown runs {sorted(unknown)} (known: "
+                          f"{', '.join(r.key for r in runs)})", "calibrated_on")
     if not runs:
-        raise ValueError(f"{path}: no runs")
-    return doc.get("name", path.stem), runs
+        raise ConfigError(source, "no runs", "runs")
+    return suite.name or path.stem, runs
 
 
 def run_environment(folder: Path) -> dict[str, str]:
