@@ -141,7 +141,13 @@ def run(
     shows it."""
     import dagster as dg
 
+    from funnelwatch.config_files import ConfigError, check_pipeline_configs
+
     Settings.from_env()
+    try:
+        check_pipeline_configs()
+    except ConfigError as exc:  # the file, key and expectation, not a failed run's traceback
+        _fail(str(exc))
     first, last = _landed_window()
     start_time = _parse_day(start) if start else first
     end_time = _parse_day(end) if end else last
@@ -374,11 +380,13 @@ def evaluate(
     recall, false alerts per day and time to detect (docs/evaluation.md)."""
     import time
 
+    from funnelwatch.config_files import check_pipeline_configs
     from funnelwatch.evaluation.report import write_report
     from funnelwatch.evaluation.runner import collect, execute, load_suite
 
     try:
         name, runs = load_suite(suite)
+        check_pipeline_configs()  # every run's `funnelwatch run` reads them
     except (OSError, ValueError) as exc:
         _fail(str(exc))
     started = time.perf_counter()

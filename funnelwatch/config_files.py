@@ -255,6 +255,9 @@ def _describe(error: Mapping[str, Any], model: type[BaseModel], loc: tuple[Any, 
         return f"expected a number {_BOUNDS[kind]} {bound}, got {_shown(value)}"
     if kind in ("too_short", "too_long"):
         return f"{error['msg'].lower()}, got {_shown(value)}"
+    if kind == "string_type" and isinstance(value, bool):
+        return (f"expected a string, got {value} (YAML reads unquoted yes/no/on/off as "
+                "true/false: quote the value)")
     if kind in _EXPECTED:
         return f"expected {_EXPECTED[kind]}, got {_shown(value)}"
     if kind in ("value_error", "assertion_error"):
@@ -262,3 +265,14 @@ def _describe(error: Mapping[str, Any], model: type[BaseModel], loc: tuple[Any, 
         return str(ctx.get("error") or error["msg"])
     message = error["msg"]
     return f"{message[:1].lower()}{message[1:]}, got {_shown(value)}"
+
+
+def check_pipeline_configs() -> None:
+    """Load the config files a pipeline run reads (config/cohorts.yml, config/alert_routing.yml),
+    so a bad one stops `funnelwatch run` with its one line before any run starts."""
+    # Imported here: both modules build their models on this one.
+    from funnelwatch.alerting.routing import load_routing
+    from funnelwatch.dbt_vars import load_cohort_config
+
+    load_cohort_config()
+    load_routing()

@@ -14,13 +14,15 @@ import itertools
 import re
 import warnings
 from dataclasses import dataclass, field
+from datetime import date, datetime
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import pandas as pd
-import yaml
+from pydantic import AfterValidator, BeforeValidator, Field, StrictFloat
 
+from funnelwatch.config_files import ConfigModel, display_path, read_yaml, validate_model
 from funnelwatch.contract import EVENT_TYPES
 
 SCENARIO_DIR = Path(__file__).parent / "scenarios"
@@ -157,33 +159,60 @@ class IncidentSpec:
     description: str | None = None
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> IncidentSpec:
-        known = {
-            "type",
-            "start",
-            "duration_hours",
-            "cohort",
-            "magnitude",
-            "params",
-            "id",
-            "kind",
-            "metric",
-            "description",
-        }
-        unknown = set(raw) - known
-        if unknown:
-            raise ValueError(
-                f"incident {raw.get('id') or raw.get('type')}: unknown keys {sorted(unknown)}"
-            )
-        if "type" not in raw or "start" not in raw:
-            raise ValueError(f"incident needs 'type' and 'start': {raw}")
-        return cls(**{k: v for k, v in raw.items() if v is not None or k == "magnitude"})
+    def from_dict(cls, raw: dict[str, Any], source: str | None = None) -> IncidentSpec:
+        """An IncidentSpec from a scenario entry; a problem is one ConfigError line."""
+        if source is None:
+            name = raw.get("id") or raw.get("type") if isinstance(raw, dict) else None
+            source = f"incident {name}" if name else "incident"
+        return validate_model(raw, IncidentEntry, source).spec()
+
+
+def _known_type(name: str) -> str:
+    if name not in INCIDENT_TYPES:
+        raise ValueError(f"unknown incident type {name!r}; known: {', '.join(INCIDENT_TYPES)}")
+    return name
+
+
+def _start(value: Any) -> Any:
+    if isinstance(value, (str, datetime, date)):
+        return value
+    raise ValueError(f"expected a start like 'day -3 14:00' or '2026-11-12T14:00', got {value!r}")
+
+
+class IncidentEntry(ConfigModel):
+    """One entry of a scenario's `incidents:` (the fields of IncidentSpec)."""
+
+    type: Annotated[str, AfterValidator(_known_type)]
+    start: Annotated[Any, BeforeValidator(_start)]
+    duration_hours: Annotated[StrictFloat, Field(gt=0)] = 1.0
+    cohort: dict[str, str] = Field(default_factory=dict)
+    magnitude: StrictFloat | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    id: str | None = None
+    kind: str | None = None
+    metric: str | None = None
+    description: str | None = None
+
+    def spec(self) -> IncidentSpec:
+        # Keys left out keep IncidentSpec's defaults; an explicit `magnitude: null` stays None.
+        given = self.model_dump(exclude_unset=True)
+        return IncidentSpec(**{k: v for k, v in given.items()
+                               if v is not None or k == "magnitude"})
+
+
+class ScenarioFile(ConfigModel):
+    """simulator/scenarios/<name>.yaml (or a file holding only the list of incidents)."""
+
+    name: str | None = None
+    description: str | None = None
+    incidents: list[IncidentEntry] = Field(default_factory=list)
 
 
 def load_incidents(name_or_path: str | Path) -> list[IncidentSpec]:
     """Read a scenario: `simulator/scenarios/<name>.yaml`, or a path to a YAML file.
 
-    The file holds `incidents:` (a list of IncidentSpec fields), or is itself that list.
+    The file holds `incidents:` (a list of IncidentSpec fields), or is itself that list. A
+    bad file raises ConfigError (one line: file, key, what was expected).
     """
     path = Path(name_or_path)
     if not path.suffix:
@@ -191,9 +220,10 @@ def load_incidents(name_or_path: str | Path) -> list[IncidentSpec]:
     if not path.is_file():
         known = sorted(p.stem for p in SCENARIO_DIR.glob("*.yaml"))
         raise FileNotFoundError(f"no scenario {name_or_path!r} (known: {known})")
-    doc = yaml.safe_load(path.read_text()) or []
-    items = doc.get("incidents", []) if isinstance(doc, dict) else doc
-    return [IncidentSpec.from_dict(item) for item in items]
+    doc = read_yaml(path)
+    doc = {"incidents": doc} if isinstance(doc, list) else ({} if doc is None else doc)
+    scenario = validate_model(doc, ScenarioFile, display_path(path))
+    return [entry.spec() for entry in scenario.incidents]
 
 
 @dataclass

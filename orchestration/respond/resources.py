@@ -45,9 +45,15 @@ class AlertingSettings(dg.ConfigurableResource):
     ops_outbox_path: str = ""
 
     def routing(self):
+        """The parsed routing file; a bad file fails the step (or sensor tick) with its one
+        error line (file, key, what was expected) as the failure's description."""
         from funnelwatch.alerting import load_routing
+        from funnelwatch.config_files import ConfigError
 
-        return load_routing(self.routing_path or REPO_ROOT / "config" / "alert_routing.yml")
+        try:
+            return load_routing(self.routing_path or REPO_ROOT / "config" / "alert_routing.yml")
+        except ConfigError as exc:
+            raise dg.Failure(description=str(exc), allow_retries=False) from None
 
     def ops_outbox(self, warehouse_path: str) -> Path:
         """Run failures are queued in their own small DuckDB file: the sensor that reports

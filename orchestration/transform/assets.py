@@ -9,6 +9,7 @@ from typing import Any
 import dagster as dg
 from dagster_dbt import DagsterDbtTranslator, DbtCliResource, dbt_assets
 
+from funnelwatch.config_files import ConfigError
 from funnelwatch.dbt_vars import dbt_vars_json, load_cohort_config
 from funnelwatch.reports import funnel_markdown, hourly_funnel
 from funnelwatch.warehouse import connect
@@ -56,7 +57,11 @@ def funnelwatch_dbt_models(
     # The warehouse resource is the one source of truth for the file; dbt's profile reads it
     # from this variable in the dbt subprocess.
     os.environ["FUNNELWATCH_WAREHOUSE"] = str(Path(warehouse.path).resolve())
-    dbt_vars = dbt_vars_json(window.start, window.end, load_cohort_config())
+    try:
+        cohorts = load_cohort_config()
+    except ConfigError as exc:  # one line (file, key, expectation) instead of a traceback
+        raise dg.Failure(description=str(exc), allow_retries=False) from None
+    dbt_vars = dbt_vars_json(window.start, window.end, cohorts)
     context.log.info(f"dbt build --vars {dbt_vars}")
     # Collect every event first: dbt holds the DuckDB file until it exits, and the row counts
     # below need to open it.
