@@ -107,8 +107,7 @@ def config_error_from(exc: pydantic.ValidationError, model: type[BaseModel],
     errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
     parts = []
     for error in errors:
-        loc = _clean_loc(model, error["loc"])
-        parts.append((format_loc(loc), _describe(error, model, loc)))
+        parts.append((format_loc(_clean_loc(model, error["loc"])), _describe(error, model)))
     (where, first), rest = parts[0], parts[1:]
     if rest:
         shown = "; ".join(f"{w or 'top level'}: {m}" for w, m in rest[:2])
@@ -235,10 +234,11 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _describe(error: Mapping[str, Any], model: type[BaseModel], loc: tuple[Any, ...]) -> str:
+def _describe(error: Mapping[str, Any], model: type[BaseModel]) -> str:
     kind, ctx, value = error["type"], error.get("ctx") or {}, error.get("input")
     if kind == "extra_forbidden":
-        parent = _model_at(model, loc[:-1])
+        # The raw location: it still holds the union member's tag that picks the model.
+        parent = _model_at(model, tuple(error["loc"][:-1]))
         keys = f" (expected one of: {', '.join(_keys(parent))})" if parent else ""
         return f"unknown key{keys}"
     if kind == "missing":
@@ -252,6 +252,7 @@ def _describe(error: Mapping[str, Any], model: type[BaseModel], loc: tuple[Any, 
         return f"expected one of {ctx['expected']}, got {_shown(value)}"
     if kind in _BOUNDS:
         bound = next(iter(ctx.values()))
+        bound = int(bound) if isinstance(bound, float) and bound.is_integer() else bound
         return f"expected a number {_BOUNDS[kind]} {bound}, got {_shown(value)}"
     if kind in ("too_short", "too_long"):
         return f"{error['msg'].lower()}, got {_shown(value)}"

@@ -296,6 +296,7 @@ class RuleSpec(ConfigModel):
 class ChannelSpec(ConfigModel):
     """Settings of one channel: the keyword arguments of its class in channels.py."""
 
+    type: str  # each kind narrows it to its literal name (the union's discriminator)
     timeout_s: Annotated[StrictFloat, Field(gt=0)] | None = None
 
     @model_validator(mode="before")
