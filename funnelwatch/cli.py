@@ -141,7 +141,8 @@ def run(
     shows it."""
     import dagster as dg
 
-    from funnelwatch.config_files import ConfigError, check_pipeline_configs
+    from funnelwatch.config_check import check_pipeline_configs
+    from funnelwatch.config_files import ConfigError
 
     Settings.from_env()
     try:
@@ -380,7 +381,7 @@ def evaluate(
     recall, false alerts per day and time to detect (docs/evaluation.md)."""
     import time
 
-    from funnelwatch.config_files import check_pipeline_configs
+    from funnelwatch.config_check import check_pipeline_configs
     from funnelwatch.evaluation.report import write_report
     from funnelwatch.evaluation.runner import collect, execute, load_suite
 

@@ -266,14 +266,3 @@ def _describe(error: Mapping[str, Any], model: type[BaseModel]) -> str:
         return str(ctx.get("error") or error["msg"])
     message = error["msg"]
     return f"{message[:1].lower()}{message[1:]}, got {_shown(value)}"
-
-
-def check_pipeline_configs() -> None:
-    """Load the config files a pipeline run reads (config/cohorts.yml, config/alert_routing.yml),
-    so a bad one stops `funnelwatch run` with its one line before any run starts."""
-    # Imported here: both modules build their models on this one.
-    from funnelwatch.alerting.routing import load_routing
-    from funnelwatch.dbt_vars import load_cohort_config
-
-    load_cohort_config()
-    load_routing()

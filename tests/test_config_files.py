@@ -12,7 +12,8 @@ import dagster as dg
 import pytest
 
 from funnelwatch.alerting.routing import DEFAULT_ROUTING_PATH, load_routing, parse_routing
-from funnelwatch.config_files import ConfigError, check_pipeline_configs
+from funnelwatch.config_check import check_pipeline_configs
+from funnelwatch.config_files import ConfigError
 from funnelwatch.dbt_vars import DEFAULT_COHORTS_PATH, CohortConfig, load_cohort_config
 from funnelwatch.evaluation.runner import SUITE_DIR, load_suite
 from orchestration.respond.resources import AlertingSettings

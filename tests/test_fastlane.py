@@ -238,7 +238,7 @@ def test_an_unreadable_part_file_is_left_out_and_the_slot_scores_as_without_it(c
     with duckdb.connect(str(copy["warehouse"])) as con:
         clean = score_slot(con, copy["landing"], slot)
         folder = hour_dir(copy["landing"], BREAK.to_pydatetime())
-        good = sorted(folder.glob("part-*.parquet"))[0].read_bytes()
+        good = min(folder.glob("part-*.parquet")).read_bytes()
         (folder / "part-truncated.parquet").write_bytes(good[: len(good) // 2])
         (folder / "part-text.parquet").write_text("event_id,event_time\nx,2026-11-19\n")
         with_bad = score_slot(con, copy["landing"], slot)
