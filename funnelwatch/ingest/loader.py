@@ -23,6 +23,9 @@ from __future__ import annotations
 import csv
 import json
 import re
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -76,6 +79,17 @@ class HourIngestResult:
     rows_with_unknown_values: int = 0
     # files of the hour that could not be read, set aside (not loaded, left in place)
     rejected_files: list[LandingFileError] = field(default_factory=list)
+    # where the time went, seconds per step (bench/ingest.py prints it)
+    seconds_by_step: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def timed(self, step: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds_by_step[step] = (
+                self.seconds_by_step.get(step, 0.0) + time.perf_counter() - start)
 
 # How many distinct unknown values per field the ingest log keeps (the most frequent).
 TOP_UNKNOWN_VALUES = 10
@@ -224,8 +238,13 @@ def _json_columns() -> dict[str, str]:
 
 
 OTHER_HOUR_DUPLICATE = "duplicate_event_id_other_hour"
-# The event_ids of the hour being loaded that raw.events already has in another hour.
+# Temporary tables of one load: the event_ids of the hour that raw.events already has in
+# another hour, the hour's distinct user/session ids with their keyed hashes, and the hour's
+# staged rows (read from the files once).
 _OTHER_HOUR_IDS = "_event_ids_in_other_hours"
+_IDS = "_pseudonymised_ids"
+_ROWS = "_staged_rows"
+_TEMP_TABLES = (_OTHER_HOUR_IDS, _IDS, _ROWS)
 
 
 def landing_rows_sql(
@@ -270,8 +289,7 @@ def _landing_rows(
                   f"(SELECT event_id FROM {other_hour_ids}) THEN '{OTHER_HOUR_DUPLICATE}' END)")
     union = "(" + " UNION ALL ".join(selects) + ")"
     sql = (
-        f"(SELECT * REPLACE ({kept}), "
-        f"_unmapped FROM (SELECT *, {reason} AS _reason, "
+        f"(SELECT * REPLACE ({kept}) FROM (SELECT *, {reason} AS _reason, "
         f"{unmapped_values_sql()} AS _unmapped FROM {union}))"
     )
     return sql, union, params, ignored
@@ -316,36 +334,74 @@ def _load_files(
     result = HourIngestResult(hour=hour_start, files=[str(p) for p in files])
     ipad, opad = padded_keys(pseudonymization_key)
 
-    for table in (*(f"_{c}_ids" for c in PSEUDONYMISED_COLUMNS), _OTHER_HOUR_IDS):
+    for table in _TEMP_TABLES:
         con.execute(f"DROP TABLE IF EXISTS {table}")
-    # One SELECT over all the hour's files, projected onto the contract, with the reason.
-    # It is not materialised: each step below streams from the files (columnar Parquet reads
-    # only the columns a step needs), which keeps ingest close to a bare load.
-    landing_rows, staged, params, ignored = _landing_rows(con, files, _OTHER_HOUR_IDS)
+    with result.timed("read file schemas"):
+        landing_rows, staged, params, ignored = _landing_rows(con, files, _OTHER_HOUR_IDS)
     params.update({"hour_start": hour_start, "hour_end": hour_end})
     result.ignored_columns += ignored
 
     con.execute("BEGIN TRANSACTION")
     try:
-        # The hour's ids that another hour already loaded: a join of the hour's few ids with
-        # raw.events' event_id column (DuckDB builds the hash table on the small side).
+        # The hour's ids that another hour already loaded: the hour's event_id column joined
+        # with raw.events' (DuckDB builds the hash table on the small side). Skipped while
+        # raw.events holds no other hour (a first load, a one-hour test).
         con.execute(f"CREATE TEMP TABLE {_OTHER_HOUR_IDS} (event_id VARCHAR)")
-        _run(
-            con,
-            files,
-            f"""INSERT INTO {_OTHER_HOUR_IDS}
-                SELECT DISTINCT e.event_id FROM {EVENTS_TABLE} AS e
-                WHERE e.event_hour <> $hour_start AND e.event_id IN (
-                    SELECT event_id FROM {staged} WHERE event_id IS NOT NULL)""",
-            {k: v for k, v in params.items() if k != "hour_end"},
-        )
-        by_reason = _run(
-            con,
-            files,
-            f"SELECT _reason, count(*), count(DISTINCT event_id) FROM {landing_rows} "
-            "GROUP BY _reason",
-            params,
-        ).fetchall()
+        with result.timed("look up ids of other hours"):
+            others = con.execute(
+                f"SELECT count(*) FROM (SELECT 1 FROM {EVENTS_TABLE} "
+                "WHERE event_hour <> $h LIMIT 1)", {"h": hour_start}).fetchone()[0]
+            if others:
+                _run(
+                    con,
+                    files,
+                    f"""INSERT INTO {_OTHER_HOUR_IDS}
+                        SELECT DISTINCT e.event_id FROM {EVENTS_TABLE} AS e
+                        WHERE e.event_hour <> $hour_start AND e.event_id IN (
+                            SELECT event_id FROM {staged} WHERE event_id IS NOT NULL)""",
+                    {k: v for k, v in params.items() if k != "hour_end"},
+                )
+
+        # Hash each distinct id once (an hour has far fewer users and sessions than events),
+        # both columns from one narrow read of the files. Explicit DDL, not `CREATE TABLE AS
+        # ... LIMIT 0`: in DuckDB 2.0 such a table keeps all-NULL column statistics after a
+        # large insert in the same transaction, and later queries then read no rows
+        # (tests/test_ingest.py::test_large_hour_loads_every_row).
+        with result.timed("pseudonymise ids"):
+            con.execute(f"CREATE TEMP TABLE {_IDS} (id_column VARCHAR, raw_id VARCHAR, "
+                        "hashed VARCHAR)")
+            pairs = ", ".join(f"{{'c': '{c}', 'v': {c}}}" for c in PSEUDONYMISED_COLUMNS)
+            _run(
+                con,
+                files,
+                # (DISTINCT over the unnested columns, in a query of its own: DISTINCT beside an
+                # unnest in one SELECT is applied before the unnest in DuckDB 2.0)
+                f"""INSERT INTO {_IDS} SELECT c, v, {hmac_sql('v')} FROM (
+                      SELECT DISTINCT c, v FROM (
+                        SELECT unnest(id, recursive := true) FROM (
+                          SELECT unnest([{pairs}]) AS id FROM {staged}))
+                    ) WHERE v IS NOT NULL""",
+                {"ipad": ipad, "opad": opad,
+                 **{k: v for k, v in params.items() if k.startswith(("path", "columns"))}},
+            )
+
+        # The one full read of the files: projected, validated and pseudonymised rows, kept in
+        # a temporary table so accounting, the insert and the quarantine read memory, not the
+        # files again.
+        with result.timed("read, validate"):
+            con.execute(_rows_ddl())
+            joins = " ".join(
+                f"LEFT JOIN {_IDS} AS _{c} ON _{c}.id_column = '{c}' AND _{c}.raw_id = r.{c}"
+                for c in PSEUDONYMISED_COLUMNS
+            )
+            replaced = ", ".join(f"_{c}.hashed AS {c}" for c in PSEUDONYMISED_COLUMNS)
+            _run(con, files,
+                 f"INSERT INTO {_ROWS} BY NAME SELECT r.* EXCLUDE (_cast_errors) "
+                 f"REPLACE ({replaced}) FROM {landing_rows} AS r "
+                 f"{joins}", params)
+            by_reason = con.execute(
+                f"SELECT _reason, count(*), count(DISTINCT event_id) FROM {_ROWS} GROUP BY _reason"
+            ).fetchall()
         valid_rows = sum(n for reason, n, _ in by_reason if reason is None)
         distinct_valid = sum(d for reason, _, d in by_reason if reason is None)
         result.rows_in = sum(n for _, n, _ in by_reason)
@@ -355,117 +411,100 @@ def _load_files(
             sorted(((r, n) for r, n, _ in by_reason if r is not None), key=lambda x: -x[1])
         )
 
-        # Hash each distinct id once (an hour has far fewer users and sessions than events),
-        # one small map per column. Explicit DDL, not `CREATE TABLE AS ... LIMIT 0`: in DuckDB
-        # 2.0 such a table keeps all-NULL column statistics after a large insert in the same
-        # transaction, and later queries then read no rows
-        # (tests/test_ingest.py::test_large_hour_loads_every_row).
-        for column in PSEUDONYMISED_COLUMNS:
-            con.execute(f"CREATE TEMP TABLE _{column}_ids (raw_id VARCHAR, hashed VARCHAR)")
-            _run(
-                con,
-                files,
-                f"""INSERT INTO _{column}_ids SELECT raw_id, {hmac_sql('raw_id')} FROM (
-                      SELECT DISTINCT {column} AS raw_id FROM {landing_rows}
-                      WHERE {column} IS NOT NULL)""",
-                {**params, "ipad": ipad, "opad": opad},
+        with result.timed("replace the hour"):
+            con.execute(f"DELETE FROM {EVENTS_TABLE} WHERE event_hour = $h", {"h": hour_start})
+            con.execute(f"DELETE FROM {QUARANTINE_TABLE} WHERE event_hour = $h",
+                        {"h": hour_start})
+            dedupe = (
+                "QUALIFY row_number() OVER (PARTITION BY event_id "
+                "ORDER BY _source_file, _source_row) = 1"
+                if result.duplicates_dropped
+                else ""
             )
-
-        con.execute(f"DELETE FROM {EVENTS_TABLE} WHERE event_hour = $h", {"h": hour_start})
-        con.execute(f"DELETE FROM {QUARANTINE_TABLE} WHERE event_hour = $h", {"h": hour_start})
-
-        hashed = {c: f"_{c}_ids.hashed" for c in PSEUDONYMISED_COLUMNS}
-
-        def joins(kind: str) -> str:
-            return " ".join(
-                f"{kind} JOIN _{c}_ids ON _{c}_ids.raw_id = c.{c}" for c in PSEUDONYMISED_COLUMNS
-            )
-
-        dedupe = (
-            "QUALIFY row_number() OVER (PARTITION BY c.event_id "
-            "ORDER BY c._source_file, c._source_row) = 1"
-            if result.duplicates_dropped
-            else ""
-        )
-        _run(
-            con,
-            files,
-            f"""INSERT INTO {EVENTS_TABLE}
-                SELECT {', '.join(hashed.get(f.name, 'c.' + f.name) for f in EVENT_FIELDS)},
-                       $h, c._source_file, now(), c._unmapped
-                FROM {landing_rows} AS c {joins("INNER")}
-                WHERE c._reason IS NULL {dedupe}""",
-            {**params, "h": hour_start},
-        )
-        if result.rows_quarantined:
-            quarantine_columns = [
-                hashed[f.name] if f.name in PSEUDONYMISED_COLUMNS else f"CAST(c.{f.name} AS VARCHAR)"
-                for f in EVENT_FIELDS
-            ]
-            _run(
-                con,
-                files,
-                f"""INSERT INTO {QUARANTINE_TABLE}
-                    SELECT {', '.join(quarantine_columns)}, $h, c._source_file, c._source_row,
-                           c._reason, now()
-                    FROM {landing_rows} AS c {joins("LEFT")} WHERE c._reason IS NOT NULL""",
-                {**params, "h": hour_start},
-            )
-        result.rows_loaded = valid_rows - result.duplicates_dropped
-        result.unknown_values, result.rows_with_unknown_values = _unknown_values(con, hour_start)
-        con.execute(
-            f"INSERT INTO {INGEST_LOG_TABLE} VALUES "
-            "($h, $files, $rin, $rl, $rq, $dd, now(), $unknown)",
-            {
-                "h": hour_start,
-                "files": result.files,
-                "rin": result.rows_in,
-                "rl": result.rows_loaded,
-                "rq": result.rows_quarantined,
-                "dd": result.duplicates_dropped,
-                "unknown": json.dumps(result.unknown_values) if result.unknown_values else None,
-            },
-        )
-        con.execute(f"DELETE FROM {REJECTED_FILES_TABLE} WHERE event_hour = $h", {"h": hour_start})
-        for bad in rejected:
             con.execute(
-                f"INSERT INTO {REJECTED_FILES_TABLE} VALUES ($h, $file, $line, $reason, now())",
-                {"h": hour_start, "file": str(bad.path), "line": bad.line, "reason": bad.detail},
+                f"""INSERT INTO {EVENTS_TABLE}
+                    SELECT {', '.join(f.name for f in EVENT_FIELDS)},
+                           $h, _source_file, now(), _unmapped
+                    FROM {_ROWS} WHERE _reason IS NULL {dedupe}""",
+                {"h": hour_start},
             )
-        for table in (*(f"_{c}_ids" for c in PSEUDONYMISED_COLUMNS), _OTHER_HOUR_IDS):
+            if result.rows_quarantined:
+                quarantine_columns = [
+                    f.name if f.name in PSEUDONYMISED_COLUMNS else f"CAST({f.name} AS VARCHAR)"
+                    for f in EVENT_FIELDS
+                ]
+                con.execute(
+                    f"""INSERT INTO {QUARANTINE_TABLE}
+                        SELECT {', '.join(quarantine_columns)}, $h, _source_file, _source_row,
+                               _reason, now()
+                        FROM {_ROWS} WHERE _reason IS NOT NULL""",
+                    {"h": hour_start},
+                )
+        result.rows_loaded = valid_rows - result.duplicates_dropped
+        with result.timed("count unknown values, log"):
+            result.unknown_values, result.rows_with_unknown_values = _unknown_values(con)
+            con.execute(
+                f"INSERT INTO {INGEST_LOG_TABLE} VALUES "
+                "($h, $files, $rin, $rl, $rq, $dd, now(), $unknown)",
+                {
+                    "h": hour_start,
+                    "files": result.files,
+                    "rin": result.rows_in,
+                    "rl": result.rows_loaded,
+                    "rq": result.rows_quarantined,
+                    "dd": result.duplicates_dropped,
+                    "unknown": (json.dumps(result.unknown_values)
+                                if result.unknown_values else None),
+                },
+            )
+            con.execute(f"DELETE FROM {REJECTED_FILES_TABLE} WHERE event_hour = $h",
+                        {"h": hour_start})
+            for bad in rejected:
+                con.execute(
+                    f"INSERT INTO {REJECTED_FILES_TABLE} VALUES ($h, $file, $line, $reason, now())",
+                    {"h": hour_start, "file": str(bad.path), "line": bad.line,
+                     "reason": bad.detail},
+                )
+        for table in _TEMP_TABLES:
             con.execute(f"DROP TABLE {table}")
-        con.execute("COMMIT")
+        with result.timed("commit"):
+            con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")
         raise
     return result
 
 
-def _unknown_values(
-    con: duckdb.DuckDBPyConnection, hour_start: datetime
-) -> tuple[dict[str, dict[str, int]], int]:
-    """The loaded hour's unknown values per field (the TOP_UNKNOWN_VALUES most frequent) and
-    the rows with any, counted on the loaded rows (duplicates dropped)."""
-    rows = con.execute(
-        f"""SELECT count(*) FROM {EVENTS_TABLE}
-            WHERE event_hour = $h AND unmapped_values IS NOT NULL""",
-        {"h": hour_start},
-    ).fetchone()[0]
+def _unknown_values(con: duckdb.DuckDBPyConnection) -> tuple[dict[str, dict[str, int]], int]:
+    """The hour's unknown values per field (the TOP_UNKNOWN_VALUES most frequent) and the rows
+    with any, counted on the hour's loaded rows (duplicates dropped)."""
+    loaded = (f"(SELECT _unmapped FROM {_ROWS} WHERE _reason IS NULL AND _unmapped IS NOT NULL "
+              "QUALIFY row_number() OVER (PARTITION BY event_id "
+              "ORDER BY _source_file, _source_row) = 1)")
+    rows = con.execute(f"SELECT count(*) FROM {_ROWS} WHERE _unmapped IS NOT NULL").fetchone()[0]
     if not rows:
         return {}, 0
+    rows = con.execute(f"SELECT count(*) FROM {loaded}").fetchone()[0]
     found = con.execute(
         f"""SELECT e.key, e.value, count(*) AS n
-            FROM (SELECT unnest(map_entries(unmapped_values)) AS e FROM {EVENTS_TABLE}
-                  WHERE event_hour = $h AND unmapped_values IS NOT NULL)
+            FROM (SELECT unnest(map_entries(_unmapped)) AS e FROM {loaded})
             GROUP BY e.key, e.value
             QUALIFY row_number() OVER (PARTITION BY e.key ORDER BY n DESC, e.value) <= $top
             ORDER BY e.key, n DESC, e.value""",
-        {"h": hour_start, "top": TOP_UNKNOWN_VALUES},
+        {"top": TOP_UNKNOWN_VALUES},
     ).fetchall()
     by_field: dict[str, dict[str, int]] = {}
     for column, value, n in found:
         by_field.setdefault(column, {})[value] = n
     return by_field, rows
+
+
+def _rows_ddl() -> str:
+    # Explicit DDL (see the id table above for why not `CREATE TABLE AS ... LIMIT 0`).
+    columns = [f"{f.name} {f.duckdb_type}" for f in EVENT_FIELDS] + [
+        "_source_file VARCHAR", "_source_row BIGINT", "_reason VARCHAR",
+        "_unmapped MAP(VARCHAR, VARCHAR)"]
+    return f"CREATE TEMP TABLE {_ROWS} ({', '.join(columns)})"
 
 
 def _empty_select() -> str:
