@@ -334,28 +334,31 @@ def summary(
 
 @app.command()
 def sql(query: Annotated[str | None, typer.Argument(help="A query; omit for a shell.")] = None):
-    """Query the analyst snapshot (read-only; safe while the pipeline runs)."""
+    """Query the analyst snapshot (read-only; safe while the pipeline runs). Files outside
+    the snapshot, other databases, COPY/EXPORT, extensions and settings are refused
+    (docs/security.md)."""
     import duckdb
 
-    from funnelwatch.publish import open_snapshot
+    from funnelwatch.publish import QueryRefused, open_analyst_connection
 
     settings = Settings.from_env()
 
     def run_one(text: str) -> None:
-        con = open_snapshot(settings.publish_dir)  # reopen: always the newest snapshot
+        con = open_analyst_connection(settings.publish_dir)  # reopen: the newest snapshot
         try:
             frame = con.execute(text).df()
         finally:
             con.close()
         typer.echo(frame.to_string(index=False, max_rows=200))
 
+    def one_line(exc: Exception) -> str:
+        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
     if query:
         try:
             run_one(query)
-        except FileNotFoundError as exc:
-            _fail(str(exc))
-        except duckdb.Error as exc:
-            _fail(str(exc).splitlines()[0])
+        except (QueryRefused, FileNotFoundError, duckdb.Error) as exc:
+            _fail(one_line(exc))
         return
     typer.echo("funnelwatch sql: end a query with ';', quit with Ctrl-D. Tables: SHOW TABLES;")
     buffer = ""
@@ -364,8 +367,8 @@ def sql(query: Annotated[str | None, typer.Argument(help="A query; omit for a sh
         if buffer.strip().endswith(";"):
             try:
                 run_one(buffer)
-            except (duckdb.Error, FileNotFoundError) as exc:  # a shell reports and goes on
-                typer.echo(f"error: {exc}", err=True)
+            except (QueryRefused, duckdb.Error, FileNotFoundError) as exc:  # report, go on
+                typer.secho(f"error: {one_line(exc)}", err=True, fg=typer.colors.RED)
             buffer = ""
 
 

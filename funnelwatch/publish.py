@@ -13,6 +13,11 @@ manifest is updated, and a fresh `analytics.duckdb` is built under a temporary n
 renamed over the old one. Renaming is atomic: a new connection sees the new snapshot, an open
 connection keeps reading the old one (its files are kept for a grace period before garbage
 collection). The published marts hold aggregates only: no user or session ids.
+
+Analysts open the snapshot with `open_analyst_connection`: DuckDB may then read only the
+snapshot's parts folder, its settings are locked, and statements that write files, open other
+databases or load extensions are refused (docs/security.md). The published files are
+readable by everyone and writable by the pipeline's account only.
 """
 
 from __future__ import annotations
@@ -43,6 +48,10 @@ TIME_COLUMN = "event_hour"
 WHOLE_TABLE = "all"  # partition name of marts without an event_hour column
 DEFAULT_GRACE_SECONDS = 900
 
+# Published files are for an analyst account: readable by all, writable by the pipeline only.
+PUBLISHED_DIR_MODE = 0o755
+PUBLISHED_FILE_MODE = 0o644
+
 
 @dataclass
 class PublishResult:
@@ -67,7 +76,24 @@ def load_manifest(publish_dir: Path) -> dict[str, dict[str, str]]:
 def _write_json_atomic(path: Path, payload: dict) -> None:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     tmp.write_text(json.dumps(payload, indent=1, sort_keys=True))
+    os.chmod(tmp, PUBLISHED_FILE_MODE)
     os.replace(tmp, path)
+
+
+def _published_dir(folder: Path, top: Path | None = None) -> None:
+    """Create `folder` (and its parents) readable by all, whatever the pipeline's umask (a
+    deployment runs it with umask 077 so the warehouse stays private). Modes are set on
+    `folder` and its parents up to `top` (only `folder` when `top` is None)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    top = folder if top is None else top
+    if not folder.is_relative_to(top):
+        raise ValueError(f"{folder} is not inside {top}")
+    path = folder
+    while True:
+        os.chmod(path, PUBLISHED_DIR_MODE)
+        if path == top:
+            break
+        path = path.parent
 
 
 def _table_columns(con: duckdb.DuckDBPyConnection, mart: str) -> list[tuple[str, str]]:
@@ -92,8 +118,9 @@ def publish_marts(
     """Publish `dates` (all dates when None) of the marts and swap in a new snapshot.
 
     Opens the warehouse read-write only to read (the caller holds the writer slot)."""
-    publish_dir = Path(publish_dir)
-    publish_dir.mkdir(parents=True, exist_ok=True)
+    # Absolute: the views name their files, and the analyst connection allows that folder only.
+    publish_dir = Path(publish_dir).resolve()
+    _published_dir(publish_dir)
     manifest = load_manifest(publish_dir)
     schemas: dict[str, list[tuple[str, str]]] = {}
     result = PublishResult(snapshot_path=publish_dir / "analytics.duckdb")
@@ -128,21 +155,23 @@ def publish_marts(
                         entries.pop(key, None)
                         continue
                     target = publish_dir / "parts" / mart / key / f"part-{version}.parquet"
-                    target.parent.mkdir(parents=True, exist_ok=True)
+                    _published_dir(target.parent, top=publish_dir)
                     con.execute(
                         f"COPY (SELECT * FROM {table} WHERE {where} ORDER BY ALL) "
                         f"TO $target (FORMAT parquet, COMPRESSION zstd)",
                         {"day": day, "target": str(target)},
                     )
+                    os.chmod(target, PUBLISHED_FILE_MODE)
                     entries[key] = str(target)
                     result.files_written += 1
             else:
                 target = publish_dir / "parts" / mart / WHOLE_TABLE / f"part-{version}.parquet"
-                target.parent.mkdir(parents=True, exist_ok=True)
+                _published_dir(target.parent, top=publish_dir)
                 con.execute(
                     f"COPY (SELECT * FROM {table}) TO $target (FORMAT parquet)",
                     {"target": str(target)},
                 )
+                os.chmod(target, PUBLISHED_FILE_MODE)
                 entries.clear()
                 entries[WHOLE_TABLE] = str(target)
                 result.files_written += 1
@@ -179,6 +208,7 @@ def _build_snapshot(publish_dir: Path, manifest: dict, schemas: dict, result: Pu
         )
     finally:
         con.close()
+    os.chmod(tmp, PUBLISHED_FILE_MODE)
     os.replace(tmp, result.snapshot_path)
 
 
@@ -198,20 +228,185 @@ def collect_garbage(publish_dir: Path, manifest: dict, grace_seconds: float) -> 
     return removed
 
 
-def open_snapshot(publish_dir: Path | str) -> duckdb.DuckDBPyConnection:
-    """A read-only connection to the current analyst snapshot.
+class QueryRefused(Exception):
+    """A statement the analyst boundary does not allow; the message is one line saying what
+    and why."""
+
+
+# What an analyst's connection may run, by DuckDB's own statement type: queries, session
+# state (settings are locked by DuckDB), and objects in the connection's own in-memory
+# catalog (the snapshot is attached read-only). Everything else is refused with its reason.
+ANALYST_STATEMENT_TYPES = frozenset({
+    "SELECT", "EXPLAIN", "PRAGMA", "CALL", "SET", "VARIABLE_SET", "TRANSACTION", "CREATE",
+    "CREATE_FUNC", "INSERT", "UPDATE", "DELETE", "MERGE_INTO", "DROP", "ALTER", "MULTI",
+    "ANALYZE", "VACUUM",
+})
+_REFUSED_BECAUSE = {
+    "COPY": "cannot read or write files with COPY (its views are the way in)",
+    "EXPORT": "cannot write files (EXPORT DATABASE)",
+    "COPY_DATABASE": "cannot copy databases",
+    "ATTACH": "cannot open other databases (ATTACH)",
+    "DETACH": "cannot detach databases",
+    "LOAD": "cannot install or load extensions",
+    "EXTENSION": "cannot install or load extensions",
+    "PREPARE": "does not run prepared statements (their text would escape this check)",
+    "EXECUTE": "does not run prepared statements (their text would escape this check)",
+}
+# Settings an analyst may still change on a locked connection: they tune a query, not access.
+ANALYST_ALLOWED_SETTINGS = ("threads", "memory_limit")
+
+
+def _statement_type(statement: duckdb.Statement) -> str:
+    try:
+        return statement.type.name
+    except ValueError:  # a type this Python package does not name yet (e.g. UPDATE EXTENSIONS)
+        return "UNKNOWN"
+
+
+def _explained(text: str) -> str | None:
+    """The statement an EXPLAIN [ANALYZE] (with an option list or not) runs, found with
+    DuckDB's tokenizer; None when there is none. EXPLAIN ANALYZE executes it."""
+    tokens = duckdb.tokenize(text)
+    i = 1  # tokens[0] is EXPLAIN
+    if i < len(tokens) and text[tokens[i][0]] == "(":
+        depth = 0
+        while i < len(tokens):
+            char = text[tokens[i][0]]
+            depth += char == "("
+            depth -= char == ")"
+            i += 1
+            if depth == 0:
+                break
+    if i < len(tokens) and tokens[i][1] == duckdb.token_type.keyword:
+        word = text[tokens[i][0]:tokens[i + 1][0] if i + 1 < len(tokens) else None]
+        if word.strip().upper() in ("ANALYZE", "ANALYSE"):
+            i += 1
+    return text[tokens[i][0]:] if i < len(tokens) else None
+
+
+def check_analyst_query(query: str) -> None:
+    """Raise QueryRefused unless every statement in `query` is one an analyst may run.
+
+    Uses DuckDB's parser (the statement types DuckDB will execute), not text patterns. This
+    is the second line: DuckDB's own settings already refuse files outside the snapshot, but
+    a COPY or EXPORT into the parts folder itself would pass them."""
+    for statement in duckdb.extract_statements(query):
+        kind = _statement_type(statement)
+        if kind == "EXPLAIN":
+            inner = _explained(statement.query)
+            if inner is not None:
+                check_analyst_query(inner)
+            continue
+        if kind in ANALYST_STATEMENT_TYPES:
+            continue
+        because = _REFUSED_BECAUSE.get(
+            kind, f"runs queries only ({kind.lower()} statements are not allowed)")
+        raise QueryRefused(f"refused: the analyst snapshot {because}")
+
+
+def _refusal(exc: duckdb.Error) -> QueryRefused | None:
+    """DuckDB's refusals on an analyst connection as one line saying why; None for other
+    errors (a typo stays DuckDB's own message)."""
+    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if isinstance(exc, duckdb.PermissionException):
+        return QueryRefused(
+            "refused: the analyst snapshot cannot read or write files outside its own "
+            f"published parts ({first})"
+        )
+    if isinstance(exc, duckdb.InvalidInputException) and "configuration has been locked" in first:
+        return QueryRefused(
+            "refused: the analyst snapshot's settings are locked, only "
+            f"{' and '.join(ANALYST_ALLOWED_SETTINGS)} may change ({first})"
+        )
+    return None
+
+
+class AnalystConnection:
+    """A connection to the analyst snapshot that checks every statement before DuckDB runs
+    it. `execute` returns this object; read the result with the fetch methods."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection):
+        self._con = con
+
+    def execute(self, query: str, parameters=None) -> AnalystConnection:
+        check_analyst_query(query)
+        try:
+            self._con.execute(query, parameters)
+        except duckdb.Error as exc:
+            refused = _refusal(exc)
+            if refused is not None:
+                raise refused from exc
+            raise
+        return self
+
+    def fetchone(self):
+        return self._con.fetchone()
+
+    def fetchall(self):
+        return self._con.fetchall()
+
+    def fetchmany(self, size: int = 1):
+        return self._con.fetchmany(size)
+
+    def df(self):
+        return self._con.df()
+
+    fetchdf = df
+
+    def arrow(self):
+        return self._con.arrow()
+
+    @property
+    def description(self):
+        return self._con.description
+
+    def close(self) -> None:
+        self._con.close()
+
+    def __enter__(self) -> AnalystConnection:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open_analyst_connection(publish_dir: Path | str) -> AnalystConnection:
+    """A connection to the current analyst snapshot inside DuckDB's own access controls.
+
+    The snapshot file is attached read-only first; then DuckDB may touch only the parts
+    folder (the views read Parquet there), external access is off (other files, ATTACH of
+    files, COPY elsewhere, INSTALL/LOAD) and the configuration is locked, so SET cannot undo
+    it. That order matters: DuckDB refuses the same combination as connect-time config.
+    No temp directory: a spill folder would be one more place it may read and write.
 
     `duckdb.connect(path)` would reuse a database instance already open in this process for
     the same path, i.e. the file as it was before the last swap, forever. Attaching the path
     to a new in-memory database resolves the current file every time.
     """
-    path = Path(publish_dir) / "analytics.duckdb"
+    publish_dir = Path(publish_dir).resolve()
+    path = publish_dir / "analytics.duckdb"
     if not path.exists():
         raise FileNotFoundError(
             f"no analyst snapshot at {path}: run the pipeline (make demo) to publish one"
         )
     con = duckdb.connect()
-    con.execute("SET TimeZone = 'UTC'")
-    con.execute("ATTACH ? AS snapshot (READ_ONLY)", [str(path)])
-    con.execute("USE snapshot")
-    return con
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        con.execute("ATTACH ? AS snapshot (READ_ONLY)", [str(path)])
+        con.execute("USE snapshot")
+        # A trailing separator: a prefix of "parts" must not also allow "parts-other".
+        con.execute("SET allowed_directories = ?", [[str(publish_dir / "parts") + os.sep]])
+        con.execute("SET temp_directory = ''")
+        con.execute("SET autoinstall_known_extensions = false")
+        con.execute("SET allowed_configs = ?", [list(ANALYST_ALLOWED_SETTINGS)])
+        con.execute("SET enable_external_access = false")
+        con.execute("SET lock_configuration = true")
+    except BaseException:
+        con.close()
+        raise
+    return AnalystConnection(con)
+
+
+def open_snapshot(publish_dir: Path | str) -> AnalystConnection:
+    """The analyst snapshot, read-only, inside the analyst boundary (open_analyst_connection)."""
+    return open_analyst_connection(publish_dir)
