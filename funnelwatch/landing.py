@@ -6,7 +6,8 @@ Layout, one folder per UTC event hour, as a collector that buckets by event time
     <landing>/reference/deploys.csv | campaigns.csv | holidays.csv
 
 Files are written to a temporary name and renamed into place, so ingest never reads a
-half-written file.
+half-written file. The landing folder holds raw events (real ids before ingest pseudonymises
+them): our writers make it readable by the pipeline's account only (docs/security.md).
 """
 
 from __future__ import annotations
@@ -22,6 +23,18 @@ import pyarrow.parquet as pq
 from funnelwatch.contract import REFERENCE_TABLES, to_arrow
 
 EVENT_FILE_SUFFIXES = (".parquet", ".jsonl", ".json", ".csv")
+LANDING_DIR_MODE = 0o700
+LANDING_FILE_MODE = 0o600
+
+
+def private_landing_root(landing: Path | str) -> Path:
+    """Create the landing folder readable by this account only; a folder another account
+    owns (a collector's) is left as it is."""
+    root = Path(landing)
+    root.mkdir(parents=True, exist_ok=True)
+    if root.stat().st_uid == os.geteuid():
+        os.chmod(root, LANDING_DIR_MODE)
+    return root
 
 
 def as_utc_hour(hour: datetime | str | pd.Timestamp) -> datetime:
@@ -59,6 +72,7 @@ def _atomic_write_parquet(table, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     pq.write_table(table, tmp, compression="zstd")
+    os.chmod(tmp, LANDING_FILE_MODE)
     os.replace(tmp, path)
 
 
@@ -70,6 +84,7 @@ def write_events(events: pd.DataFrame, landing: Path | str, producer: str) -> li
     """
     if events.empty:
         return []
+    private_landing_root(landing)
     hours = pd.to_datetime(events["event_time"], utc=True).dt.floor("h")
     written = []
     for hour, part in events.groupby(hours, sort=True):
@@ -82,6 +97,7 @@ def write_events(events: pd.DataFrame, landing: Path | str, producer: str) -> li
 def write_reference(frames: dict[str, pd.DataFrame], landing: Path | str) -> list[Path]:
     """Write reference tables (deploys, campaigns, holidays) as CSV under <landing>/reference."""
     known = {t.name: t for t in REFERENCE_TABLES}
+    private_landing_root(landing)
     out = []
     for name, frame in frames.items():
         if name not in known:
@@ -94,6 +110,7 @@ def write_reference(frames: dict[str, pd.DataFrame], landing: Path | str) -> lis
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")
         frame[columns].to_csv(tmp, index=False, date_format="%Y-%m-%dT%H:%M:%S%z")
+        os.chmod(tmp, LANDING_FILE_MODE)
         os.replace(tmp, path)
         out.append(path)
     return out

@@ -29,6 +29,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import Self
 
 import duckdb
 
@@ -328,7 +329,7 @@ class AnalystConnection:
     def __init__(self, con: duckdb.DuckDBPyConnection):
         self._con = con
 
-    def execute(self, query: str, parameters=None) -> AnalystConnection:
+    def execute(self, query: str, parameters=None) -> Self:
         check_analyst_query(query)
         try:
             self._con.execute(query, parameters)
@@ -363,7 +364,7 @@ class AnalystConnection:
     def close(self) -> None:
         self._con.close()
 
-    def __enter__(self) -> AnalystConnection:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:

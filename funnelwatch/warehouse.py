@@ -7,6 +7,7 @@ file: they read the published snapshot (funnelwatch/publish.py).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,12 +33,30 @@ LINEAGE_COLUMNS = (
 )
 
 
+# The warehouse holds raw events with pseudonymised ids: only the pipeline's account may read
+# it. Its folder stays traversable (not listable) because the analyst snapshot
+# (warehouse/published by default) sits inside it.
+WAREHOUSE_FILE_MODE = 0o600
+WAREHOUSE_DIR_MODE = 0o711
+
+
+def _private(path: Path, mode: int) -> None:
+    """chmod `path` to `mode` when this account owns it (a shared folder is left alone)."""
+    if path.exists() and path.stat().st_uid == os.geteuid():
+        os.chmod(path, mode)
+
+
 def connect(path: Path | str, read_only: bool = False) -> duckdb.DuckDBPyConnection:
-    """Open the warehouse with the session settings every caller relies on (UTC)."""
+    """Open the warehouse with the session settings every caller relies on (UTC). A writer
+    makes the file readable by this account only (docs/security.md)."""
     path = Path(path)
-    if not read_only:
+    if not read_only and not path.parent.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
+        _private(path.parent, WAREHOUSE_DIR_MODE)
     con = duckdb.connect(str(path), read_only=read_only)
+    if not read_only:
+        _private(path, WAREHOUSE_FILE_MODE)
+        _private(path.with_name(path.name + ".wal"), WAREHOUSE_FILE_MODE)
     con.execute("SET TimeZone = 'UTC'")
     return con
 

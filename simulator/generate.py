@@ -40,7 +40,7 @@ from funnelwatch.contract import (
     PAYMENT_STATUSES,
     to_arrow,
 )
-from funnelwatch.landing import hour_dir, write_events, write_reference
+from funnelwatch.landing import LANDING_FILE_MODE, hour_dir, write_events, write_reference
 from simulator import store
 from simulator.incidents import (
     Incident,
@@ -946,6 +946,7 @@ def write_simulation(
         pq.write_table(
             to_arrow(events.iloc[d.rows].reset_index(drop=True)), tmp, compression="zstd"
         )
+        os.chmod(tmp, LANDING_FILE_MODE)
         os.replace(tmp, path)
         stamp = d.arrives_at.timestamp()
         os.utime(path, (stamp, stamp))
