@@ -45,6 +45,19 @@ PUBLISHED_MARTS = (
     "dim_holidays",
 )
 MARTS_SCHEMA = "marts"
+# Non-mart tables analysts (and the incident page, which must not open the warehouse) get, as
+# (schema, table): the incident store and the scored series its band charts are drawn from.
+# Aggregates and people's feedback notes only: no user or session ids. They keep their schema
+# in the snapshot (`incidents.timeline`), so code written against the warehouse reads them
+# unchanged; the marts stay in the snapshot's main schema.
+PUBLISHED_TABLES = (
+    ("incidents", "incidents"),
+    ("incidents", "members"),
+    ("incidents", "timeline"),
+    ("incidents", "feedback"),
+    ("detection", "anomalies"),
+)
+INCIDENT_TABLE_KEYS = tuple(f"{schema}.{table}" for schema, table in PUBLISHED_TABLES)
 TIME_COLUMN = "event_hour"
 WHOLE_TABLE = "all"  # partition name of marts without an event_hour column
 DEFAULT_GRACE_SECONDS = 900
@@ -97,12 +110,20 @@ def _published_dir(folder: Path, top: Path | None = None) -> None:
         path = path.parent
 
 
-def _table_columns(con: duckdb.DuckDBPyConnection, mart: str) -> list[tuple[str, str]]:
+def _table_columns(con: duckdb.DuckDBPyConnection, mart: str,
+                   schema: str = MARTS_SCHEMA) -> list[tuple[str, str]]:
     return con.execute(
         "SELECT column_name, data_type FROM information_schema.columns "
         "WHERE table_schema = ? AND table_name = ? ORDER BY ordinal_position",
-        [MARTS_SCHEMA, mart],
+        [schema, mart],
     ).fetchall()
+
+
+def _published_objects(marts: tuple[str, ...], tables: tuple[tuple[str, str], ...]
+                       ) -> list[tuple[str, str, str]]:
+    """(manifest key, schema, table): a mart's key is its bare name (as before), another
+    table's key is `schema.table`."""
+    return [(m, MARTS_SCHEMA, m) for m in marts] + [(f"{s}.{t}", s, t) for s, t in tables]
 
 
 def _quote(identifier: str) -> str:
@@ -115,8 +136,12 @@ def publish_marts(
     dates: list[date] | None = None,
     marts: tuple[str, ...] = PUBLISHED_MARTS,
     grace_seconds: float = DEFAULT_GRACE_SECONDS,
+    tables: tuple[tuple[str, str], ...] = PUBLISHED_TABLES,
+    only: tuple[str, ...] | None = None,
 ) -> PublishResult:
-    """Publish `dates` (all dates when None) of the marts and swap in a new snapshot.
+    """Publish `dates` (all dates when None) of the marts and `tables` and swap in a new
+    snapshot. `only` (manifest keys, e.g. INCIDENT_TABLE_KEYS) limits which of them get new
+    files; the snapshot still has views over the current files of all of them.
 
     Opens the warehouse read-write only to read (the caller holds the writer slot)."""
     # Absolute: the views name their files, and the analyst connection allows that folder only.
@@ -128,13 +153,15 @@ def publish_marts(
     version = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
 
     with connect(warehouse) as con:
-        for mart in marts:
-            columns = _table_columns(con, mart)
+        for mart, schema, name in _published_objects(marts, tables):
+            columns = _table_columns(con, name, schema)
             if not columns:
                 continue  # not built yet
             schemas[mart] = columns
+            if only is not None and mart not in only:
+                continue  # its current files stay in the manifest and the snapshot
             entries = manifest.setdefault(mart, {})
-            table = f"{MARTS_SCHEMA}.{_quote(mart)}"
+            table = f"{_quote(schema)}.{_quote(name)}"
             if any(name == TIME_COLUMN for name, _ in columns):
                 if dates is None:
                     wanted = [
@@ -190,17 +217,21 @@ def _build_snapshot(publish_dir: Path, manifest: dict, schemas: dict, result: Pu
     try:
         con.execute("SET TimeZone = 'UTC'")
         for mart, columns in schemas.items():
+            schema, _, name = mart.rpartition(".")
+            if schema:
+                con.execute(f"CREATE SCHEMA IF NOT EXISTS {_quote(schema)}")
+            view = f"{_quote(schema)}.{_quote(name)}" if schema else _quote(name)
             files = sorted(manifest.get(mart, {}).values())
             if files:
                 # The file list is data we wrote ourselves; DuckDB needs it literal in a view.
                 listed = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
-                con.execute(f"CREATE VIEW {_quote(mart)} AS SELECT * FROM read_parquet([{listed}])")
+                con.execute(f"CREATE VIEW {view} AS SELECT * FROM read_parquet([{listed}])")
                 result.rows_by_mart[mart] = con.execute(
-                    f"SELECT count(*) FROM {_quote(mart)}"
+                    f"SELECT count(*) FROM {view}"
                 ).fetchone()[0]
             else:
                 cols = ", ".join(f"{_quote(n)} {t}" for n, t in columns)
-                con.execute(f"CREATE TABLE {_quote(mart)} ({cols})")
+                con.execute(f"CREATE TABLE {view} ({cols})")
                 result.rows_by_mart[mart] = 0
         con.execute(
             "CREATE TABLE snapshot_info AS SELECT $at::TIMESTAMPTZ AS published_at, "

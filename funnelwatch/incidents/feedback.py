@@ -16,6 +16,10 @@ warehouse for minutes, so a submission never touches the warehouse:
    `false_alarm` / `expected`, resolves the incident if it is not resolved yet; then the file
    moves to `processed/`.
 
+The same spool carries the incident page's actions (`submit_action`: `acknowledge`,
+`resolve`), applied by `ingest_spool` in submission order with the feedback: the page never
+opens the warehouse either.
+
 How feedback is used (`active_feedback` -> `FeedbackRules`, `apply_feedback`), right after
 planned-change suppression in `detection.run.score_window`:
 
@@ -66,6 +70,7 @@ TTL = pd.Timedelta(days=28)  # a false alarm counts this long after its incident
 HOUR = pd.Timedelta(hours=1)
 MAX_NOTE = 2000  # characters kept of a note
 PROCESSED, REJECTED = "processed", "rejected"
+ACTIONS = ("acknowledge", "resolve")  # what the incident page can do besides feedback
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@|=&+-]{0,199}$")
 
 
@@ -110,24 +115,86 @@ def submit(spool_dir: str | Path, incident_id: str, label: str, *, note: str | N
     fields = validate_submission(incident_id, label, note, author, until)
     now = datetime.now(UTC)
     feedback_id = f"fb-{now:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:12]}"
-    doc = {"feedback_id": feedback_id, **fields, "submitted_at": now.isoformat()}
+    _spool_write(spool_dir, feedback_id,
+                 {"feedback_id": feedback_id, **fields, "submitted_at": now.isoformat()})
+    return feedback_id
+
+
+def validate_action(incident_id, action, author=None, note=None) -> dict:
+    """The normalised fields of a page action; ValueError with a clear message otherwise."""
+    if not isinstance(incident_id, str) or not _ID_RE.match(incident_id):
+        raise ValueError(f"bad incident id {incident_id!r}")
+    if action not in ACTIONS:
+        raise ValueError(f"action must be one of {', '.join(ACTIONS)}; got {action!r}")
+    for name, value in (("note", note), ("author", author)):
+        if value is not None and not isinstance(value, str):
+            raise ValueError(f"{name} must be a string")
+    return {"kind": "action", "incident_id": incident_id, "action": action,
+            "author": author[:200] if author else None,
+            "note": note[:MAX_NOTE] if note else None}
+
+
+def submit_action(spool_dir: str | Path, incident_id: str, action: str, *,
+                  author: str | None = None, note: str | None = None) -> str:
+    """Queue an `acknowledge` or `resolve` of an incident (atomic file write, like `submit`);
+    returns its id (`act-...`). `ingest_spool` applies it."""
+    fields = validate_action(incident_id, action, author, note)
+    now = datetime.now(UTC)
+    action_id = f"act-{now:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:12]}"
+    _spool_write(spool_dir, action_id,
+                 {"action_id": action_id, **fields, "submitted_at": now.isoformat()})
+    return action_id
+
+
+def submission_status(spool_dir: str | Path, submission_id: str) -> tuple[str, str | None]:
+    """Where a submission is: ('queued' | 'applied' | 'rejected' | 'unknown', reason)."""
+    if not _ID_RE.match(submission_id or "") or "/" in submission_id:
+        return "unknown", None
+    spool = Path(spool_dir)
+    name = f"{submission_id}.json"
+    if (spool / name).is_file():
+        return "queued", None
+    if (spool / PROCESSED / name).is_file():
+        return "applied", None
+    reason = spool / REJECTED / f"{name}.reason.txt"
+    if (spool / REJECTED / name).is_file():
+        return "rejected", reason.read_text(encoding="utf-8").strip() if reason.is_file() else None
+    return "unknown", None
+
+
+def pending_for(spool_dir: str | Path, incident_id: str) -> list[dict]:
+    """The queued (not yet applied) submissions about one incident, oldest first."""
+    found = []
+    for path in pending(spool_dir):
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(doc, dict) and doc.get("incident_id") == incident_id:
+            found.append({"id": path.stem, "what": doc.get("action") or doc.get("label"),
+                          "author": doc.get("author"), "submitted_at": doc.get("submitted_at")})
+    return found
+
+
+def _spool_write(spool_dir: str | Path, submission_id: str, doc: dict) -> None:
     spool = Path(spool_dir)
     spool.mkdir(parents=True, exist_ok=True)
-    tmp = spool / f".{feedback_id}.json.tmp"
+    tmp = spool / f".{submission_id}.json.tmp"
     with open(tmp, "w", encoding="utf-8") as fh:
         json.dump(doc, fh)
         fh.flush()
         os.fsync(fh.fileno())
-    os.replace(tmp, spool / f"{feedback_id}.json")
-    return feedback_id
+    os.replace(tmp, spool / f"{submission_id}.json")
 
 
 def pending(spool_dir: str | Path) -> list[Path]:
-    """Spooled files not ingested yet, oldest first (names start with the submit time)."""
+    """Spooled files not ingested yet, oldest first (names are `<fb|act>-<submit time>-...`:
+    sorted by what follows the prefix, so feedback and actions keep their order)."""
     spool = Path(spool_dir)
     if not spool.is_dir():
         return []
-    return sorted(p for p in spool.glob("*.json") if p.is_file() and not p.name.startswith("."))
+    return sorted((p for p in spool.glob("*.json") if p.is_file() and not p.name.startswith(".")),
+                  key=lambda p: (p.name.partition("-")[2], p.name))
 
 
 # --------------------------------------------------------------------------------------------
@@ -141,6 +208,8 @@ class IngestResult:
     duplicates: int = 0  # already in incidents.feedback (a re-ingest): moved to processed/
     errors: list[str] = field(default_factory=list)  # left in the spool, retried next time
     feedback_ids: list[str] = field(default_factory=list)  # applied in this call
+    actions_applied: int = 0  # page actions (acknowledge, resolve), not counted in `applied`
+    action_ids: list[str] = field(default_factory=list)
 
 
 def _move(path: Path, folder: str) -> Path:
@@ -172,6 +241,9 @@ def ingest_spool(con: duckdb.DuckDBPyConnection, spool_dir: str | Path) -> Inges
             doc = json.loads(path.read_text(encoding="utf-8"))
             if not isinstance(doc, dict):
                 raise TypeError("not a JSON object")
+            if doc.get("kind") == "action":
+                _ingest_action(con, path, doc, result)
+                continue
             fields = validate_submission(doc.get("incident_id"), doc.get("label"),
                                          doc.get("note"), doc.get("author"), doc.get("until"))
             feedback_id = doc.get("feedback_id") or path.stem
@@ -205,6 +277,50 @@ def ingest_spool(con: duckdb.DuckDBPyConnection, spool_dir: str | Path) -> Inges
         result.applied += 1
         result.feedback_ids.append(feedback_id)
     return result
+
+
+def _ingest_action(con, path: Path, doc: dict, result: IngestResult) -> None:
+    """Apply one spooled page action. Re-applying is harmless: acknowledging a non-open
+    incident or resolving a resolved one changes nothing (the file still moves on)."""
+    from funnelwatch.incidents.lifecycle import acknowledge
+
+    try:
+        fields = validate_action(doc.get("incident_id"), doc.get("action"), doc.get("author"),
+                                 doc.get("note"))
+        submitted_at = _utc(doc.get("submitted_at") or datetime.now(UTC))
+    except (ValueError, TypeError) as exc:
+        _reject(path, f"invalid action: {exc}")
+        result.rejected += 1
+        return
+    inc_id, who = fields["incident_id"], fields["author"] or "someone"
+    row = con.execute(f"SELECT state FROM {SCHEMA}.incidents WHERE incident_id = $i",
+                      {"i": inc_id}).fetchone()
+    if row is None:
+        _reject(path, f"unknown incident {inc_id!r} (no row in {SCHEMA}.incidents)")
+        result.rejected += 1
+        return
+    detail = f"by {who}" + (f": {fields['note']}" if fields["note"] else "")
+    con.execute("BEGIN TRANSACTION")
+    try:
+        if fields["action"] == "acknowledge":
+            acknowledge(con, inc_id, who, submitted_at.to_pydatetime())
+        elif row[0] != "resolved":
+            # Like a resolve by feedback: a resolve is worth a message, bump alert_version.
+            con.execute(
+                f"""UPDATE {SCHEMA}.incidents SET state = 'resolved', resolved_at = $t,
+                        updated_at = now(), alert_version = coalesce(alert_version, 0) + 1
+                    WHERE incident_id = $i""",
+                {"t": submitted_at, "i": inc_id},
+            )
+            add_timeline(con, inc_id, submitted_at, "resolved", f"resolved {detail}")
+        con.execute("COMMIT")
+    except duckdb.Error as exc:
+        con.execute("ROLLBACK")
+        result.errors.append(f"{path.name}: {exc}")
+        return
+    _move(path, PROCESSED)
+    result.actions_applied += 1
+    result.action_ids.append(path.stem)
 
 
 def _apply(con, feedback_id: str, fields: dict, submitted_at: pd.Timestamp, incident) -> None:
@@ -465,7 +581,8 @@ def spool_status(spool_dir: str | Path) -> dict[str, int]:
 
 
 __all__ = [
-    "BASE_SEVERITY", "CAP", "STEP", "TTL", "FeedbackRules", "IngestResult", "active_feedback",
-    "apply_feedback", "cohort_inside", "ingest_spool", "labelled_examples", "no_feedback",
-    "pending", "rules_from_feedback", "spool_status", "submit", "validate_submission",
+    "ACTIONS", "BASE_SEVERITY", "CAP", "STEP", "TTL", "FeedbackRules", "IngestResult",
+    "active_feedback", "apply_feedback", "cohort_inside", "ingest_spool", "labelled_examples",
+    "no_feedback", "pending", "pending_for", "rules_from_feedback", "spool_status", "submit",
+    "submission_status", "submit_action", "validate_action", "validate_submission",
 ]

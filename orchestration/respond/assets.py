@@ -5,7 +5,7 @@ and by `funnelwatch run` after a backfill. They take the hours of their partitio
 incident state depends on it.
 """
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 import pandas as pd
@@ -18,6 +18,14 @@ from orchestration.respond.resources import AlertingSettings, IncidentSettings
 INCIDENT_TABLE_COLUMNS = ["incident_id", "state", "severity", "started_at", "metric",
                           "where_cohort", "funnel_step", "top_cause", "lost_orders",
                           "revenue_at_risk"]
+
+
+def _window_days(window) -> list:
+    days, day = [], window.start.date()
+    while day <= (window.end - timedelta(microseconds=1)).date():
+        days.append(day)
+        day += timedelta(days=1)
+    return days
 
 
 def _incident_table(frame: pd.DataFrame) -> str:
@@ -54,7 +62,9 @@ def incidents(
     from funnelwatch.incidents.feedback import ingest_spool
     from funnelwatch.incidents.lifecycle import process_window
     from funnelwatch.incidents.rca import analyse_incident
+    from funnelwatch.incidents.links import incident_url
     from funnelwatch.incidents.reporting import render_incident_reports
+    from funnelwatch.publish import INCIDENT_TABLE_KEYS, publish_marts
 
     window = context.partition_time_window
     reports_dir = incident_settings.reports_path(warehouse.path)
@@ -70,6 +80,11 @@ def incidents(
         open_count = con.execute(
             "SELECT count(*) FROM incidents.incidents WHERE state IN ('open', 'acknowledged')"
         ).fetchone()[0]
+    # The incident page reads the analyst snapshot (it must never hold the warehouse), and the
+    # snapshot asset runs before detection: publish the incident tables and the window's
+    # scored series now, so the page shows this run's incidents and applied actions.
+    publish_marts(warehouse.path, warehouse.publish_dir, dates=_window_days(window),
+                  only=INCIDENT_TABLE_KEYS)
     metadata = {
         "anomaly_points": dg.MetadataValue.int(sum(r.points for r in results)),
         "incidents_opened": dg.MetadataValue.int(sum(len(r.opened) for r in results)),
@@ -82,11 +97,16 @@ def incidents(
         "open_incidents": dg.MetadataValue.int(int(open_count)),
         "feedback_applied": dg.MetadataValue.int(feedback.applied),
         "feedback_rejected": dg.MetadataValue.int(feedback.rejected),
+        "page_actions_applied": dg.MetadataValue.int(feedback.actions_applied),
         "reports_written": dg.MetadataValue.int(len(rendered)),
         "changed_incidents": dg.MetadataValue.md(_incident_table(changed_frame)),
     }
+    if changed:
+        metadata["incident_pages"] = dg.MetadataValue.md("\n".join(
+            f"- [{i}]({incident_url(i)})" for i in changed_frame["incident_id"]))
     if rendered:
         worst = changed_frame.iloc[0]["incident_id"]
+        metadata["worst_incident_page"] = dg.MetadataValue.url(incident_url(worst))
         metadata["worst_incident_report"] = dg.MetadataValue.md(rendered[worst].ui_markdown)
         metadata["worst_incident_report_path"] = dg.MetadataValue.path(
             str(rendered[worst].markdown_path))
@@ -123,8 +143,6 @@ def incident_alerts(
 def send_incident_alerts(context, con, alerting: AlertingSettings) -> dict:
     """Enqueue a message for every incident change and deliver what is due; the outbox
     status as metadata. Shared by `incident_alerts` and the checkout fast lane."""
-    from datetime import timedelta
-
     from funnelwatch.alerting import status_summary
     from funnelwatch.incidents.alerts import deliver, enqueue_incident_alerts
     from funnelwatch.incidents.reporting import band_chart_png
