@@ -12,7 +12,6 @@ dependency.
 
 from __future__ import annotations
 
-import html
 import json
 import logging
 import os
@@ -210,6 +209,9 @@ class SlackWebhook(Channel):
         ]
         for start in range(0, len(items), 10):  # Slack allows 10 fields per section
             blocks.append({"type": "section", "fields": items[start : start + 10]})
+        if n.url:
+            link = {"type": "mrkdwn", "text": f":mag: <{n.url}|Open the incident page>"}
+            blocks.append({"type": "section", "text": link})
         if playbook:
             if _is_url(playbook):
                 text = f":book: <{playbook.strip()}|Playbook>"
@@ -305,6 +307,8 @@ class PagerDuty(Channel):
         if n.action != "trigger":  # acknowledge / resolve need only the key
             return event
         details = {"incident_id": n.incident_id, "severity_score": float(n.severity)}
+        if n.url:
+            details["incident_page"] = n.url
         details.update({"metric": n.metric, "cohort": n.cohort, "team": n.team})
         details.update(n.fields)
         if playbook and not _is_url(playbook):
@@ -318,8 +322,13 @@ class PagerDuty(Channel):
             "class": "funnel_anomaly",
             "custom_details": details,
         }
+        links = []
         if playbook and _is_url(playbook):
-            event["links"] = [{"href": playbook.strip(), "text": "Playbook"}]
+            links.append({"href": playbook.strip(), "text": "Playbook"})
+        if n.url:
+            links.append({"href": n.url, "text": "Incident page"})
+        if links:
+            event["links"] = links
         return event
 
     def send(self, notification: Notification, playbook: str | None = None) -> None:
@@ -370,25 +379,20 @@ class Email(Channel):
         rows.update(n.fields)
         rows["Incident"] = n.incident_id
         text = [f"{label}: {n.title}", "", n.summary, ""]
+        if n.url:
+            text += [f"Incident page: {n.url}", ""]
         text += [f"{k}: {v}" for k, v in rows.items()]
         if playbook:
             text += ["", f"Playbook: {playbook}"]
         msg.set_content("\n".join(text))
 
-        e = html.escape
-        table = "".join(
-            f"<tr><th align='left'>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in rows.items()
-        )
+        from funnelwatch.templating import render
+
         cid = make_msgid(domain="funnelwatch.local")
-        chart = f'<p><img src="cid:{cid[1:-1]}" alt="chart" width="720"></p>' if n.chart_png else ""
-        play = ""
-        if playbook and _is_url(playbook):
-            play = f'<p><a href="{e(playbook.strip())}">Playbook</a></p>'
-        elif playbook:
-            play = f"<h3>Playbook</h3><p>{e(playbook).replace(chr(10), '<br>')}</p>"
-        body = (
-            f"<html><body><h2>{e(label)}: {e(n.title)}</h2><p>{e(n.summary)}</p>"
-            f"{chart}<table>{table}</table>{play}</body></html>"
+        body = render(
+            "email.html", title=f"{label}: {n.title}", label=label, n=n, rows=rows,
+            chart_cid=cid[1:-1] if n.chart_png else None, playbook=playbook,
+            playbook_url=playbook.strip() if playbook and _is_url(playbook) else None,
         )
         msg.add_alternative(body, subtype="html")
         if n.chart_png:

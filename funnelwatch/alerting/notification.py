@@ -34,6 +34,7 @@ class Notification:
     acknowledge and resolve by it) and for the outbox (one row per dedup key, channel and
     action). `playbook` is a URL or free text; routing may replace it per rule.
     `chart_png` is an optional PNG (e-mail shows it inline; the other channels do not).
+    `url` is the incident's page (`funnelwatch serve`); every channel links to it.
     """
 
     incident_id: str
@@ -48,6 +49,7 @@ class Notification:
     fields: Mapping[str, str] = field(default_factory=dict)
     playbook: str | None = None
     chart_png: bytes | None = field(default=None, repr=False)
+    url: str | None = None
 
     def __post_init__(self) -> None:
         if self.action not in ACTIONS:
@@ -64,6 +66,8 @@ class Notification:
             raise ValueError("dedup_key must be at most 255 characters (PagerDuty's limit)")
         if self.chart_png is not None and not isinstance(self.chart_png, bytes | bytearray):
             raise ValueError("chart_png must be bytes (a PNG) or None")
+        if self.url is not None and not str(self.url).startswith(("http://", "https://")):
+            raise ValueError("url must be an http(s) URL or None")
         # Freeze the fields as str -> str so the JSON round trip is exact.
         object.__setattr__(self, "fields", {str(k): str(v) for k, v in dict(self.fields).items()})
 
@@ -88,6 +92,7 @@ class Notification:
             "chart_png": (
                 base64.b64encode(self.chart_png).decode("ascii") if self.chart_png else None
             ),
+            "url": self.url,
         }
 
     @classmethod

@@ -49,6 +49,8 @@ def _money(value) -> str:
 
 def notification_for(incident: Mapping, action: str, chart_png: bytes | None = None
                      ) -> Notification:
+    from funnelwatch.incidents.links import incident_url
+
     where = incident.get("where_cohort") or incident["cohort"]
     cause = incident.get("top_cause") or "no hypothesis yet"
     summary = (
@@ -84,6 +86,7 @@ def notification_for(incident: Mapping, action: str, chart_png: bytes | None = N
         team=team_for(incident["metric"]),
         fields=fields,
         chart_png=chart_png,
+        url=incident_url(incident["incident_id"]),
     )
 
 

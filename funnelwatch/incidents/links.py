@@ -15,7 +15,12 @@ DEFAULT_BASE_URL = "http://127.0.0.1:8765"
 
 
 def base_url() -> str:
-    return (os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL).strip().rstrip("/")
+    """The configured base URL; ValueError (one clear line) when it is not http(s)."""
+    value = (os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL).strip().rstrip("/")
+    if not value.startswith(("http://", "https://")):
+        raise ValueError(f"{BASE_URL_ENV} must be an http(s) URL such as {DEFAULT_BASE_URL}, "
+                         f"not {value!r}")
+    return value
 
 
 def incident_url(incident_id: str, base: str | None = None) -> str:

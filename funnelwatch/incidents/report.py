@@ -19,7 +19,6 @@ No Dagster here: `report_metadata` returns plain values for the caller to wrap.
 from __future__ import annotations
 
 import base64
-import html
 import io
 import json
 import math
@@ -241,55 +240,17 @@ def _markdown(head: list[str], sections: list[Section], images: Mapping[str, str
     return "\n".join(lines) + "\n"
 
 
-_CSS = """
-body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;color:#1f2328;max-width:860px;margin:16px auto;padding:0 12px;line-height:1.45}
-h1{font-size:20px;margin:0 0 4px} h2{font-size:16px;margin:22px 0 8px;border-bottom:1px solid #d0d7de;padding-bottom:3px}
-.meta{color:#57606a;font-size:13px;margin-bottom:10px} .summary{background:#f6f8fa;border-left:4px solid #cf222e;padding:8px 12px}
-table{border-collapse:collapse;font-size:13px;margin:6px 0} th,td{border:1px solid #d0d7de;padding:3px 7px;text-align:left;vertical-align:top}
-th{background:#f6f8fa} code{font-size:12px;background:#eff1f3;padding:0 3px;border-radius:3px}
-img{max-width:100%;height:auto} .note{color:#57606a;font-style:italic;font-size:13px} pre{white-space:pre-wrap;background:#f6f8fa;padding:8px}
-""".strip()
+def report_html(doc: ReportDocument, images: Mapping[str, str] | None = None,
+                page_url: str | None = None) -> str:
+    """The report as HTML from the shared templates (funnelwatch/templates/report.html).
+    `images` maps a chart name to an <img> src; by default the PNGs inline as data: URIs
+    (self-contained, e.g. an e-mail body)."""
+    from funnelwatch.templating import render
 
-
-def _html_doc(title: str, meta: str, summary: str, sections: list[Section],
-              png: Mapping[str, bytes]) -> str:
-    e = html.escape
-    out = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{e(title)}</title><style>{_CSS}</style></head><body>",
-        f"<h1>{e(title)}</h1>",
-        f'<div class="meta">{e(meta)}</div>',
-        f'<p class="summary">{e(summary)}</p>',
-    ]
-    for s in sections:
-        out.append(f"<h2>{e(s.title)}</h2>")
-        for p in s.paragraphs:
-            if "\n" in p:
-                out.append(f"<pre>{e(p)}</pre>")
-            else:
-                out.append(f"<p>{e(p)}</p>")
-        if s.image and s.image in png:
-            data = base64.b64encode(png[s.image]).decode("ascii")
-            out.append(f'<p><img alt="{e(s.title)}" src="data:image/png;base64,{data}"></p>')
-        if s.table is not None and s.table.rows:
-            t = s.table
-            out.append("<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in t.headers) + "</tr>")
-            for row in t.rows:
-                cells = [
-                    f"<td><code>{e(str(c))}</code></td>" if i in t.code_columns and c not in ("", "-")
-                    else f"<td>{e(str(c))}</td>"
-                    for i, c in enumerate(row)
-                ]
-                out.append("<tr>" + "".join(cells) + "</tr>")
-            out.append("</table>")
-        if s.note:
-            out.append(f'<p class="note">{e(s.note)}</p>')
-        if s.link:
-            out.append(f'<p><a href="{e(s.link, quote=True)}">{e(s.link)}</a></p>')
-    out.append("</body></html>")
-    return "\n".join(out) + "\n"
+    if images is None:
+        images = {name: "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+                  for name, data in doc.png.items()}
+    return render("report.html", title=doc.title, doc=doc, images=images, page_url=page_url)
 
 
 # --- data ------------------------------------------------------------------------------------------
@@ -746,19 +707,25 @@ def _severity_text(value: Any) -> str:
     return f"severity {f:.0f} ({severity_level(f)})"
 
 
-def render_report(
-    con: duckdb.DuckDBPyConnection,
-    incident: Mapping[str, Any],
-    out_dir: Path,
-    playbook: str | None = None,
-) -> ReportFiles:
-    """Write `<out_dir>/<incident_id>/report.md`, `report.html` and the PNG charts; `con` is
-    only read (a read-only connection is enough)."""
+@dataclass
+class ReportDocument:
+    """One incident's report, before it is written as Markdown or HTML (the incident page
+    renders it too)."""
+
+    incident_id: str
+    title: str
+    meta: str
+    summary: str
+    sections: list[Section]
+    png: dict[str, bytes] = field(default_factory=dict, repr=False)
+
+
+def build_report(con: duckdb.DuckDBPyConnection, incident: Mapping[str, Any],
+                 playbook: str | None = None) -> ReportDocument:
+    """The report's parts and its charts (PNG bytes); writes nothing. `con` is only read: the
+    warehouse or the analyst snapshot (it has `detection.anomalies` and `incidents.timeline`)."""
     incident = dict(incident)
     incident_id = str(incident.get("incident_id") or "unknown")
-    safe_id = "".join(c if c.isalnum() or c in "-_." else "_" for c in incident_id).strip(".")
-    folder = Path(out_dir) / (safe_id or "unknown")
-    folder.mkdir(parents=True, exist_ok=True)
     rca = parse_rca(incident.get("rca"))
     cohort = _cohort(incident)
     hidden_names = _cohort_names(incident, rca) if cohort is None else []
@@ -773,14 +740,6 @@ def render_report(
         data = make()
         if data:
             png[name] = data
-    png_paths: dict[str, Path] = {}
-    for name in CHART_NAMES:
-        path = folder / f"{name}.png"
-        if name in png:
-            path.write_bytes(png[name])
-            png_paths[name] = path
-        elif path.exists():
-            path.unlink()  # a chart from an earlier render that no longer applies
 
     metric = incident.get("metric") or rca.get("metric") or "metric"
     direction = (incident.get("direction") or "").lower()
@@ -835,9 +794,36 @@ def render_report(
             s.paragraphs = [_scrub(p, names) for p in s.paragraphs]
             if s.table is not None:
                 s.table.rows = [[_scrub(c, names) for c in row] for row in s.table.rows]
+    return ReportDocument(incident_id, title, meta, summary, sections, png)
+
+
+def render_report(
+    con: duckdb.DuckDBPyConnection,
+    incident: Mapping[str, Any],
+    out_dir: Path,
+    playbook: str | None = None,
+) -> ReportFiles:
+    """Write `<out_dir>/<incident_id>/report.md`, `report.html` and the PNG charts; `con` is
+    only read (a read-only connection is enough)."""
+    from funnelwatch.incidents.links import incident_url
+
+    doc = build_report(con, incident, playbook)
+    safe_id = "".join(c if c.isalnum() or c in "-_." else "_" for c in doc.incident_id).strip(".")
+    folder = Path(out_dir) / (safe_id or "unknown")
+    folder.mkdir(parents=True, exist_ok=True)
+    png = doc.png
+    png_paths: dict[str, Path] = {}
+    for name in CHART_NAMES:
+        path = folder / f"{name}.png"
+        if name in png:
+            path.write_bytes(png[name])
+            png_paths[name] = path
+        elif path.exists():
+            path.unlink()  # a chart from an earlier render that no longer applies
+    title, meta, summary, sections = doc.title, doc.meta, doc.summary, doc.sections
     head = [f"# {_md_text(title)}", "", f"**{_md_text(meta)}**", "", f"> {_md_text(summary)}"]
     markdown = _markdown(head, sections, {n: p.name for n, p in png_paths.items()})
-    html_text = _html_doc(title, meta, summary, sections, png)
+    html_text = report_html(doc, page_url=incident_url(doc.incident_id))
     markdown_path = folder / "report.md"
     html_path = folder / "report.html"
     markdown_path.write_text(markdown, encoding="utf-8")
