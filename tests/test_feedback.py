@@ -1,7 +1,8 @@
 """Incident feedback: spool -> incidents.feedback, the HTTP endpoint, the CLI, how feedback
 changes scoring (apply_feedback, score_window) and its offline effect (feedback_effect).
 Real DuckDB files in tmp_path, a real HTTP server on a free port, a real child process holding
-the warehouse's write lock."""
+the warehouse's write lock. The HTTP endpoint is the incident page's app
+(funnelwatch/incidents/page.py) on a real uvicorn server in a thread."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from typer.testing import CliRunner
 
 from funnelwatch.evaluation import feedback_effect, scoring
 from funnelwatch.incidents import feedback as fb
-from funnelwatch.incidents.feedback_server import make_server, serve_in_thread
+from funnelwatch.incidents.page import make_server, serve_in_thread
 from funnelwatch.incidents.store import ensure_incident_schema
 
 T0 = pd.Timestamp("2026-11-20 10:00", tz="UTC")

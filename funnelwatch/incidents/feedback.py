@@ -1,9 +1,9 @@
 """What people say about incidents, stored and used.
 
 A person marks an incident `true` (a real problem), `false_alarm` or `expected` (planned
-maintenance, a known campaign), from the CLI (`funnelwatch feedback`) or over HTTP
-(`feedback_server`). DuckDB allows one writing process per file and the pipeline holds the
-warehouse for minutes, so a submission never touches the warehouse:
+maintenance, a known campaign), from the CLI (`funnelwatch feedback`) or over HTTP (the
+incident page, `funnelwatch/incidents/page.py`). DuckDB allows one writing process per file and
+the pipeline holds the warehouse for minutes, so a submission never touches the warehouse:
 
 1. `submit` writes one JSON file per submission into the spool folder
    (`FUNNELWATCH_FEEDBACK_DIR`, default `data/feedback`): written under a temporary name, then
@@ -188,13 +188,22 @@ def _spool_write(spool_dir: str | Path, submission_id: str, doc: dict) -> None:
 
 
 def pending(spool_dir: str | Path) -> list[Path]:
-    """Spooled files not ingested yet, oldest first (names are `<fb|act>-<submit time>-...`:
-    sorted by what follows the prefix, so feedback and actions keep their order)."""
+    """Spooled files not ingested yet, oldest first. Names are `<fb|act>-<submit second>-...`:
+    sorted by that second, then by the file's write time (feedback and page actions of the
+    same second keep their order: a resolve then a label is not applied the other way)."""
     spool = Path(spool_dir)
     if not spool.is_dir():
         return []
-    return sorted((p for p in spool.glob("*.json") if p.is_file() and not p.name.startswith(".")),
-                  key=lambda p: (p.name.partition("-")[2], p.name))
+    files = [p for p in spool.glob("*.json") if p.is_file() and not p.name.startswith(".")]
+
+    def order(path: Path) -> tuple:
+        try:
+            written = path.stat().st_mtime_ns
+        except OSError:  # ingested meanwhile
+            written = 0
+        return (path.name.partition("-")[2][:15], written, path.name)
+
+    return sorted(files, key=order)
 
 
 # --------------------------------------------------------------------------------------------
@@ -581,8 +590,26 @@ def spool_status(spool_dir: str | Path) -> dict[str, int]:
 
 
 __all__ = [
-    "ACTIONS", "BASE_SEVERITY", "CAP", "STEP", "TTL", "FeedbackRules", "IngestResult",
-    "active_feedback", "apply_feedback", "cohort_inside", "ingest_spool", "labelled_examples",
-    "no_feedback", "pending", "pending_for", "rules_from_feedback", "spool_status", "submit",
-    "submission_status", "submit_action", "validate_action", "validate_submission",
+    "ACTIONS",
+    "BASE_SEVERITY",
+    "CAP",
+    "STEP",
+    "TTL",
+    "FeedbackRules",
+    "IngestResult",
+    "active_feedback",
+    "apply_feedback",
+    "cohort_inside",
+    "ingest_spool",
+    "labelled_examples",
+    "no_feedback",
+    "pending",
+    "pending_for",
+    "rules_from_feedback",
+    "spool_status",
+    "submission_status",
+    "submit",
+    "submit_action",
+    "validate_action",
+    "validate_submission",
 ]

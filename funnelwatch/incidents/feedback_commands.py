@@ -1,4 +1,5 @@
-"""`funnelwatch feedback` and `funnelwatch feedback-server` (added to the CLI by `register`)."""
+"""`funnelwatch feedback`, `funnelwatch serve` (the incident page) and its alias
+`funnelwatch feedback-server` (added to the CLI by `register`)."""
 
 from __future__ import annotations
 
@@ -67,14 +68,34 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"spool: {others} other queued submission(s) applied, "
                        f"{result.rejected} rejected")
 
+    def serve_page(host: str, port: int) -> None:
+        from funnelwatch.incidents.links import base_url
+        from funnelwatch.incidents.page import ServeConfigError, serve
+
+        settings = Settings.from_env()
+        try:
+            base_url()  # a bad FUNNELWATCH_INCIDENT_BASE_URL says so now, not in an alert
+            serve(host, port, settings.feedback_dir, settings.publish_dir, echo=typer.echo)
+        except (ServeConfigError, ValueError) as exc:
+            typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+            raise typer.Exit(2) from None
+
+    @app.command("serve")
+    def serve_command(
+        host: Annotated[str, typer.Option(help="Interface to listen on (beyond loopback needs "
+                                               "FUNNELWATCH_FEEDBACK_TOKEN).")] = "127.0.0.1",
+        port: Annotated[int, typer.Option(help="Port.")] = 8765,
+    ):
+        """The incident page: GET / (incidents), GET /incidents/<id> (one incident, with
+        acknowledge / resolve / feedback forms), POST /incidents/<id>/feedback (the JSON
+        endpoint) and GET /health. Reads the analyst snapshot; writes only the feedback spool.
+        Set FUNNELWATCH_FEEDBACK_TOKEN to require a token (required beyond loopback)."""
+        serve_page(host, port)
+
     @app.command("feedback-server")
     def feedback_server_command(
         host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
         port: Annotated[int, typer.Option(help="Port.")] = 8765,
     ):
-        """Serve POST /incidents/<id>/feedback (and GET /health) into the feedback spool.
-        Set FUNNELWATCH_FEEDBACK_TOKEN to require `Authorization: Bearer <token>`."""
-        from funnelwatch.incidents.feedback_server import serve
-
-        settings = Settings.from_env()
-        serve(host, port, settings.feedback_dir, echo=typer.echo)
+        """Alias of `funnelwatch serve` (the feedback endpoint is part of the incident page)."""
+        serve_page(host, port)

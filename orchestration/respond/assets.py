@@ -61,8 +61,8 @@ def incidents(
 ) -> dg.MaterializeResult:
     from funnelwatch.incidents.feedback import ingest_spool
     from funnelwatch.incidents.lifecycle import process_window
-    from funnelwatch.incidents.rca import analyse_incident
     from funnelwatch.incidents.links import incident_url
+    from funnelwatch.incidents.rca import analyse_incident
     from funnelwatch.incidents.reporting import render_incident_reports
     from funnelwatch.publish import INCIDENT_TABLE_KEYS, publish_marts
 
