@@ -299,3 +299,55 @@ def test_browser_opens_the_incident_and_acknowledges_it(server):
             assert "acknowledge by ann" in page.inner_text("#pending")
         finally:
             browser.close()
+
+
+def test_incidents_asset_publishes_the_incident_tables_and_links_the_page(
+        paths, tmp_path, monkeypatch, dbt_manifest):
+    """The respond step applies a queued page action, publishes the incident tables to the
+    snapshot (the page's source) and links the page in its metadata."""
+    import dagster as dg
+
+    from orchestration.resources import WarehouseResource
+    from orchestration.respond.assets import incidents as incidents_asset
+    from orchestration.respond.resources import IncidentSettings
+
+    monkeypatch.setenv("FUNNELWATCH_INCIDENT_BASE_URL", "https://fw.example.com")
+    warehouse, publish = paths["warehouse"], paths["publish"]
+    warehouse.parent.mkdir(parents=True, exist_ok=True)
+    with duckdb.connect(str(warehouse)) as con:
+        ensure_detection_schema(con)
+        replace_window(con, START, END, _series())
+    spool = tmp_path / "spool"
+    resources = {
+        "warehouse": WarehouseResource(path=str(warehouse), publish_dir=str(publish)),
+        "incident_settings": IncidentSettings(reports_dir=str(tmp_path / "reports"),
+                                              feedback_dir=str(spool)),
+    }
+
+    def run(hour):
+        result = dg.materialize([incidents_asset], resources=resources,
+                                partition_key=f"{hour:%Y-%m-%d-%H:%M}")
+        assert result.success
+        return result.asset_materializations_for_node("incidents")[0].metadata
+
+    meta = run(DROP_START)
+    con = open_snapshot(publish)
+    try:
+        (inc_id, state), = con.execute(
+            "SELECT incident_id, state FROM incidents.incidents").fetchall()
+    finally:
+        con.close()
+    assert state == "open"
+    assert meta["worst_incident_page"] == dg.MetadataValue.url(
+        f"https://fw.example.com/incidents/{inc_id}")
+    assert f"(https://fw.example.com/incidents/{inc_id})" in meta["incident_pages"].value
+
+    fb.submit_action(spool, inc_id, "acknowledge", author="ann")
+    meta = run(DROP_START + timedelta(hours=1))
+    assert meta["page_actions_applied"].value == 1
+    con = open_snapshot(publish)
+    try:
+        assert con.execute("SELECT state FROM incidents.incidents").fetchone()[0] == "acknowledged"
+        assert con.execute("SELECT count(*) FROM incidents.members").fetchone()[0] >= 2
+    finally:
+        con.close()
