@@ -351,3 +351,33 @@ def test_incidents_asset_publishes_the_incident_tables_and_links_the_page(
         assert con.execute("SELECT count(*) FROM incidents.members").fetchone()[0] >= 2
     finally:
         con.close()
+
+
+def test_alerts_link_the_incident_page(monkeypatch):
+    from funnelwatch.alerting.channels import Email, JsonWebhook, PagerDuty, SlackWebhook
+    from funnelwatch.alerting.notification import Notification
+    from funnelwatch.incidents.alerts import notification_for
+
+    monkeypatch.setenv("FUNNELWATCH_INCIDENT_BASE_URL", "https://fw.example.com")
+    row = _incident()
+    row["rca"] = None
+    n = notification_for(row, "trigger")
+    url = f"https://fw.example.com/incidents/{INCIDENT_ID}"
+    assert n.url == url and Notification.from_dict(n.to_dict()) == n
+    old_row = {k: v for k, v in n.to_dict().items() if k != "url"}  # queued before the field
+    assert Notification.from_dict(old_row).url is None
+
+    slack = json.dumps(SlackWebhook("s", url_env="X").render(n))
+    assert f"<{url}|Open the incident page>" in slack
+    event = PagerDuty("p", routing_key_env="X").render(n, "key", "https://wiki.example.com/pb")
+    assert {"href": url, "text": "Incident page"} in event["links"]
+    assert event["payload"]["custom_details"]["incident_page"] == url
+    assert JsonWebhook("w", url_env="X").render(n)["notification"]["url"] == url
+    msg = Email("e", host="127.0.0.1", port=25, sender="a@example.com",
+                to=["b@example.com"]).render(n)
+    html_part = next(p for p in msg.walk() if p.get_content_type() == "text/html")
+    plain = next(p for p in msg.walk() if p.get_content_type() == "text/plain")
+    assert f'<a href="{url}">Open the incident page</a>' in html_part.get_content()
+    assert f"Incident page: {url}" in plain.get_content()
+    with pytest.raises(ValueError, match="url must be an http"):
+        Notification(**{**n.to_dict(), "chart_png": None, "url": "javascript:alert(1)"})
