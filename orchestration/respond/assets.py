@@ -51,7 +51,9 @@ def _incident_table(frame: pd.DataFrame) -> str:
         "resolved after the metric recovers). Each changed incident gets its root cause "
         "(where, which funnel step, ranked hypotheses: deploys, campaigns, JS errors, payment "
         "providers), its impact (lost orders, revenue at risk) and a Markdown/HTML report. "
-        "Feedback queued by people (CLI, HTTP) is applied first."
+        "Feedback and incident-page actions queued by people (CLI, HTTP) are applied first; "
+        "afterwards the incident tables are published to the analyst snapshot, which the "
+        "incident page (`funnelwatch serve`) reads."
     ),
 )
 def incidents(
