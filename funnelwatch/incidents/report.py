@@ -823,7 +823,11 @@ def render_report(
     title, meta, summary, sections = doc.title, doc.meta, doc.summary, doc.sections
     head = [f"# {_md_text(title)}", "", f"**{_md_text(meta)}**", "", f"> {_md_text(summary)}"]
     markdown = _markdown(head, sections, {n: p.name for n, p in png_paths.items()})
-    html_text = report_html(doc, page_url=incident_url(doc.incident_id))
+    try:
+        page_url = incident_url(doc.incident_id)
+    except ValueError:  # a malformed base URL: the alert step says so; a report is still useful
+        page_url = None
+    html_text = report_html(doc, page_url=page_url)
     markdown_path = folder / "report.md"
     html_path = folder / "report.html"
     markdown_path.write_text(markdown, encoding="utf-8")
