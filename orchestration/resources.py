@@ -63,11 +63,9 @@ class PseudonymizerResource(dg.ConfigurableResource):
 def default_resources() -> dict:
     from dagster_dbt import DbtCliResource
 
-    from orchestration.detect.assets import DetectionSettings
-    from orchestration.fastlane.assets import FastLaneSettings
-    from orchestration.maintain.assets import RetentionSettings
     from orchestration.maintain.run_history import RunHistorySettings
     from orchestration.respond.resources import AlertingSettings, IncidentSettings
+    from orchestration.settings import DetectionSettings, FastLaneSettings, RetentionSettings
     from orchestration.transform.project import dbt_executable, dbt_project
 
     return {

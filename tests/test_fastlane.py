@@ -23,14 +23,11 @@ from funnelwatch.incidents.alerts import enqueue_incident_alerts
 from funnelwatch.incidents.lifecycle import process_hour
 from funnelwatch.ingest.loader import landing_rows_sql, load_hour
 from funnelwatch.landing import hour_dir, landed_hours
-from orchestration.fastlane.assets import (
-    FastLaneSettings,
-    checkout_fast_lane,
-    five_minute_partitions,
-)
+from orchestration.fastlane.assets import checkout_fast_lane, five_minute_partitions
 from orchestration.fastlane.sensors import MAX_SLOTS_PER_TICK, fast_lane_sensor
 from orchestration.resources import LandingResource, WarehouseResource
 from orchestration.respond.resources import AlertingSettings, IncidentSettings
+from orchestration.settings import FastLaneSettings
 from simulator import SimulationConfig, simulate
 from simulator.replay import replay, write_history
 from tests.test_alerting import http_server  # noqa: F401 - a fixture

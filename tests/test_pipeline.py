@@ -36,8 +36,8 @@ def _defs():
 def _resources(paths) -> dict:
     from dagster_dbt import DbtCliResource
 
-    from orchestration.detect.assets import DetectionSettings
     from orchestration.resources import LandingResource, PseudonymizerResource, WarehouseResource
+    from orchestration.settings import DetectionSettings
     from orchestration.transform.project import dbt_executable, dbt_project
 
     return {

@@ -456,8 +456,9 @@ def test_rebuild_windows_merge_close_hours():
 
 
 def test_retention_asset_deletes_old_hours_and_keeps_marts(built, tmp_path):
-    from orchestration.maintain.assets import RetentionSettings, raw_events_retention
+    from orchestration.maintain.assets import raw_events_retention
     from orchestration.resources import LandingResource, WarehouseResource
+    from orchestration.settings import RetentionSettings
 
     paths = _copy(built, tmp_path)
     marts = ("marts.fct_funnel_hourly", "marts.fct_cohort_metrics_hourly")

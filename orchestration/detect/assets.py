@@ -11,26 +11,10 @@ from funnelwatch.detection.run import holidays_frame, score_window
 from funnelwatch.detection.store import replace_window
 from orchestration.partitions import hourly_partitions, single_run_backfill
 from orchestration.resources import WAREHOUSE_POOL, WarehouseResource
+from orchestration.settings import DetectionSettings
 from orchestration.transform.assets import funnelwatch_dbt_models
 
 SEVERITY_BANDS = [(90, "critical"), (70, "major"), (50, "minor")]
-
-
-class DetectionSettings(dg.ConfigurableResource):
-    """One configuration for every series (no per-scenario tuning)."""
-
-    sensitivity: str = "medium"
-    use_prophet: bool = True
-    prophet_top_n: int = 50
-    history_days: int = 28
-
-    def make_ensemble(self, holidays):
-        from detectors import Ensemble  # pandas/numpy/pyod/prophet: imported when a run needs it
-
-        return Ensemble(
-            sensitivity=self.sensitivity, use_prophet=self.use_prophet,
-            prophet_top_n=self.prophet_top_n, holidays=holidays,
-        )
 
 
 def _band(severity: float) -> str:

@@ -13,6 +13,7 @@ from orchestration.partitions import single_run_backfill
 from orchestration.resources import WAREHOUSE_POOL, LandingResource, WarehouseResource
 from orchestration.respond.assets import send_incident_alerts
 from orchestration.respond.resources import AlertingSettings, IncidentSettings
+from orchestration.settings import FastLaneSettings
 
 # Starts late on purpose: a partition per 5 minutes since the importers' 2019 data would be
 # 700,000 partitions for a lane that only matters for the last minutes.
@@ -30,20 +31,6 @@ def _flagged_table(flagged: pd.DataFrame) -> str:
     shown = flagged[FLAGGED_COLUMNS].round(3).head(50)
     shown.insert(0, "slot", flagged["slot_start"].head(50).dt.strftime("%Y-%m-%d %H:%M"))
     return shown.to_markdown(index=False)
-
-
-class FastLaneSettings(dg.ConfigurableResource):
-    """What the fast lane watches and how strictly (funnelwatch.fastlane.config)."""
-
-    min_share: float = 0.15
-    max_cohorts: int = 10
-    alpha: float = 1e-5
-
-    def config(self):
-        from funnelwatch.fastlane.config import FastLaneConfig
-
-        return FastLaneConfig(min_share=self.min_share, max_cohorts=self.max_cohorts,
-                              alpha=self.alpha)
 
 
 @dg.asset(

@@ -10,28 +10,14 @@ deletes everything before the cutoff. Run it daily (`raw_events_retention_schedu
 
 
 from datetime import UTC, datetime
-from typing import Literal
 
 import dagster as dg
 import pandas as pd
 
-from funnelwatch.privacy.retention import DEFAULT_RETENTION_DAYS, apply_retention
+from funnelwatch.privacy.retention import apply_retention
 from orchestration.maintain.run_history import prune_run_history_job, prune_run_history_schedule
 from orchestration.resources import WAREHOUSE_POOL, LandingResource, WarehouseResource
-
-
-class RetentionSettings(dg.ConfigurableResource):
-    """How long raw, per-person data is kept (the marts, which hold no ids, are kept)."""
-
-    days: int = DEFAULT_RETENTION_DAYS
-    # "newest_hour": days before the end of the newest loaded hour (the warehouse's clock;
-    # a replay or an imported historical data set is not wiped on load). "now": wall clock.
-    relative_to: Literal["newest_hour", "now"] = "newest_hour"
-    # Also delete the landing folders (date=/hour=) of expired hours: they hold the RAW ids.
-    delete_landing: bool = True
-    # With relative_to="now": evaluate as of this ISO time instead of the wall clock (replays,
-    # tests). Empty: the current time.
-    as_of: str | None = None
+from orchestration.settings import RetentionSettings
 
 
 def _as_of(value: str | None) -> datetime | None:
