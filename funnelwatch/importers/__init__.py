@@ -38,6 +38,9 @@ class ImportReport:
     hours: int = 0
     files: list[Path] = field(default_factory=list)
     events_by_type: dict[str, int] = field(default_factory=dict)
+    # Source-mapping imports: written event names the mapping does not map (ingest
+    # quarantines them as unknown_event_type until the mapping maps them).
+    unmapped_events: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
 
     @property
@@ -58,6 +61,10 @@ class ImportReport:
             lines.append("  events by type")
             for kind, n in sorted(self.events_by_type.items(), key=lambda kv: (-kv[1], kv[0])):
                 lines.append(f"    {kind:<26}{n:>10,}")
+        if self.unmapped_events:
+            lines.append("  event names the mapping does not map (ingest quarantines them)")
+            for name, n in sorted(self.unmapped_events.items(), key=lambda kv: (-kv[1], kv[0])):
+                lines.append(f"    {name:<26}{n:>10,}")
         lines.append(f"  took {self.seconds:.1f} s{rate}")
         return "\n".join(lines)
 
