@@ -420,11 +420,13 @@ from funnelwatch import replay_commands as _replay_commands
 from funnelwatch.incidents import commands as _incident_commands
 from funnelwatch.incidents import feedback_commands as _feedback_commands
 from funnelwatch.privacy import commands as _privacy_commands
+from funnelwatch.sources import commands as _source_commands
 
 _incident_commands.register(app)
 _feedback_commands.register(app)
 _privacy_commands.register(app)
 _replay_commands.register(app)
+_source_commands.register(app)
 
 if __name__ == "__main__":
     app()

@@ -29,7 +29,7 @@ from pathlib import Path
 import duckdb
 
 from funnelwatch.config_files import ConfigError, display_path
-from funnelwatch.contract import EVENT_COLUMNS, EVENT_FIELDS, EVENT_TYPES
+from funnelwatch.contract import DESCRIPTIVE_VALUE_SETS, EVENT_COLUMNS, EVENT_FIELDS, EVENT_TYPES
 from funnelwatch.importers import (
     ImportReport,
     _add_counts,
@@ -217,6 +217,7 @@ def convert(reader: FeedReader) -> None:
     descriptive ones, typed for the rest), `_event_name`, `_mapped` (the event map knew the
     name) and `_skip` (NULL, or why the row is not written)."""
     con, mapping = reader.con, reader.mapping
+    reader.params.clear()  # this statement's parameters only
     _fill_maps(con, mapping)
     sources = mapping.field_sources()
     texts: dict[str, str] = {}
@@ -256,6 +257,8 @@ def convert(reader: FeedReader) -> None:
             if name in _SET_FIELDS:
                 value = f"coalesce(em.set_{name}, {value})"
             out.append(f"{value} AS {name}")
+            if name in DESCRIPTIVE_VALUE_SETS:  # the feed's own value, for check-source
+                out.append(f"{text} AS _raw_{name}")
     invalid = " ".join(
         f"WHEN s.\"t_{n}\" IS NOT NULL AND TRY_CAST(s.\"t_{n}\" AS {_TYPES[n]}) IS NULL "
         f"THEN 'invalid_{n}'" for n in _NUMERIC if n in texts)
@@ -282,6 +285,50 @@ def convert(reader: FeedReader) -> None:
                          f"{first}") from None
 
 
+def resolve_mapping(mapping: SourceMapping | Path | str) -> tuple[SourceMapping, str]:
+    """(the mapping, how errors name it: its file, or its name when given as a model)."""
+    if isinstance(mapping, SourceMapping):
+        return mapping, f"mapping {mapping.name!r}"
+    return load_mapping(mapping), display_path(Path(mapping))
+
+
+def open_feed(con: duckdb.DuckDBPyConnection, src: Path, mapping: SourceMapping,
+              limit: int | None = None) -> FeedReader:
+    if not src.exists():
+        raise ValueError(f"{src}: no such file")
+    if not src.is_file():
+        raise ValueError(f"{src}: expected one {mapping.format} file, found a folder")
+    return FeedReader(con, src, mapping, limit)
+
+
+def write_converted(con: duckdb.DuckDBPyConnection, mapping: SourceMapping,
+                    landing: Path | str, report: ImportReport) -> None:
+    """Count the temp table `converted` into `report` and write its rows, a day at a time."""
+    writer = _LandingWriter(landing, mapping.name)
+    report.source_rows = con.execute("SELECT count(*) FROM converted").fetchone()[0]
+    _add_counts(report.skipped_rows, con.execute(
+        "SELECT _skip, count(*) FROM converted WHERE _skip IS NOT NULL GROUP BY 1"
+    ).fetchall())
+    _add_counts(report.unmapped_events, con.execute(
+        "SELECT coalesce(_event_name, '(none)'), count(*) FROM converted "
+        "WHERE _skip IS NULL AND NOT _mapped "
+        "AND (_event_name IS NULL OR _event_name NOT IN (SELECT unnest($types))) "
+        "GROUP BY 1", {"types": list(EVENT_TYPES)}).fetchall())
+    days = [d for (d,) in con.execute(
+        "SELECT DISTINCT date_trunc('day', event_time) AS d FROM converted "
+        "WHERE _skip IS NULL ORDER BY d").fetchall()]
+    columns = ", ".join(EVENT_COLUMNS)
+    for day in days:
+        frame = con.execute(
+            f"SELECT {columns} FROM converted WHERE _skip IS NULL AND event_time >= $a "
+            "AND event_time < $b ORDER BY event_time, _row", {"a": day, "b": day + _ONE_DAY}
+        ).df()
+        writer.write(_check_columns(frame))
+        _add_counts(report.events_by_type,
+                    frame["event_type"].fillna("(none)").value_counts().items())
+    writer.fill(report)
+
+
 def import_source(src: Path | str, mapping: SourceMapping | Path | str,
                   landing: Path | str) -> ImportReport:
     """Import one feed file with a source mapping into the landing folder.
@@ -289,42 +336,12 @@ def import_source(src: Path | str, mapping: SourceMapping | Path | str,
     A mapping naming a field the feed lacks, or a feed that is not in the mapping's format,
     raises ValueError (one line) before anything is written."""
     src = Path(src)
-    if isinstance(mapping, SourceMapping):
-        source = f"mapping {mapping.name!r}"
-    else:
-        source = display_path(Path(mapping))
-        mapping = load_mapping(mapping)
-    if not src.exists():
-        raise ValueError(f"{src}: no such file")
-    if not src.is_file():
-        raise ValueError(f"{src}: expected one {mapping.format} file, found a folder")
+    mapping, source = resolve_mapping(mapping)
     report = ImportReport(source=str(src), producer=mapping.name, source_files=1)
-    writer = _LandingWriter(landing, mapping.name)
     with _Timer() as timer, _connect() as con:
-        reader = FeedReader(con, src, mapping)
+        reader = open_feed(con, src, mapping)
         check_fields(reader, source)
         convert(reader)
-        report.source_rows = con.execute("SELECT count(*) FROM converted").fetchone()[0]
-        _add_counts(report.skipped_rows, con.execute(
-            "SELECT _skip, count(*) FROM converted WHERE _skip IS NOT NULL GROUP BY 1"
-        ).fetchall())
-        _add_counts(report.unmapped_events, con.execute(
-            "SELECT coalesce(_event_name, '(none)'), count(*) FROM converted "
-            "WHERE _skip IS NULL AND NOT _mapped "
-            "AND (_event_name IS NULL OR _event_name NOT IN (SELECT unnest($types))) "
-            "GROUP BY 1", {"types": list(EVENT_TYPES)}).fetchall())
-        days = [d for (d,) in con.execute(
-            "SELECT DISTINCT date_trunc('day', event_time) AS d FROM converted "
-            "WHERE _skip IS NULL ORDER BY d").fetchall()]
-        columns = ", ".join(EVENT_COLUMNS)
-        for day in days:
-            frame = con.execute(
-                f"SELECT {columns} FROM converted WHERE _skip IS NULL AND event_time >= $a "
-                "AND event_time < $b ORDER BY event_time, _row", {"a": day, "b": day + _ONE_DAY}
-            ).df()
-            writer.write(_check_columns(frame))
-            _add_counts(report.events_by_type,
-                        frame["event_type"].fillna("(none)").value_counts().items())
-    writer.fill(report)
+        write_converted(con, mapping, landing, report)
     report.seconds = timer.seconds
     return report

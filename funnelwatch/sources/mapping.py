@@ -43,7 +43,8 @@ from funnelwatch.contract import (
     PAYMENT_STATUSES,
 )
 
-SOURCES_DIR = Path("config/sources")
+# The shipped mappings (also the known event names check-source proposes from).
+SOURCES_DIR = Path(__file__).resolve().parents[2] / "config" / "sources"
 FORMATS = ("jsonl", "csv", "tsv", "parquet")
 # A path's last character '?' marks it optional: a feed without it is not an error.
 OPTIONAL_MARK = "?"
