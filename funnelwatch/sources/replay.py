@@ -70,8 +70,12 @@ class HourReplay:
 
 
 def quarantine_summary(con: duckdb.DuckDBPyConnection) -> list[tuple[datetime, str, int]]:
-    """(hour, reason, rows) of raw.events_quarantine, by hour then most rows."""
-    ensure_raw_schema(con)
+    """(hour, reason, rows) of raw.events_quarantine, by hour then most rows (read-only)."""
+    (exists,) = con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'raw' "
+        "AND table_name = 'events_quarantine'").fetchall()[0]
+    if not exists:
+        return []
     return con.execute(
         f"SELECT event_hour, reason, count(*) AS n FROM {QUARANTINE_TABLE} "
         "GROUP BY ALL ORDER BY event_hour, n DESC, reason").fetchall()
