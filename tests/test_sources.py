@@ -151,15 +151,15 @@ def test_snowplow_every_row_accounted(tmp_path):
     [
         # a value map target that is not a contract value (typo)
         ("{pdp: product,", "{pdp: prodcut,",
-         "segment.yml: values.page_type.pdp: expected one of 'home', 'category', 'search', "
-         "'product', 'cart', 'checkout', 'confirmation' or 'other', got 'prodcut'"),
+         ("segment.yml: values.page_type.pdp: expected one of 'home', 'category', 'search', "
+          "'product', 'cart', 'checkout', 'confirmation' or 'other', got 'prodcut'")),
         # an event type the contract does not have
         ("Product Added: add_to_cart", "Product Added: add_to_basket",
          "segment.yml: events.Product Added.type: expected one of"),
         # a value map for a field that has no value set
         ("  page_type: {pdp", "  page_kind: {pdp",
-         "segment.yml: values.page_kind: unknown key (expected one of: page_type, "
-         "checkout_step, device_type, payment_status)"),
+         ("segment.yml: values.page_kind: unknown key (expected one of: page_type, "
+          "checkout_step, device_type, payment_status)")),
         # a contract field that does not exist
         ("  sku: [", "  skuu: [", "segment.yml: fields.skuu: unknown key (expected one of:"),
         ("timezone: UTC", "timezone: Mars/Olympus",

@@ -125,10 +125,10 @@ class ValueMaps(ConfigModel):
     """Per descriptive field, feed value -> contract value. Feed values are compared
     case- and space-insensitively, like ingest compares the contract's own values."""
 
-    page_type: dict[str, Literal[PAGE_TYPES]] = {}  # type: ignore[valid-type]
-    checkout_step: dict[str, Literal[CHECKOUT_STEPS]] = {}  # type: ignore[valid-type]
-    device_type: dict[str, Literal[DEVICE_TYPES]] = {}  # type: ignore[valid-type]
-    payment_status: dict[str, Literal[PAYMENT_STATUSES]] = {}  # type: ignore[valid-type]
+    page_type: dict[str, Literal[PAGE_TYPES]] = Field(default_factory=dict)  # type: ignore[valid-type]
+    checkout_step: dict[str, Literal[CHECKOUT_STEPS]] = Field(default_factory=dict)  # type: ignore[valid-type]
+    device_type: dict[str, Literal[DEVICE_TYPES]] = Field(default_factory=dict)  # type: ignore[valid-type]
+    payment_status: dict[str, Literal[PAYMENT_STATUSES]] = Field(default_factory=dict)  # type: ignore[valid-type]
 
     def items(self) -> list[tuple[str, dict[str, str]]]:
         return [(name, getattr(self, name)) for name in type(self).model_fields
@@ -142,9 +142,9 @@ class SourceMapping(ConfigModel):
     timezone: str = "UTC"
     event_name: Paths
     fields: Fields  # type: ignore[valid-type]
-    events: dict[str, EventTarget] = {}
+    events: dict[str, EventTarget] = Field(default_factory=dict)
     values: ValueMaps = ValueMaps()
-    drop: list[str] = []
+    drop: list[str] = Field(default_factory=list)
 
     @field_validator("timezone")
     @classmethod

@@ -97,8 +97,9 @@ class SourceProfile:
     problem: str | None = None  # why the sample could not be imported with the mapping
 
     def table(self) -> str:
-        lines = [f"check-source: {self.src} ({self.mapping.format}, first {self.sample_rows:,} "
-                 f"rows), mapping: {self.mapping_source}", "", "Fields", "",
+        title = (f"check-source: {self.src} ({self.mapping.format}, first "
+                 f"{self.sample_rows:,} rows), mapping: {self.mapping_source}")
+        lines = [title, "", "Fields", "",
                  "| contract field | feed field | rows with a value |", "|---|---|---|"]
         for name, paths, rows in self.fields:
             lines.append(f"| {name} | {paths} | {'MISSING' if rows is None else f'{rows:,}'} |")

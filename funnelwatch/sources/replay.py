@@ -96,14 +96,15 @@ def _reader(path: Path) -> tuple[str, dict, str]:
                 {"path": str(path)}, "file_row_number + 1")
     if suffix in (".jsonl", ".json"):
         columns = {f.name: "VARCHAR" for f in EVENT_FIELDS}
-        return ("read_json($path, format = 'newline_delimited', columns = $columns, "
-                "hive_partitioning = false)", {"path": str(path), "columns": columns},
+        return (("read_json($path, format = 'newline_delimited', columns = $columns, "
+                 "hive_partitioning = false)"), {"path": str(path), "columns": columns},
                 "row_number() OVER ()")
     if suffix == ".csv":
         with open(path, newline="", encoding="utf-8", errors="replace") as handle:
             header = next(csv.reader(handle), None) or []
-        return ("read_csv($path, header = true, auto_detect = false, delim = ',', quote = '\"', "
-                "escape = '\"', columns = $columns, strict_mode = true, hive_partitioning = false)",
+        return (("read_csv($path, header = true, auto_detect = false, delim = ',', "
+                 "quote = '\"', escape = '\"', columns = $columns, strict_mode = true, "
+                 "hive_partitioning = false)"),
                 {"path": str(path), "columns": {name: "VARCHAR" for name in header}},
                 "row_number() OVER ()")
     raise ValueError(f"{path}: not a landing file type ingest reads")
