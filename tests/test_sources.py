@@ -342,3 +342,83 @@ def test_cli_import_check_and_quarantine(tmp_path):
     assert replayed.returncode == 0, replayed.stderr
     assert "2026-11-01 11:00: quarantined 1 -> 0, loaded 2 -> 3" in replayed.stdout
     assert run_cli("quarantine", "list", env=env).stdout.strip() == "no quarantined rows"
+
+
+def test_csv_and_parquet_feeds_with_derived_ids(tmp_path):
+    """A flat CSV feed (header row) and the same rows as Parquet with a struct column; no
+    event id in the feed: ids are derived from the row and its occurrence."""
+    import pyarrow as pa
+
+    rows = [
+        ("2026-11-01 10:00:00", "view", "u1", "s1", "p1", "9.5", "Paris"),
+        ("2026-11-01 10:00:00", "view", "u1", "s1", "p1", "9.5", "Paris"),  # identical row
+        ("2026-11-01 10:05:00", "cart", "u1", "s1", "p1", "9.5", "Paris"),
+        ("2026-11-01 10:06:00", "wishlist", "u1", "s1", "p1", "9.5", "Paris"),
+    ]
+    header = "time,kind,uid,sid,product,price,city"
+    csv_feed = tmp_path / "flat.csv"
+    csv_feed.write_text("\n".join([header, *(",".join(r) for r in rows)]) + "\n")
+    mapping = tmp_path / "flat.yml"
+    mapping.write_text(
+        "name: flat\nformat: csv\ntimezone: Europe/Paris\nevent_name: kind\n"
+        "fields: {event_time: time, user_id: uid, session_id: sid, sku: product, "
+        "price: price, region: city}\n"
+        "events: {view: product_view, cart: add_to_cart}\n")
+    report = import_source(csv_feed, mapping, tmp_path / "landing")
+    assert (report.source_rows, report.events_written) == (4, 4)
+    assert report.unmapped_events == {"wishlist": 1}
+    df = read_landing(tmp_path / "landing")
+    assert df["event_id"].nunique() == 4 and df["event_id"].str.startswith("flat-").all()
+    assert df["event_time"].min() == pd.Timestamp("2026-11-01T09:00:00Z")  # CET
+    again = tmp_path / "again"
+    import_source(csv_feed, mapping, again)
+    assert sorted(read_landing(again)["event_id"]) == sorted(df["event_id"])  # deterministic
+
+    table = pa.table({
+        "time": [pd.Timestamp(r[0], tz="UTC") for r in rows],
+        "kind": [r[1] for r in rows],
+        "who": [{"uid": r[2], "sid": r[3]} for r in rows],
+        "price": [float(r[5]) for r in rows],
+    })
+    parquet_feed = tmp_path / "nested.parquet"
+    pq.write_table(table, parquet_feed)
+    nested = tmp_path / "nested.yml"
+    nested.write_text(
+        "name: nested\nformat: parquet\nevent_name: kind\n"
+        "fields: {event_time: time, user_id: who.uid, session_id: who.sid, price: price}\n"
+        "events: {view: product_view, cart: add_to_cart}\ndrop: [wishlist]\n")
+    report = import_source(parquet_feed, nested, tmp_path / "landing2")
+    assert (report.events_written, report.skipped_rows) == (3, {"wishlist": 1})
+    df = read_landing(tmp_path / "landing2")
+    assert set(df["user_id"]) == {"u1"} and set(df["session_id"]) == {"s1"}
+    assert df["event_time"].min() == pd.Timestamp("2026-11-01T10:00:00Z")  # zoned: as it is
+
+
+def test_quarantine_replay_of_a_collectors_jsonl_file(tmp_path):
+    """A collector's JSON-lines landing file (not written by import source): the replayed file
+    keeps every row, the fixed one included, and ingest hashes the ids once."""
+    import json
+
+    folder = tmp_path / "landing" / "events" / "date=2026-11-01" / "hour=10"
+    folder.mkdir(parents=True)
+    base = {"user_id": "u1", "session_id": "s1", "price": "2.5"}
+    lines = [{**base, "event_id": "e1", "event_time": "2026-11-01T10:00:00Z",
+              "event_type": "page_view"},
+             {**base, "event_id": "e2", "event_time": "2026-11-01T10:01:00Z",
+              "event_type": "Product Viewed"},
+             {**base, "event_id": "e3", "event_time": "2026-11-01T10:02:00Z",
+              "event_type": "checkout_step", "checkout_step": "2"}]
+    (folder / "collector.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    con = connect(tmp_path / "wh.duckdb")
+    first = load_hour(con, tmp_path / "landing", H10, KEY)
+    assert (first.rows_loaded, first.quarantine_reasons) == (2, {"unknown_event_type": 1})
+    result = replay_hour(con, tmp_path / "landing", H10, KEY, load_mapping(SEGMENT))
+    assert (result.rows_in_after, result.loaded_after, result.quarantined_after) == (3, 3, 0)
+    rows = dict(con.execute("SELECT event_id, event_type FROM raw.events").fetchall())
+    assert rows == {"e1": "page_view", "e2": "product_view", "e3": "checkout_step"}
+    # only the quarantined row was remapped: e3's valid step '2' stays as it came (`other`)
+    (step,) = con.execute("SELECT checkout_step FROM raw.events WHERE event_id = 'e3'"
+                          ).fetchone()
+    assert step == "other"
+    assert (folder / "replaced" / "collector.jsonl").is_file()
+    assert len({u for (u,) in con.execute("SELECT user_id FROM raw.events").fetchall()}) == 1
