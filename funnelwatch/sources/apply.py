@@ -97,6 +97,7 @@ class FeedReader:
         self.columns = {name: typ for name, typ, *_ in
                         con.execute("DESCRIBE SELECT * FROM feed").fetchall()}
         self._n = 0
+        self._present: dict[str, bool] = {}  # JSON path -> some row has it
 
     def _reader(self) -> str:
         fmt = self.mapping.format
@@ -145,10 +146,19 @@ class FeedReader:
         keys = split_path(bare)
         if self.mapping.format != "jsonl":
             return keys[0] not in self.columns
-        (found,) = self.con.execute(
-            "SELECT count(*) FROM feed WHERE json_extract(json, $p) IS NOT NULL",
-            {"p": json_path(keys)}).fetchone()
-        return found == 0
+        if bare not in self._present:
+            self.find_present([bare])
+        return not self._present[bare]
+
+    def find_present(self, paths: list[str]) -> None:
+        """Which JSON paths some row has, for all `paths` in one scan of the feed."""
+        todo = sorted({strip_optional(p)[0] for p in paths} - set(self._present))
+        if not todo or self.mapping.format != "jsonl":
+            return
+        params = {f"p{i}": json_path(split_path(p)) for i, p in enumerate(todo)}
+        counts = ", ".join(f"count(json_extract(json, $p{i}))" for i in range(len(todo)))
+        found = self.con.execute(f"SELECT {counts} FROM feed", params).fetchall()[0]
+        self._present.update({p: n > 0 for p, n in zip(todo, found, strict=True)})
 
     def known_fields(self) -> list[str]:
         if self.mapping.format == "jsonl":
@@ -164,6 +174,7 @@ def check_fields(reader: FeedReader, source: str) -> None:
     mapping = reader.mapping
     checks = [("event_name", list(mapping.event_name))]
     checks += [(f"fields.{name}", field.paths) for name, field in mapping.field_sources().items()]
+    reader.find_present([p for _, paths in checks for p in paths])
     for key, paths in checks:
         required = [p for p in paths if not strip_optional(p)[1]]
         if required and all(reader.missing(p) for p in required):
