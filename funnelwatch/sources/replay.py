@@ -207,7 +207,11 @@ def replay_hour(con: duckdb.DuckDBPyConnection, landing: Path | str, hour: datet
                 result.missing_files.append(Path(source_file).name)
                 continue
             out = folder / f"replayed-{stamp}-{path.stem}.parquet"
-            changed = _remap_file(con, path, rows, mapping, out)
+            try:
+                changed = _remap_file(con, path, rows, mapping, out)
+            except duckdb.Error as exc:  # ingest read it before; it changed since
+                first = str(exc).strip().splitlines()[0]
+                raise ValueError(f"{path}: cannot re-read it for replay: {first}") from None
             if not changed:
                 continue
             (folder / REPLACED_DIR).mkdir(exist_ok=True)
