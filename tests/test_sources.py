@@ -422,3 +422,23 @@ def test_quarantine_replay_of_a_collectors_jsonl_file(tmp_path):
     assert step == "other"
     assert (folder / "replaced" / "collector.jsonl").is_file()
     assert len({u for (u,) in con.execute("SELECT user_id FROM raw.events").fetchall()}) == 1
+
+
+def test_snowplow_bad_input_one_line_nothing_written(tmp_path):
+    columns = load_mapping(SNOWPLOW).columns
+    feed = write_snowplow_tsv(tmp_path / "enriched.tsv", columns)
+    landing = tmp_path / "landing"
+    typo = mapping_variant(tmp_path, "session_id: domain_sessionid",
+                           "session_id: domain_sessionidd", base=SNOWPLOW)
+    with pytest.raises(ConfigError, match=r": fields.session_id: feed field "
+                                          r"'domain_sessionidd' is not in "):
+        import_source(feed, typo, landing)
+    # an older enriched format with one column less
+    short = tmp_path / "short.tsv"
+    short.write_text("".join("\t".join(line.split("\t")[:-1]) + "\n"
+                             for line in feed.read_text().splitlines()))
+    with pytest.raises(ValueError) as caught:
+        import_source(short, SNOWPLOW, landing)
+    assert str(caught.value).startswith(f"{short}: cannot read it as tsv (mapping 'snowplow'): ")
+    assert "\n" not in str(caught.value)
+    assert landing_files(landing) == []
