@@ -120,6 +120,14 @@ def register(app: typer.Typer) -> None:
 
         if (hour is None) == (not all_hours):
             _fail("give either --hour H or --all")
+        from funnelwatch.landing import as_utc_hour
+
+        asked = None
+        if hour is not None:
+            try:
+                asked = as_utc_hour(hour)
+            except ValueError:
+                _fail(f"not an hour: {hour!r} (expected e.g. 2026-11-01T13:00)")
         settings = Settings.from_env()
         try:
             fixed = load_mapping(mapping) if mapping is not None else None
@@ -133,15 +141,7 @@ def register(app: typer.Typer) -> None:
             _fail(str(exc))
         key, _ = current_key()
         with con:
-            if all_hours:
-                hours = quarantined_hours(con)
-            else:
-                from funnelwatch.landing import as_utc_hour
-
-                try:
-                    hours = [as_utc_hour(hour)]
-                except ValueError:
-                    _fail(f"not an hour: {hour!r} (expected e.g. 2026-11-01T13:00)")
+            hours = quarantined_hours(con) if all_hours else [asked]
             if not hours:
                 typer.echo("no quarantined rows")
                 return
