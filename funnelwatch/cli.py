@@ -5,66 +5,47 @@ from __future__ import annotations
 import os
 import socket
 import sys
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from funnelwatch import replay_commands
+from funnelwatch.command_support import (
+    LandingOption,
+    fail,
+    parse_day,
+    settings_for,
+    simulate_store,
+)
+from funnelwatch.incidents import commands as incident_commands
+from funnelwatch.incidents import feedback_commands
+from funnelwatch.privacy import commands as privacy_commands
 from funnelwatch.settings import Settings
+from funnelwatch.sources import commands as source_commands
+from funnelwatch.verbosity import set_cli_output, verbose
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 import_app = typer.Typer(no_args_is_help=True, help="Convert a public data set into landing files.")
 app.add_typer(import_app, name="import")
 
 
-LandingOption = Annotated[
-    Path | None,
-    typer.Option("--landing", help="Landing folder (default: $FUNNELWATCH_LANDING or data/landing)."),
-]
+@app.callback()
+def main(
+    verbose_output: Annotated[bool, typer.Option(
+        "--verbose", "-v",
+        help="Show everything the libraries print: Dagster's per-event log lines and its beta / "
+             "preview warnings, Great Expectations' progress bars, dbt's line per model.")] = False,
+):
+    """The `funnelwatch` command: what a user does outside the Dagster UI."""
+    set_cli_output(verbose_output)
 
 
-def _settings(landing: Path | None = None) -> Settings:
-    if landing is not None:
-        os.environ["FUNNELWATCH_LANDING"] = str(landing)
-    return Settings.from_env()
-
-
-def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
-    raise typer.Exit(2)
-
-
-def _parse_day(value: str | None) -> datetime:
-    if value is None:
-        now = datetime.now(UTC)
-        return now.replace(hour=0, minute=0, second=0, microsecond=0)
-    parsed = datetime.fromisoformat(value)
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed
-
-
-def simulate_store(days: int, end: str | None, sessions_per_hour: int, seed: int,
-                   scenario: str):
-    """(start, end, SimulationResult) of `days` days ending at `end` (default today 00:00
-    UTC) with a scenario's incidents; bad input exits with its reason. Shared by `simulate`
-    and `replay`."""
-    from simulator import SimulationConfig, load_incidents
-    from simulator import simulate as run_simulation
-
-    end_time = _parse_day(end)
-    start_time = end_time - timedelta(days=days)
-    try:
-        incidents = [] if scenario == "none" else load_incidents(scenario)
-    except (OSError, ValueError) as exc:
-        _fail(f"cannot load scenario {scenario!r}: {exc}")
-    config = SimulationConfig(
-        start=start_time, end=end_time, sessions_per_hour=sessions_per_hour, seed=seed,
-        incidents=incidents,
-    )
-    try:
-        return start_time, end_time, run_simulation(config)
-    except ValueError as exc:
-        _fail(str(exc))
+# The incident, feedback, privacy, replay and source commands live beside their code.
+for _commands in (incident_commands, feedback_commands, privacy_commands, replay_commands,
+                  source_commands):
+    _commands.register(app)
 
 
 @app.command()
@@ -80,7 +61,7 @@ def simulate(
     """Generate a simulated store's clickstream (with labelled incidents) into the landing folder."""
     from simulator import write_simulation
 
-    settings = _settings(landing)
+    settings = settings_for(landing)
     start_time, end_time, result = simulate_store(days, end, sessions_per_hour, seed, scenario)
     truth = ground_truth or settings.landing.parent / "ground_truth.json"
     write_simulation(result, settings.landing, truth)
@@ -92,11 +73,11 @@ def simulate(
 
 
 def _import(importer, src: Path, landing: Path | None) -> None:
-    settings = _settings(landing)
+    settings = settings_for(landing)
     try:
         report = importer(src, settings.landing)
     except (OSError, ValueError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     typer.echo(str(report))
     typer.echo(f"landing: {settings.landing}")
 
@@ -123,7 +104,7 @@ def _landed_window() -> tuple[datetime, datetime]:
     landing = Settings.from_env().landing
     hours = list(landed_hours(landing))
     if not hours:
-        _fail(f"the landing folder {landing} has no event hours: run `funnelwatch simulate`")
+        fail(f"the landing folder {landing} has no event hours: run `funnelwatch simulate`")
     return hours[0], hours[-1] + timedelta(hours=1)
 
 
@@ -148,23 +129,23 @@ def run(
     try:
         check_pipeline_configs()
     except ConfigError as exc:  # the file, key and expectation, not a failed run's traceback
-        _fail(str(exc))
+        fail(str(exc))
     first, last = _landed_window()
-    start_time = _parse_day(start) if start else first
-    end_time = _parse_day(end) if end else last
+    start_time = parse_day(start) if start else first
+    end_time = parse_day(end) if end else last
     from orchestration.definitions import defs
 
     try:
         job_def = defs.resolve_job_def(job)
     except dg.DagsterInvariantViolationError:
-        _fail(f"no job {job!r} (jobs: {sorted(j.name for j in defs.resolve_all_job_defs())})")
+        fail(f"no job {job!r} (jobs: {sorted(j.name for j in defs.resolve_all_job_defs())})")
     partitions = job_def.partitions_def
     if not isinstance(partitions, dg.TimeWindowPartitionsDefinition):
-        _fail(f"{job} is not partitioned by time; launch it from the UI (make dev)")
+        fail(f"{job} is not partitioned by time; launch it from the UI (make dev)")
     first_key = partitions.get_partition_key_for_timestamp(start_time.timestamp())
     first = partitions.time_window_for_partition_key(first_key)
     if end_time < start_time + (first.end - first.start):
-        _fail(f"no whole {job} partition between {start_time} and {end_time}")
+        fail(f"no whole {job} partition between {start_time} and {end_time}")
     last_key = partitions.get_partition_key_for_timestamp(
         (end_time - (first.end - first.start)).timestamp())
     keys = partitions.get_partition_keys_in_range(dg.PartitionKeyRange(first_key, last_key))
@@ -181,9 +162,14 @@ def run(
         typer.echo(f"running {one.name} over {len(keys)} partitions: {keys[0]} .. {keys[-1]}")
         result = one.execute_in_process(
             instance=instance,
-            # INFO on the console: a range run records one materialization per hour and
-            # asset, thousands of DEBUG lines that would only slow the terminal down.
-            run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
+            # One line per step (stage_progress) and Dagster's console at WARNING: a range
+            # run records a materialization per hour and asset, thousands of lines nobody
+            # reads in a terminal. --verbose shows them all (DEBUG); the UI keeps every event.
+            run_config={"loggers": {
+                "console": {"config": {"log_level": "DEBUG" if verbose() else "WARNING"}},
+                "stage_progress": {"config": {"total_steps": len(one.graph.nodes),
+                                              "partitions": len(keys)}},
+            }},
             tags={
                 "dagster/asset_partition_range_start": keys[0],
                 "dagster/asset_partition_range_end": keys[-1],
@@ -305,7 +291,7 @@ def summary(
     try:
         con = open_snapshot(settings.publish_dir)
     except FileNotFoundError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     try:
         frame = hourly_funnel(con, hours=hours, table="fct_funnel_hourly")
         info = con.execute("SELECT published_at FROM snapshot_info").fetchone()[0]
@@ -358,7 +344,7 @@ def sql(query: Annotated[str | None, typer.Argument(help="A query; omit for a sh
         try:
             run_one(query)
         except (QueryRefused, FileNotFoundError, duckdb.Error) as exc:
-            _fail(one_line(exc))
+            fail(one_line(exc))
         return
     typer.echo("funnelwatch sql: end a query with ';', quit with Ctrl-D. Tables: SHOW TABLES;")
     buffer = ""
@@ -392,7 +378,7 @@ def evaluate(
         name, runs = load_suite(suite)
         check_pipeline_configs()  # every run's `funnelwatch run` reads them
     except (OSError, ValueError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     started = time.perf_counter()
     outcomes = []
     for spec in runs:
@@ -400,7 +386,7 @@ def evaluate(
             folder = execute(spec, out.resolve(), rescore=rescore, echo=typer.echo,
                              regroup=regroup)
         except RuntimeError as exc:
-            _fail(str(exc))
+            fail(str(exc))
         outcomes.append(collect(spec, folder))
     text = write_report(name, outcomes, report, elapsed_s=time.perf_counter() - started)
     typer.echo(text.split("## ", 2)[1] if "## " in text else text)
@@ -414,19 +400,6 @@ def contract():
 
     typer.echo(contract_markdown(), nl=False)
 
-
-# The incident and privacy commands live beside their code.
-from funnelwatch import replay_commands as _replay_commands
-from funnelwatch.incidents import commands as _incident_commands
-from funnelwatch.incidents import feedback_commands as _feedback_commands
-from funnelwatch.privacy import commands as _privacy_commands
-from funnelwatch.sources import commands as _source_commands
-
-_incident_commands.register(app)
-_feedback_commands.register(app)
-_privacy_commands.register(app)
-_replay_commands.register(app)
-_source_commands.register(app)
 
 if __name__ == "__main__":
     app()

@@ -1,7 +1,8 @@
 """`funnelwatch replay`: simulate a store, land its history at once and replay the last hours
 on an accelerated clock, as a collector delivering a file every few minutes would.
 
-Registered on the CLI app by `register(app)` (docs/simulator.md, "Replay mode").
+Registered on the CLI app by `funnelwatch.cli` through `register(app)` (docs/simulator.md,
+"Replay mode").
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Annotated
 
 import typer
 
+from funnelwatch.command_support import fail, settings_for, simulate_store
 from funnelwatch.landing import EVENT_FILE_SUFFIXES
 
 
@@ -52,21 +54,19 @@ def register(app: typer.Typer) -> None:
     ):
         """Simulate DAYS days, write all but the last LIVE-HOURS as history, then replay the
         live hours into the landing folder on an accelerated clock (one file per slot)."""
-        # Imported here: funnelwatch.cli imports this module to register the command.
-        from funnelwatch.cli import _fail, _settings, simulate_store
         from simulator.replay import replay, write_history
 
         if days <= 0:
-            _fail("--days must be at least 1")
+            fail("--days must be at least 1")
         if not 0 < live_hours <= days * 24:
-            _fail(f"--live-hours must be between 1 and {days * 24} (--days x 24)")
+            fail(f"--live-hours must be between 1 and {days * 24} (--days x 24)")
         if speed < 0 or math.isnan(speed):
-            _fail("--speed must be >= 0")
+            fail("--speed must be >= 0")
         if slot_minutes <= 0 or 60 % slot_minutes:
-            _fail("--slot-minutes must divide 60 (1, 2, 3, 4, 5, 6, 10, 12, 15, 20, 30, 60)")
-        settings = _settings(landing)
+            fail("--slot-minutes must divide 60 (1, 2, 3, 4, 5, 6, 10, 12, 15, 20, 30, 60)")
+        settings = settings_for(landing)
         if _has_event_files(settings.landing):
-            _fail(f"{settings.landing / 'events'} already holds event files; replay into an "
+            fail(f"{settings.landing / 'events'} already holds event files; replay into an "
                   "empty landing folder (--landing, or delete it) so no hour is loaded twice")
         start_time, end_time, result = simulate_store(days, end, sessions_per_hour, seed,
                                                       scenario)

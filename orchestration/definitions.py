@@ -17,6 +17,7 @@ from orchestration.respond import assets as respond
 from orchestration.respond import jobs as respond_jobs
 from orchestration.respond import sensors as respond_sensors
 from orchestration.serve import assets as serve
+from orchestration.stage_progress import stage_progress_logger
 from orchestration.transform import assets as transform
 
 defs = dg.Definitions(
@@ -29,4 +30,7 @@ defs = dg.Definitions(
     sensors=[ingest_sensors.late_data_sensor, respond_sensors.anomalies_sensor,
              respond_sensors.pipeline_failure_to_ops, fastlane_sensors.fast_lane_sensor],
     resources=default_resources(),
+    # Runs that configure no logger (the UI, sensors, schedules) get Dagster's console logger
+    # only; `funnelwatch run` configures both (the console at WARNING unless --verbose).
+    loggers={"console": dg.colored_console_logger, "stage_progress": stage_progress_logger},
 )

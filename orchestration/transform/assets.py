@@ -1,7 +1,10 @@
 """Transform: the dbt project (staging -> intermediate -> marts) as hourly-partitioned assets."""
 
 
+import contextlib
+import io
 import os
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -12,6 +15,7 @@ from dagster_dbt import DagsterDbtTranslator, DbtCliResource, dbt_assets
 from funnelwatch.config_files import ConfigError
 from funnelwatch.dbt_vars import dbt_vars_json, load_cohort_config
 from funnelwatch.reports import funnel_markdown, hourly_funnel
+from funnelwatch.verbosity import quiet_terminal
 from funnelwatch.warehouse import connect
 from orchestration.partitions import hourly_partitions, single_run_backfill
 from orchestration.resources import WAREHOUSE_POOL, WarehouseResource
@@ -42,6 +46,21 @@ def _window_row_count(con, relation: str, start, end) -> int | None:
     return con.execute(f"SELECT count(*) FROM {relation}").fetchone()[0]
 
 
+def _run_dbt_build(dbt: DbtCliResource, context, dbt_vars: str) -> list:
+    """`dbt build` for the window. dagster-dbt echoes each dbt event to stdout (200+ lines per
+    build): in a `funnelwatch` terminal without --verbose they are held back, and shown (the
+    last 40) only if the build fails; elsewhere they stay in the run's captured stdout."""
+    if not quiet_terminal():
+        return list(dbt.cli(["build", "--vars", dbt_vars], context=context).stream())
+    held = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(held):
+            return list(dbt.cli(["build", "--vars", dbt_vars], context=context).stream())
+    except Exception:
+        sys.stderr.write("".join(held.getvalue().splitlines(keepends=True)[-40:]))
+        raise
+
+
 @dbt_assets(
     manifest=dbt_project.manifest_path,
     project=dbt_project,
@@ -65,7 +84,7 @@ def funnelwatch_dbt_models(
     context.log.info(f"dbt build --vars {dbt_vars}")
     # Collect every event first: dbt holds the DuckDB file until it exits, and the row counts
     # below need to open it.
-    events = list(dbt.cli(["build", "--vars", dbt_vars], context=context).stream())
+    events = _run_dbt_build(dbt, context, dbt_vars)
     with connect(warehouse.path) as con:
         for event in events:
             if isinstance(event, dg.Output):

@@ -1,0 +1,79 @@
+"""One line per step of a headless run (`funnelwatch run`): which stage, over how many
+partitions, how long it took. Dagster's console logger stays at WARNING beside it unless
+`funnelwatch --verbose`; runs launched from the UI do not configure this logger (Dagster then
+uses its default console logger only).
+
+    [3/7] dbt build (staging, intermediate, marts): 336 partitions ... 41 s
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import dagster as dg
+
+# Step keys of the jobs `funnelwatch run` runs, as a person reads them.
+STAGE_LABELS = {
+    "ingest_events": "ingest landing files",
+    "ingest_reference": "ingest reference data (deploys, campaigns, holidays)",
+    "raw_events_quality": "data-quality checks on raw events (GE)",
+    "funnelwatch_dbt_models": "dbt build (staging, intermediate, marts)",
+    "cohort_metrics_quality": "data-quality checks on the cohort metrics mart (GE)",
+    "analyst_snapshot": "publish the analyst snapshot",
+    "cohort_anomalies": "detection (ensemble incl. Prophet)",
+    "incidents": "incidents, root cause, reports",
+    "incident_alerts": "alerts through the outbox",
+    "checkout_fast_lane": "checkout fast lane",
+}
+
+_FINISHED = {
+    dg.DagsterEventType.STEP_SUCCESS: "",
+    dg.DagsterEventType.STEP_FAILURE: " FAILED",
+    dg.DagsterEventType.STEP_SKIPPED: " skipped",
+}
+
+
+class StageProgressHandler(logging.Handler):
+    """Prints a line when a step finishes, numbered in the order steps started."""
+
+    def __init__(self, total_steps: int, partitions: int):
+        super().__init__(level=logging.DEBUG)
+        self.total_steps = total_steps
+        self.partitions = partitions
+        self.number: dict[str, int] = {}
+        self.started_at: dict[str, float] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        # Dagster puts the event a log record reports on the record's `dagster_meta`.
+        event = (getattr(record, "dagster_meta", None) or {}).get("dagster_event")
+        if event is None or event.step_key is None:
+            return
+        step = event.step_key
+        if event.event_type == dg.DagsterEventType.STEP_START:
+            self.number.setdefault(step, len(self.number) + 1)
+            self.started_at[step] = record.created
+            return
+        if event.event_type not in _FINISHED:
+            return
+        number = self.number.setdefault(step, len(self.number) + 1)
+        seconds = record.created - self.started_at.get(step, record.created)
+        partitions = f"{self.partitions} partition{'s' if self.partitions != 1 else ''}"
+        sys.stdout.write(
+            f"[{number}/{self.total_steps}] {STAGE_LABELS.get(step, step)}: {partitions} ... "
+            f"{seconds:.0f} s{_FINISHED[event.event_type]}\n"
+        )
+        sys.stdout.flush()
+
+
+@dg.logger(
+    config_schema={"total_steps": dg.Field(int), "partitions": dg.Field(int)},
+    description="One line per finished step, for headless runs (funnelwatch run).",
+)
+def stage_progress_logger(init_context: dg.InitLoggerContext) -> logging.Logger:
+    # A fresh logger per run (as Dagster's console logger): a shared one would keep the
+    # handlers of earlier runs in the process and print their lines again.
+    logger = logging.Logger("funnelwatch_stage_progress", level=logging.DEBUG)  # noqa: LOG001
+    logger.addHandler(StageProgressHandler(init_context.logger_config["total_steps"],
+                                           init_context.logger_config["partitions"]))
+    return logger
