@@ -43,8 +43,11 @@ demo: manifest
 	$(RUN) funnelwatch run
 	$(RUN) funnelwatch summary
 
+# `dg dev` finds the code location from [tool.dg] in pyproject.toml (workspace.yaml stays for
+# `dagster dev -w workspace.yaml`). DEV_ARGS="--port 3001" etc. go to dg dev.
+DEV_ARGS ?=
 dev: manifest
-	$(RUN) dagster dev -w workspace.yaml
+	$(RUN) dg dev $(DEV_ARGS)
 
 test: manifest
 	$(RUN) pytest $(PYTEST_MARK) $(PYTEST_ARGS)
