@@ -105,16 +105,5 @@ def test_contract_is_the_bottom_layer():
     assert graph["funnelwatch.contract"] == set(), graph["funnelwatch.contract"]
 
 
-# Circles still open, each named by the issue that unties it. Remove an entry when it is gone:
-# the test then keeps it gone.
-KNOWN_CYCLES = [
-    # issue 18: the CLI and the replay commands
-    ["funnelwatch.cli", "funnelwatch.replay_commands"],
-]
-
-
 def test_no_import_cycles():
-    cycles = import_cycles(import_graph())
-    assert [c for c in cycles if c not in KNOWN_CYCLES] == []
-    # A known circle that is gone must leave the list, so it cannot come back unseen.
-    assert [c for c in KNOWN_CYCLES if c not in cycles] == []
+    assert import_cycles(import_graph()) == []
