@@ -35,6 +35,21 @@ def fail(message: str) -> NoReturn:
     raise typer.Exit(2)
 
 
+def open_warehouse(warehouse: Path, read_only: bool = False, wait_seconds: float | None = None):
+    """A connection to the warehouse for a command, waiting for the pipeline's write lock up to
+    `wait_seconds` (funnelwatch.warehouse's default when None); one error line and exit 2 when
+    there is no warehouse yet or the lock is held longer."""
+    from funnelwatch.warehouse import WarehouseBusyError, connect_when_free
+
+    if not warehouse.is_file():
+        fail(f"no warehouse at {warehouse}: run the pipeline first (`make demo` or "
+             "`funnelwatch run`)")
+    try:
+        return connect_when_free(warehouse, read_only=read_only, wait_seconds=wait_seconds)
+    except WarehouseBusyError as exc:
+        fail(str(exc))
+
+
 def parse_day(value: str | None) -> datetime:
     """An ISO date or time as UTC (naive means UTC); None is today 00:00 UTC."""
     if value is None:

@@ -39,14 +39,9 @@ def _fail(message: str) -> None:
 def _read_only(warehouse: Path, wait_seconds: float | None = None) -> Iterator[Any]:
     """The warehouse read-only, waiting up to LOCK_WAIT_SECONDS (funnelwatch.warehouse) for a
     writer; exit 2 saying so when the write lasts longer."""
-    from funnelwatch.warehouse import WarehouseBusyError, connect_when_free
+    from funnelwatch.command_support import open_warehouse
 
-    if not warehouse.exists():
-        _fail(f"no warehouse at {warehouse}: run the pipeline first (`make demo` or `funnelwatch run`)")
-    try:
-        con = connect_when_free(warehouse, read_only=True, wait_seconds=wait_seconds)
-    except WarehouseBusyError as exc:
-        _fail(str(exc))
+    con = open_warehouse(warehouse, read_only=True, wait_seconds=wait_seconds)
     try:
         yield con
     finally:
@@ -229,17 +224,10 @@ def register(app: typer.Typer) -> None:
     ):
         """Acknowledge an open incident: the pager gets an `acknowledge` on the next alert run
         and the incident stops counting as unhandled."""
+        from funnelwatch.command_support import open_warehouse
         from funnelwatch.incidents.lifecycle import acknowledge
-        from funnelwatch.warehouse import WarehouseBusyError, connect_when_free
 
-        settings = Settings.from_env()
-        if not settings.warehouse.exists():
-            _fail(f"no warehouse at {settings.warehouse}: run the pipeline first")
-        try:
-            con = connect_when_free(settings.warehouse)
-        except WarehouseBusyError as exc:
-            _fail(str(exc))
-        with con:
+        with open_warehouse(Settings.from_env().warehouse) as con:
             row = _find(con, incident_id)
             if row is None:
                 _fail(f"no incident {incident_id!r} (list them: funnelwatch incidents)")

@@ -84,17 +84,10 @@ def register(app: typer.Typer) -> None:
     @quarantine_app.command("list")
     def quarantine_list_command():
         """Quarantined rows per hour and reason (raw.events_quarantine)."""
+        from funnelwatch.command_support import open_warehouse
         from funnelwatch.sources.replay import quarantine_summary
-        from funnelwatch.warehouse import WarehouseBusyError, connect_when_free
 
-        settings = Settings.from_env()
-        if not settings.warehouse.is_file():
-            _fail(f"no warehouse at {settings.warehouse}: run the pipeline first")
-        try:
-            con = connect_when_free(settings.warehouse, read_only=True)
-        except WarehouseBusyError as exc:
-            _fail(str(exc))
-        with con:
+        with open_warehouse(Settings.from_env().warehouse, read_only=True) as con:
             rows = quarantine_summary(con)
         if not rows:
             typer.echo("no quarantined rows")
@@ -113,10 +106,10 @@ def register(app: typer.Typer) -> None:
     ):
         """Re-ingest quarantined rows after their mapping is fixed: the original landing rows are
         re-read, remapped and the hour re-loaded; rows that still break stay quarantined."""
+        from funnelwatch.command_support import open_warehouse
         from funnelwatch.privacy import current_key
         from funnelwatch.sources.mapping import load_mapping
         from funnelwatch.sources.replay import quarantined_hours, replay_hour
-        from funnelwatch.warehouse import WarehouseBusyError, connect_when_free
 
         if (hour is None) == (not all_hours):
             _fail("give either --hour H or --all")
@@ -133,12 +126,7 @@ def register(app: typer.Typer) -> None:
             fixed = load_mapping(mapping) if mapping is not None else None
         except ValueError as exc:
             _fail(str(exc))
-        if not settings.warehouse.is_file():
-            _fail(f"no warehouse at {settings.warehouse}: run the pipeline first")
-        try:
-            con = connect_when_free(settings.warehouse)
-        except WarehouseBusyError as exc:
-            _fail(str(exc))
+        con = open_warehouse(settings.warehouse)
         key, _ = current_key()
         with con:
             hours = quarantined_hours(con) if all_hours else [asked]
