@@ -113,19 +113,25 @@ def test_incident_is_opened_updated_and_resolved(warehouse):
     assert failed_hours(con, HOUR, HOUR + pd.Timedelta(hours=1)) == set()
 
 
-def test_a_broken_live_hour_blocks_the_marts(paths, dbt_manifest):
-    """One-hour run: a failed blocking check stops dbt and the snapshot for that hour."""
+def _live_hour(paths, events: pd.DataFrame):
+    """Land `events` and run the pipeline for HOUR as a live one-hour run: (result, check
+    evaluations by name)."""
     from tests.test_pipeline import _pipeline_assets, _resources
 
-    events = _hour_events(HOUR, "now")
-    events["country"] = None
     write_events(events, paths["landing"], "collector")
     result = dg.materialize(
         _pipeline_assets(), partition_key=HOUR.strftime("%Y-%m-%d-%H:%M"),
         resources=_resources(paths), instance=dg.DagsterInstance.ephemeral(),
         raise_on_error=False,
     )
-    evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    return result, {e.check_name: e for e in result.get_asset_check_evaluations()}
+
+
+def test_a_broken_live_hour_blocks_the_marts(paths, dbt_manifest):
+    """One-hour run: a failed blocking check stops dbt and the snapshot for that hour."""
+    events = _hour_events(HOUR, "now")
+    events["country"] = None
+    result, evaluations = _live_hour(paths, events)
     assert not evaluations["events_cohort_null_rates"].passed
     assert evaluations["events_cohort_null_rates"].severity == dg.AssetCheckSeverity.ERROR
     evidence = evaluations["events_cohort_null_rates"].metadata["evidence"].value
@@ -171,17 +177,9 @@ def test_unknown_values_warn_and_load_every_row(paths, dbt_manifest):
     """A live hour of a feed with its own value names: every row reaches raw.events and the
     marts, the unknown values are a WARN check with the top values, and the gate does not
     block or open a data-quality incident for them."""
-    from tests.test_pipeline import _pipeline_assets, _resources
-
     events = _hour_events(HOUR, "now")
     events["page_type"] = "pdp"
-    write_events(events, paths["landing"], "collector")
-    result = dg.materialize(
-        _pipeline_assets(), partition_key=HOUR.strftime("%Y-%m-%d-%H:%M"),
-        resources=_resources(paths), instance=dg.DagsterInstance.ephemeral(),
-        raise_on_error=False,
-    )
-    evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    result, evaluations = _live_hour(paths, events)
     unknown = evaluations["events_unknown_values"]
     assert not unknown.passed and unknown.severity == dg.AssetCheckSeverity.WARN
     assert unknown.metadata["rows_kept_as_other"].value == {"page_type": len(events)}
