@@ -18,6 +18,7 @@ STAGE_LABELS = {
     "ingest_events": "ingest landing files",
     "ingest_reference": "ingest reference data (deploys, campaigns, holidays)",
     "raw_events_quality": "data-quality checks on raw events (GE)",
+    "raw_events_events_unknown_values": "values the contract does not know (warning check)",
     "funnelwatch_dbt_models": "dbt build (staging, intermediate, marts)",
     "cohort_metrics_quality": "data-quality checks on the cohort metrics mart (GE)",
     "analyst_snapshot": "publish the analyst snapshot",
