@@ -9,6 +9,8 @@ import duckdb
 import pandas as pd
 import pytest
 
+from funnelwatch.quality.incidents import record_outcomes
+from funnelwatch.quality.suites import CheckOutcome
 from tests.test_pipeline import _defs, _resources, _simulate
 
 DAY = pd.Timestamp("2026-11-02", tz="UTC")
@@ -23,10 +25,10 @@ def test_detection_scores_every_series_and_replaces_on_rerun(paths, dbt_manifest
         tags={"dagster/asset_partition_range_start": "2026-11-02-00:00",
               "dagster/asset_partition_range_end": "2026-11-04-23:00"},
     ).success
-    # an open data-quality incident on one hour: detection must skip it
+    # a data-quality incident covering one hour: detection must skip it
     con = duckdb.connect(str(paths["warehouse"]))
-    con.execute("""INSERT INTO quality.incidents VALUES ('dq-2026110412', 'data_quality',
-                   '2026-11-04 12:00:00+00', ['events_completeness'], 'test', 'open', now(), now())""")
+    record_outcomes(con, pd.Timestamp("2026-11-04 12:00:00+00"), [CheckOutcome(
+        "events_completeness", False, "the hour was cut off", {})])
     con.close()
 
     detect = [a for a in _defs().assets if "cohort_anomalies" in {k.path[-1] for k in a.keys}]

@@ -788,7 +788,7 @@ def test_one_bad_file_does_not_blind_a_two_hour_run(paths, tmp_path, dbt_manifes
         assert _hour_rows(con, HOUR) == (40, 40, 0)
         assert _hour_rows(con, NEXT_HOUR) == (30, 30, 0)
         incidents = con.execute(
-            "SELECT event_hour, summary, status FROM quality.incidents").fetchall()
+            "SELECT first_hour, summary, status FROM quality.incidents").fetchall()
     assert len(incidents) == 1
     (hour, summary, status) = incidents[0]
     assert hour == pd.Timestamp(HOUR) and status == "open"

@@ -1,7 +1,7 @@
 """Cohort-metric series for the detectors, read from `marts.fct_cohort_metrics_hourly`.
 
-A series is one (metric, cohort); `series_id` is `metric|cohort`. Hours with an open
-data-quality incident are left out of both history and the scored window: a broken hour
+A series is one (metric, cohort); `series_id` is `metric|cohort`. Hours a
+data-quality incident covers are left out of both history and the scored window: a broken hour
 must neither page anyone nor teach the detectors that broken is normal.
 """
 
@@ -37,8 +37,7 @@ def load_series(
                    CAST(m.denominator AS DOUBLE) AS denominator
             FROM {METRICS_TABLE} AS m
             WHERE m.event_hour >= $history_start AND m.event_hour < $end
-              AND m.event_hour NOT IN (
-                  SELECT event_hour FROM quality.incidents WHERE status = 'open')
+              AND m.event_hour NOT IN (SELECT event_hour FROM quality.incident_hours)
             ORDER BY series_id, ts""",
         {"history_start": start - timedelta(days=history_days), "end": end},
     ).df()

@@ -81,6 +81,8 @@ def build(folder: Path, warehouse: Path, config: FastLaneConfig | None = None,
         con.execute("CREATE TABLE detection.anomalies AS SELECT * FROM wh.detection.anomalies")
         # the data-quality gate's verdicts: the fast lane holds back flags in those hours
         con.execute("CREATE TABLE quality.incidents AS SELECT * FROM wh.quality.incidents")
+        con.execute("CREATE TABLE quality.incident_hours AS "
+                    "SELECT * FROM wh.quality.incident_hours")
         con.execute("DETACH wh")
         first, last = con.execute(
             "SELECT min(event_hour), max(event_hour) FROM detection.anomalies").fetchall()[0]

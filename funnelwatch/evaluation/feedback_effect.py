@@ -193,7 +193,7 @@ def _read_run(folder: Path, min_severity: float | None) -> tuple[pd.DataFrame, p
             f"FROM detection.anomalies WHERE {where} ORDER BY event_hour, severity DESC").df()
         try:
             dq = [r[0] for r in con.execute(
-                "SELECT DISTINCT event_hour FROM quality.incidents").fetchall()]
+                "SELECT DISTINCT event_hour FROM quality.incident_hours").fetchall()]
         except duckdb.CatalogException:
             dq = []
     return flagged, truth, dq

@@ -220,7 +220,7 @@ def collect(spec: RunSpec, folder: Path, rules: scoring.MatchingRules = scoring.
             "SELECT min(event_hour), max(event_hour) FROM detection.anomalies"
         ).fetchone()
         dq_hours = [r[0] for r in con.execute(
-            "SELECT DISTINCT event_hour FROM quality.incidents").fetchall()]
+            "SELECT DISTINCT event_hour FROM quality.incident_hours").fetchall()]
         special = con.execute(
             "SELECT holiday_date AS day, holiday_name AS name FROM marts.dim_holidays "
             "WHERE country = 'ALL'"

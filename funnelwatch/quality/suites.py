@@ -49,6 +49,12 @@ class QualitySettings:
     # completeness: with enough traffic, the last event lands in the hour's last minutes
     completeness_min_events: int = 500
     completeness_last_minutes: int = 15
+    # tracking loss (funnelwatch/quality/tracking.py): an event type against its recent days
+    tracking_reference_days: int = 7
+    tracking_min_reference: int = 50  # types with fewer events in the reference are not checked
+    tracking_low_ratio: float = 0.2  # an hour is low at or below this share of its expected count
+    tracking_min_expected: float = 10.0  # evidence a run of low hours needs before it is a loss
+    tracking_min_downstream_sessions: int = 5
 
 
 @dataclass
@@ -59,6 +65,7 @@ class CheckOutcome:
     evidence: dict[str, Any] = field(default_factory=dict)
 
 
+TRACKING_LOSS_CHECK = "events_tracking_loss"
 CHECK_DESCRIPTIONS = {
     "events_schema": "raw.events has exactly the contract's columns plus lineage columns.",
     "events_unique_event_id": "No event_id appears twice in the hour.",
@@ -71,6 +78,10 @@ CHECK_DESCRIPTIONS = {
     "dropped at most 1% as duplicate event_ids (raw.ingest_log).",
     "events_completeness": "With 500+ events expected, events reach the hour's last 15 "
     "minutes (a half-loaded or cut-off hour fails).",
+    TRACKING_LOSS_CHECK: "No event type vanished while its neighbours held: per type, its "
+    "count against its share of the other events over the recent 7 days, and the sessions "
+    "reaching the next funnel step without its event against their usual share "
+    "(funnelwatch/quality/tracking.py).",
     "events_unreadable_files": "Every landing file of the hour could be read: a file that "
     "could not (a CSV named .parquet, a truncated write) was set aside and its events are "
     "missing from the hour (raw.rejected_files).",
@@ -256,6 +267,10 @@ def run_suites(
             max_value=60)])
         outcomes.append(CheckOutcome("events_completeness", last.success,
                                      CHECK_DESCRIPTIONS["events_completeness"], _evidence(last)))
+
+    from funnelwatch.quality.tracking import tracking_loss_outcome  # it builds on this module
+
+    outcomes.append(tracking_loss_outcome(con, hour, settings))
     return outcomes
 
 

@@ -1,0 +1,158 @@
+"""Tracking loss and gaps as data-quality incidents that span hours (funnelwatch issue 16).
+
+Small synthetic stores written straight into raw.events: every session views a page, some
+view products, add to cart, check out and buy, each step after the one before it."""
+
+from __future__ import annotations
+
+import duckdb
+import pandas as pd
+import pytest
+
+from funnelwatch.quality.incidents import failed_hours, hour_incidents, record_outcomes
+from funnelwatch.quality.suites import CheckOutcome
+from funnelwatch.quality.tracking import tracking_loss_outcome
+from funnelwatch.warehouse import ensure_raw_schema
+
+START = pd.Timestamp("2026-11-10T00:00:00Z")
+# event type -> (minute in the session, sessions with it per 40: a subset of the step before)
+STEPS = {"page_view": (1, 40), "product_view": (5, 24), "add_to_cart": (10, 8),
+         "checkout_start": (15, 4), "purchase": (20, 2)}
+
+
+def _hour_events(hour: pd.Timestamp, sessions: int, keep: dict[str, float] | None = None):
+    keep = keep or {}
+    rows = []
+    for s in range(sessions):
+        for event_type, (minute, per_40) in STEPS.items():
+            if s % 40 >= per_40:
+                continue
+            # keep the type's events in a share of the blocks of 40 sessions (0: tracking
+            # lost); the same blocks for every type, so a later step stays a subset
+            if (s // 40) % 10 >= keep.get(event_type, 1.0) * 10:
+                continue
+            rows.append({
+                "event_id": f"{hour:%Y%m%d%H}-{s}-{event_type}",
+                "event_time": hour + pd.Timedelta(minutes=minute, seconds=s % 30),
+                "event_type": event_type, "user_id": f"u{s}",
+                "session_id": f"{hour:%Y%m%d%H}-s{s}", "device_type": "mobile", "os": "iOS",
+                "browser": "Safari", "country": "US", "event_hour": hour,
+            })
+    return pd.DataFrame(rows)
+
+
+def _insert(con, frame: pd.DataFrame) -> None:
+    if frame.empty:
+        return
+    con.register("frame", frame)
+    con.execute("""INSERT INTO raw.events (event_id, event_time, event_type, user_id, session_id,
+                   device_type, os, browser, country, event_hour)
+                   SELECT event_id, event_time, event_type, user_id, session_id, device_type,
+                          os, browser, country, event_hour FROM frame""")
+    con.unregister("frame")
+
+
+@pytest.fixture
+def con(tmp_path):
+    con = duckdb.connect(str(tmp_path / "w.duckdb"))
+    ensure_raw_schema(con)
+    yield con
+    con.close()
+
+
+def _run(con, hours: list[tuple[pd.Timestamp, int, dict | None]]) -> None:
+    """Load and check hour by hour, as the hourly pipeline does."""
+    for hour, sessions, keep in hours:
+        _insert(con, _hour_events(hour, sessions, keep))
+        record_outcomes(con, hour, [tracking_loss_outcome(con, hour.to_pydatetime())])
+
+
+def _timeline(sessions: int, normal: int, broken: int, after: int, keep: dict):
+    hours = [START + pd.Timedelta(hours=i) for i in range(normal + broken + after)]
+    return [(h, sessions, keep if normal <= i < normal + broken else None)
+            for i, h in enumerate(hours)], hours[normal], hours[normal + broken - 1]
+
+
+def _incidents(con) -> pd.DataFrame:
+    return con.execute("SELECT * FROM quality.incidents ORDER BY first_hour").df()
+
+
+def test_a_vanished_event_is_one_tracking_loss_from_its_first_hour_to_its_return(con):
+    timeline, first, last = _timeline(400, 48, 6, 3, {"add_to_cart": 0})
+    _run(con, timeline[:48 + 3])  # half-way through the outage
+    (open_,) = _incidents(con).itertuples()
+    assert (open_.kind, open_.subject, open_.status) == ("tracking_loss", "add_to_cart", "open")
+    assert pd.Timestamp(open_.first_hour) == first and open_.hours == 3
+    assert "add_to_cart events missing from" in open_.summary
+
+    _run(con, timeline[48 + 3:])
+    (incident,) = _incidents(con).itertuples()
+    assert incident.incident_id == open_.incident_id  # updated while it lasted, not re-opened
+    assert pd.Timestamp(incident.first_hour) == first and pd.Timestamp(incident.last_hour) == last
+    assert incident.hours == 6 and incident.status == "resolved"  # the event came back
+    # detection and the fast lane skip exactly the outage's hours
+    window = failed_hours(con, START.to_pydatetime(), (START + pd.Timedelta(days=3)).to_pydatetime())
+    assert window == {(first + pd.Timedelta(hours=i)).to_pydatetime() for i in range(6)}
+    assert hour_incidents(con, first.to_pydatetime()) == [incident.incident_id]
+
+
+def test_a_quiet_store_is_flagged_once_the_evidence_is_enough_dated_from_the_first_hour(con):
+    # 40 sessions an hour: 8 carts expected an hour, one empty hour is not yet evidence
+    timeline, first, last = _timeline(40, 48, 5, 2, {"add_to_cart": 0})
+    _run(con, timeline[:49])
+    assert _incidents(con).empty
+    (outcome,) = [tracking_loss_outcome(con, first.to_pydatetime())]
+    assert outcome.passed and "not yet enough evidence" in outcome.evidence["checked"]["add_to_cart"]
+    _run(con, timeline[49:])
+    (incident,) = _incidents(con).itertuples()
+    assert incident.subject == "add_to_cart"
+    assert pd.Timestamp(incident.first_hour) == first and pd.Timestamp(incident.last_hour) == last
+    assert incident.status == "resolved"
+    assert first.to_pydatetime() in failed_hours(con, first.to_pydatetime(),
+                                                 (last + pd.Timedelta(hours=1)).to_pydatetime())
+
+
+def test_a_real_checkout_drop_is_not_tracking_loss(con):
+    # checkouts fall to a tenth and purchases with them: customers, not the tracker
+    timeline, first, _ = _timeline(400, 48, 6, 2, {"checkout_start": 0.1, "purchase": 0.1})
+    _run(con, timeline)
+    assert _incidents(con).empty
+    outcome = tracking_loss_outcome(con, (first + pd.Timedelta(hours=5)).to_pydatetime())
+    assert outcome.passed
+    verdict = outcome.evidence["checked"]["checkout_start"]
+    assert verdict["verdict"].startswith("low, but the next step fell with it")
+    assert verdict["share_without_event"] == 0.0
+
+
+def test_a_30_hour_gap_is_one_missing_data_incident(con):
+    hours = [START + pd.Timedelta(hours=i) for i in range(24 + 30 + 3)]
+    for i, hour in enumerate(hours):
+        empty = 24 <= i < 54
+        if not empty:
+            _insert(con, _hour_events(hour, 400))
+        # what the volume check says of an empty hour after a normal day
+        volume = CheckOutcome("events_volume_vs_previous_weeks", not empty, "volume",
+                              {"observed": 0 if empty else 1})
+        record_outcomes(con, hour, [volume, tracking_loss_outcome(con, hour.to_pydatetime())])
+    (gap,) = _incidents(con).itertuples()
+    assert (gap.kind, gap.hours, gap.status) == ("missing_data", 30, "resolved")
+    assert pd.Timestamp(gap.first_hour) == hours[24] and pd.Timestamp(gap.last_hour) == hours[53]
+    assert gap.incident_id == f"gap-{hours[24]:%Y%m%d%H}"
+    assert len(failed_hours(con, hours[0].to_pydatetime(), hours[-1].to_pydatetime())) == 30
+
+
+def test_an_event_lost_across_a_gap_stays_one_incident(con):
+    """An empty hour says nothing about one event type: the loss goes on across it."""
+    hours = [START + pd.Timedelta(hours=i) for i in range(48 + 10)]
+    for i, hour in enumerate(hours):
+        empty = 51 <= i < 54
+        if not empty:
+            _insert(con, _hour_events(hour, 400, {"add_to_cart": 0} if i >= 48 else None))
+        volume = CheckOutcome("events_volume_vs_previous_weeks", not empty, "volume", {})
+        record_outcomes(con, hour, [volume, tracking_loss_outcome(con, hour.to_pydatetime())])
+    incidents = _incidents(con)
+    assert list(incidents["kind"]) == ["tracking_loss", "missing_data"]
+    loss = incidents.iloc[0]
+    assert pd.Timestamp(loss["first_hour"]) == hours[48]
+    assert pd.Timestamp(loss["last_hour"]) == hours[-1] and loss["status"] == "open"
+    assert loss["hours"] == 10 - 3
