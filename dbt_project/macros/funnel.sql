@@ -16,6 +16,16 @@
     ]) }}
 {%- endmacro %}
 
+{#-
+  Stages whose own event is also counted ("seen"), beside "reached": a session that checked
+  out without an add_to_cart event reached add_to_cart but never sent it. The gap between the
+  two counts is how tracking loss shows in the marts (funnelwatch/quality/tracking.py checks
+  the same steps).
+-#}
+{% macro tracked_event_steps() -%}
+    {{ return(['product_view', 'add_to_cart', 'checkout_start']) }}
+{%- endmacro %}
+
 {#- Stage rank of one event. -#}
 {% macro funnel_stage_rank(event_type, checkout_step) -%}
     case {{ event_type }}

@@ -76,7 +76,10 @@ hourly as (
         count(*) filter (
             where event_type = 'payment_attempt' and payment_status = 'failure'
         ) as payment_failures,
-        count(*) filter (where event_type = 'js_error') as js_errors
+        count(*) filter (where event_type = 'js_error') as js_errors,
+        {%- for step in tracked_event_steps() %}
+        bool_or(event_type = '{{ step }}') as hour_has_{{ step }}_event{{ "," if not loop.last }}
+        {%- endfor %}
     from events
     group by session_id, event_hour
 
@@ -88,7 +91,10 @@ cumulative as (
         hourly.*,
         -- first row of the frame = the session's earliest hour within the horizon
         first_value(first_event) over session_so_far as session_first_event,
-        max(hour_stage_rank) over session_so_far as stage_rank
+        max(hour_stage_rank) over session_so_far as stage_rank,
+        {%- for step in tracked_event_steps() %}
+        bool_or(hour_has_{{ step }}_event) over session_so_far as has_{{ step }}_event{{ "," if not loop.last }}
+        {%- endfor %}
     from hourly
     window session_so_far as (
         partition by session_id
@@ -113,6 +119,10 @@ select
     {{ funnel_stage_name('stage_rank') }} as deepest_stage,
     {%- for stage in funnel_stages() %}
     stage_rank >= {{ stage.rank }} as {{ stage.flag }},
+    {%- endfor %}
+    {%- for step in tracked_event_steps() %}
+    -- the step's own event seen: reached_<step> is also true for a session that skipped it
+    has_{{ step }}_event,
     {%- endfor %}
     first_event.event_time as first_event_time,
     last_event_time,

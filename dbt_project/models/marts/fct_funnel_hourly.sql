@@ -28,6 +28,9 @@ counts as (
         {%- for stage in funnel_stages() %}
         count(*) filter (where {{ stage.flag }}) as {{ stage.sessions }},
         {%- endfor %}
+        {%- for step in tracked_event_steps() %}
+        count(*) filter (where has_{{ step }}_event) as {{ step }}_event_sessions,
+        {%- endfor %}
         cast(sum(payment_attempts) as bigint) as payment_attempts,
         cast(sum(payment_failures) as bigint) as payment_failures,
         cast(sum(purchases) as bigint) as purchases,
