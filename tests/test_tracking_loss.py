@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from funnelwatch.quality.incidents import failed_hours, hour_incidents, record_outcomes
-from funnelwatch.quality.suites import CheckOutcome
+from funnelwatch.quality.suites import feed_presence_outcome
 from funnelwatch.quality.tracking import tracking_loss_outcome
 from funnelwatch.warehouse import ensure_raw_schema
 
@@ -65,6 +65,13 @@ def _run(con, hours: list[tuple[pd.Timestamp, int, dict | None]]) -> None:
     for hour, sessions, keep in hours:
         _insert(con, _hour_events(hour, sessions, keep))
         record_outcomes(con, hour, [tracking_loss_outcome(con, hour.to_pydatetime())])
+
+
+def _presence_and_tracking(con, hour: pd.Timestamp) -> list:
+    at = hour.to_pydatetime()
+    events = con.execute("SELECT count(*) FROM raw.events WHERE event_hour = $h",
+                         {"h": at}).fetchone()[0]
+    return [feed_presence_outcome(con, at, events), tracking_loss_outcome(con, at)]
 
 
 def _timeline(sessions: int, normal: int, broken: int, after: int, keep: dict):
@@ -130,12 +137,10 @@ def test_a_30_hour_gap_is_one_missing_data_incident(con):
         empty = 24 <= i < 54
         if not empty:
             _insert(con, _hour_events(hour, 400))
-        # what the volume check says of an empty hour after a normal day
-        volume = CheckOutcome("events_volume_vs_previous_weeks", not empty, "volume",
-                              {"observed": 0 if empty else 1})
-        record_outcomes(con, hour, [volume, tracking_loss_outcome(con, hour.to_pydatetime())])
+        record_outcomes(con, hour, _presence_and_tracking(con, hour))
     (gap,) = _incidents(con).itertuples()
     assert (gap.kind, gap.hours, gap.status) == ("missing_data", 30, "resolved")
+    assert gap.failed_checks == ["events_feed_present"] and "30 hours" in gap.summary
     assert pd.Timestamp(gap.first_hour) == hours[24] and pd.Timestamp(gap.last_hour) == hours[53]
     assert gap.incident_id == f"gap-{hours[24]:%Y%m%d%H}"
     assert len(failed_hours(con, hours[0].to_pydatetime(), hours[-1].to_pydatetime())) == 30
@@ -148,8 +153,7 @@ def test_an_event_lost_across_a_gap_stays_one_incident(con):
         empty = 51 <= i < 54
         if not empty:
             _insert(con, _hour_events(hour, 400, {"add_to_cart": 0} if i >= 48 else None))
-        volume = CheckOutcome("events_volume_vs_previous_weeks", not empty, "volume", {})
-        record_outcomes(con, hour, [volume, tracking_loss_outcome(con, hour.to_pydatetime())])
+        record_outcomes(con, hour, _presence_and_tracking(con, hour))
     incidents = _incidents(con)
     assert list(incidents["kind"]) == ["tracking_loss", "missing_data"]
     loss = incidents.iloc[0]

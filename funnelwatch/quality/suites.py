@@ -74,6 +74,8 @@ CHECK_DESCRIPTIONS = {
     "null in at most 5% of the hour's events.",
     "events_volume_vs_previous_weeks": "Each event type's count is at least 0.4x the median "
     "of the same hour in the previous 4 weeks (types with a baseline of 50+): missing data.",
+    "events_feed_present": "The hour has events when the loaded hours of the previous 7 days "
+    "averaged 50+ events an hour: a day with no file or a feed that stopped is missing data.",
     "events_ingest_rejections": "Ingest quarantined at most 1% of the hour's landed rows and "
     "dropped at most 1% as duplicate event_ids (raw.ingest_log).",
     "events_completeness": "With 500+ events expected, events reach the hour's last 15 "
@@ -217,6 +219,8 @@ def run_suites(
                                      CHECK_DESCRIPTIONS["events_volume_vs_previous_weeks"],
                                      evidence))
 
+    outcomes.append(feed_presence_outcome(con, hour, len(events), settings))
+
     # ingest's own accounting: rows that broke the contract or came twice
     log = con.execute(
         f"""SELECT rows_in, rows_quarantined, duplicates_dropped FROM {INGEST_LOG_TABLE}
@@ -296,3 +300,28 @@ def _unreadable_files_outcome(con: duckdb.DuckDBPyConnection, hour: datetime) ->
             + f" ({f['reason']})" for f in files)
     return CheckOutcome("events_unreadable_files", not files,
                         CHECK_DESCRIPTIONS["events_unreadable_files"], evidence)
+
+
+def feed_presence_outcome(
+    con: duckdb.DuckDBPyConnection,
+    hour: datetime,
+    events_in_hour: int,
+    settings: QualitySettings = QualitySettings(),
+) -> CheckOutcome:
+    """An empty hour of a store that was sending events: missing data. The same hour of earlier
+    weeks may be missing too (or not loaded yet), so the recent days are the reference."""
+    description = CHECK_DESCRIPTIONS["events_feed_present"]
+    if events_in_hour:
+        return CheckOutcome("events_feed_present", True, description,
+                            {"events": events_in_hour})
+    hours, events = con.execute(
+        f"""SELECT count(DISTINCT event_hour), count(*) FROM {EVENTS_TABLE}
+            WHERE event_hour >= $s AND event_hour < $h""",
+        {"s": hour - timedelta(days=7), "h": hour},
+    ).fetchone()
+    per_hour = events / hours if hours else 0.0
+    evidence = {"events": 0, "recent_hours_with_events": hours,
+                "recent_events_per_hour": round(per_hour, 1),
+                "min_events_per_hour": settings.volume_min_baseline}
+    return CheckOutcome("events_feed_present", per_hour < settings.volume_min_baseline,
+                        description, evidence)

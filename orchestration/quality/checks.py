@@ -1,12 +1,13 @@
 """Data-quality gate: Great Expectations suites as blocking asset checks on `raw_events` and
 on the cohort metrics mart (the detectors' input).
 
-A failed check opens a data-quality incident for the hour (`quality.incidents`). In a live
+A failed check puts the hour in a data-quality incident (`quality.incidents`: one per gap,
+per tracking loss, per run of bad hours; docs/data-quality.md). In a live
 one-hour run it fails with ERROR severity, which blocks everything downstream of
 `raw_events` in the run: the broken hour does not reach the marts or the detectors. In a
 multi-hour backfill the failures are recorded per hour with WARN severity, so one bad hour
-in history does not stop the rest from loading; detection skips hours with an open
-data-quality incident either way.
+in history does not stop the rest from loading; detection skips every hour a data-quality
+incident covers either way.
 """
 
 import json
@@ -71,7 +72,7 @@ def _check_hours(context, warehouse: WarehouseResource, asset_key, names, run):
         for hour in hours:
             outcomes = run(con, hour)
             incident = record_outcomes(con, hour, outcomes)
-            if incident:
+            if incident and incident not in incidents:  # one incident spans many hours
                 incidents.append(incident)
             for outcome in outcomes:
                 if not outcome.passed:
