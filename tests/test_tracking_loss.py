@@ -160,3 +160,21 @@ def test_an_event_lost_across_a_gap_stays_one_incident(con):
     assert pd.Timestamp(loss["first_hour"]) == hours[48]
     assert pd.Timestamp(loss["last_hour"]) == hours[-1] and loss["status"] == "open"
     assert loss["hours"] == 10 - 3
+
+
+def test_a_warehouse_with_per_hour_incidents_keeps_its_broken_hours(con):
+    """Before incidents spanned hours, quality.incidents had one row per hour (event_hour)."""
+    con.execute("CREATE SCHEMA quality")
+    con.execute("""CREATE TABLE quality.incidents (incident_id VARCHAR, kind VARCHAR,
+                   event_hour TIMESTAMPTZ, failed_checks VARCHAR[], summary VARCHAR,
+                   status VARCHAR, opened_at TIMESTAMPTZ, updated_at TIMESTAMPTZ)""")
+    con.execute("""INSERT INTO quality.incidents VALUES
+        ('dq-2026111012', 'data_quality', '2026-11-10 12:00:00+00', ['events_completeness'],
+         'cut off', 'open', now(), now()),
+        ('dq-2026111013', 'data_quality', '2026-11-10 13:00:00+00', ['events_completeness'],
+         'fixed', 'resolved', now(), now())""")
+    hours = failed_hours(con, START.to_pydatetime(), (START + pd.Timedelta(days=1)).to_pydatetime())
+    assert hours == {pd.Timestamp("2026-11-10 12:00:00+00").to_pydatetime()}
+    rows = con.execute("SELECT incident_id, first_hour = last_hour, hours, status "
+                       "FROM quality.incidents ORDER BY incident_id").fetchall()
+    assert rows == [("dq-2026111012", True, 1, "open"), ("dq-2026111013", True, 1, "resolved")]

@@ -14,9 +14,10 @@ Kinds:
 Contiguity: a failing hour joins the nearest incident of its kind and subject when no hour
 between them was checked and passed for it. Hours never checked do not break an incident, and
 an empty hour (a gap) does not break a tracking loss: it says nothing about the event type.
-An incident is `open` while it lasts and `resolved` once a later hour is checked and passes
-(the event came back, the feed resumed), or when all of its hours were re-checked and pass
-(the data was fixed).
+A gap or a tracking loss is `open` while it lasts and `resolved` once a later hour is checked
+and passes (the feed resumed, the event came back). A `data_quality` incident stays open until
+its hours are re-checked and pass (the data was fixed), as does any incident whose every hour
+was fixed.
 
 Detection reads `failed_hours` (the hours an incident covers, resolved or not: a gap that has
 ended still has no data) so that no business anomaly is raised from a broken hour.
@@ -314,10 +315,13 @@ def _refresh_incident(con, inc: str) -> None:
 
 
 def _refresh_status(con) -> None:
-    """An open incident ends when an hour after its last one was checked and passed for it."""
+    """A gap or a tracking loss ends when an hour after its last one was checked and passed
+    for it (the feed resumed, the event came back). A data-quality incident stays open until
+    its hours are fixed: its hours hold bad data, which a good next hour does not mend."""
     for inc, kind, last in con.execute(
             f"SELECT incident_id, kind, last_hour FROM {SCHEMA}.incidents "
-            "WHERE status = 'open' AND hours > 0").fetchall():
+            "WHERE status = 'open' AND hours > 0 AND kind IN ($gap, $loss)",
+            {"gap": MISSING_DATA, "loss": TRACKING_LOSS}).fetchall():
         later = con.execute(
             f"SELECT count(*) FROM ({_breaking_hours_sql(kind)}) WHERE event_hour > $l",
             {"i": inc, "l": last}).fetchone()[0]
