@@ -93,8 +93,11 @@ def _orphans(con, step: str, downstream: str, start: datetime, hour: datetime) -
     return frame.set_index("event_hour")
 
 
+DEFAULT_SETTINGS = QualitySettings()
+
+
 def tracking_loss_outcome(
-    con: duckdb.DuckDBPyConnection, hour: datetime, settings: QualitySettings = QualitySettings()
+    con: duckdb.DuckDBPyConnection, hour: datetime, settings: QualitySettings = DEFAULT_SETTINGS
 ) -> CheckOutcome:
     """The `events_tracking_loss` verdict for one loaded hour. Reads only."""
     hour_ts = pd.Timestamp(hour).tz_convert("UTC")
