@@ -31,7 +31,8 @@ from datetime import datetime, timedelta
 import duckdb
 
 from funnelwatch.landing import as_utc_hour
-from funnelwatch.quality.suites import TRACKING_LOSS_CHECK, CheckOutcome
+from funnelwatch.quality.outcomes import CheckOutcome
+from funnelwatch.quality.tracking import TRACKING_LOSS_CHECK
 
 SCHEMA = "quality"
 HOUR = timedelta(hours=1)

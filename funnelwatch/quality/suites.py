@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import os
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -21,6 +20,12 @@ import pandas as pd
 
 from funnelwatch.contract import EVENT_COLUMNS, EVENT_TYPES
 from funnelwatch.landing import as_utc_hour
+from funnelwatch.quality.outcomes import CheckOutcome, QualitySettings
+from funnelwatch.quality.tracking import (
+    TRACKING_LOSS_CHECK,
+    TRACKING_LOSS_DESCRIPTION,
+    tracking_loss_outcome,
+)
 from funnelwatch.verbosity import verbose
 from funnelwatch.warehouse import (
     EVENTS_TABLE,
@@ -29,43 +34,11 @@ from funnelwatch.warehouse import (
     REJECTED_FILES_TABLE,
 )
 
+DEFAULT_SETTINGS = QualitySettings()
 # Session attributes that define cohorts: their null rate must stay low.
 COHORT_FIELDS = ("device_type", "os", "browser", "country")
 
 
-@dataclass(frozen=True)
-class QualitySettings:
-    """One configuration for every hour and store (no per-scenario tuning)."""
-
-    max_cohort_null_rate: float = 0.05
-    # per-event-type volume against the median of the same hour in previous weeks
-    volume_weeks: int = 4
-    # Only missing data is a data fault: surges (Black Friday, a campaign, a bot flood) are
-    # business signals for detection, and duplicated rows are caught at ingest.
-    volume_min_ratio: float = 0.4
-    volume_min_baseline: int = 50  # types rarer than this are not volume-checked
-    # share of the hour's landed rows that ingest quarantined or dropped as duplicates
-    max_rejected_share: float = 0.01
-    # completeness: with enough traffic, the last event lands in the hour's last minutes
-    completeness_min_events: int = 500
-    completeness_last_minutes: int = 15
-    # tracking loss (funnelwatch/quality/tracking.py): an event type against its recent days
-    tracking_reference_days: int = 7
-    tracking_min_reference: int = 50  # types with fewer events in the reference are not checked
-    tracking_low_ratio: float = 0.2  # an hour is low at or below this share of its expected count
-    tracking_min_expected: float = 10.0  # evidence a run of low hours needs before it is a loss
-    tracking_min_downstream_sessions: int = 5
-
-
-@dataclass
-class CheckOutcome:
-    name: str
-    passed: bool
-    description: str
-    evidence: dict[str, Any] = field(default_factory=dict)
-
-
-TRACKING_LOSS_CHECK = "events_tracking_loss"
 CHECK_DESCRIPTIONS = {
     "events_schema": "raw.events has exactly the contract's columns plus lineage columns.",
     "events_unique_event_id": "No event_id appears twice in the hour.",
@@ -80,10 +53,7 @@ CHECK_DESCRIPTIONS = {
     "dropped at most 1% as duplicate event_ids (raw.ingest_log).",
     "events_completeness": "With 500+ events expected, events reach the hour's last 15 "
     "minutes (a half-loaded or cut-off hour fails).",
-    TRACKING_LOSS_CHECK: "No event type vanished while its neighbours held: per type, its "
-    "count against its share of the other events over the recent 7 days, and the sessions "
-    "reaching the next funnel step without its event against their usual share "
-    "(funnelwatch/quality/tracking.py).",
+    TRACKING_LOSS_CHECK: TRACKING_LOSS_DESCRIPTION,
     "events_unreadable_files": "Every landing file of the hour could be read: a file that "
     "could not (a CSV named .parquet, a truncated write) was set aside and its events are "
     "missing from the hour (raw.rejected_files).",
@@ -148,7 +118,7 @@ def _previous_week_counts(con, hour: datetime, weeks: int) -> pd.DataFrame:
 def run_suites(
     con: duckdb.DuckDBPyConnection,
     hour: datetime | str,
-    settings: QualitySettings = QualitySettings(),
+    settings: QualitySettings = DEFAULT_SETTINGS,
 ) -> list[CheckOutcome]:
     """Validate one loaded hour of raw.events. Reads only; the caller records the outcome."""
     import great_expectations as gx
@@ -272,8 +242,6 @@ def run_suites(
         outcomes.append(CheckOutcome("events_completeness", last.success,
                                      CHECK_DESCRIPTIONS["events_completeness"], _evidence(last)))
 
-    from funnelwatch.quality.tracking import tracking_loss_outcome  # it builds on this module
-
     outcomes.append(tracking_loss_outcome(con, hour, settings))
     return outcomes
 
@@ -306,7 +274,7 @@ def feed_presence_outcome(
     con: duckdb.DuckDBPyConnection,
     hour: datetime,
     events_in_hour: int,
-    settings: QualitySettings = QualitySettings(),
+    settings: QualitySettings = DEFAULT_SETTINGS,
 ) -> CheckOutcome:
     """An empty hour of a store that was sending events: missing data. The same hour of earlier
     weeks may be missing too (or not loaded yet), so the recent days are the reference."""

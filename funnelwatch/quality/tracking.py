@@ -27,13 +27,14 @@ from datetime import datetime, timedelta
 import duckdb
 import pandas as pd
 
-from funnelwatch.quality.suites import (
-    CHECK_DESCRIPTIONS,
-    TRACKING_LOSS_CHECK,
-    CheckOutcome,
-    QualitySettings,
-)
+from funnelwatch.quality.outcomes import CheckOutcome, QualitySettings
 from funnelwatch.warehouse import EVENTS_TABLE
+
+TRACKING_LOSS_CHECK = "events_tracking_loss"
+TRACKING_LOSS_DESCRIPTION = (
+    "No event type vanished while its neighbours held: per type, its count against its share "
+    "of the other events over the recent 7 days, and the sessions reaching the next funnel "
+    "step without its event against their usual share (funnelwatch/quality/tracking.py).")
 
 # step -> the next funnel step whose sessions must have passed through it
 TRACKED_STEPS: dict[str, str] = {
@@ -103,7 +104,7 @@ def tracking_loss_outcome(
     hour_ts = pd.Timestamp(hour).tz_convert("UTC")
     start = hour - timedelta(days=settings.tracking_reference_days)
     counts = _hourly_counts(con, start, hour)
-    description = CHECK_DESCRIPTIONS[TRACKING_LOSS_CHECK]
+    description = TRACKING_LOSS_DESCRIPTION
     if counts.empty or hour_ts not in counts.index:
         return CheckOutcome(TRACKING_LOSS_CHECK, True, description,
                             {"note": "no events in the hour: a gap, not a tracking loss"})
