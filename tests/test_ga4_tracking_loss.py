@@ -90,6 +90,7 @@ def _assert_outage_and_gaps(con, expected_gaps: list[tuple[str, int]]) -> None:
     assert found == [(f"{day} 00", hours, "resolved") for day, hours in expected_gaps], found
 
 
+@pytest.mark.slow  # 2-4 min of checks over 11 days: CI runs it, `make test` stays under 10 min
 def test_ga4_add_to_cart_outage_around_its_days(tmp_path):
     days = ["20201116", "20201118", "20201119", "20201121", "20201122", "20201123", "20201126"]
     con, _ = _pipeline(tmp_path, days, "2020-11-16", "2020-11-27")
