@@ -586,9 +586,11 @@ def test_sigkill_during_load_then_rerun_loads_the_hour_exactly(paths, tmp_path):
                       [pd.Timestamp(NEXT_HOUR).to_pydatetime()]) == 1
 
 
-def _run_cmd(hour: int) -> list[str]:
-    return [sys.executable, "-m", "funnelwatch.cli", "run", "--start", f"{DAY}T{hour:02d}:00",
-            "--end", f"{DAY}T{hour + 1:02d}:00", "--no-respond"]
+def _run_cmd(hour: int, verbose: bool = False) -> list[str]:
+    # --verbose: dbt's line per model, which the kill test waits for, is held back otherwise
+    return [sys.executable, "-m", "funnelwatch.cli", *(["--verbose"] if verbose else []), "run",
+            "--start", f"{DAY}T{hour:02d}:00", "--end", f"{DAY}T{hour + 1:02d}:00",
+            "--no-respond"]
 
 
 def _rounded(rows: list[tuple]) -> list[tuple]:
@@ -692,8 +694,8 @@ def killed_dbt_scenario(tmp_path_factory, dbt_manifest):
 
     log = root / "killed.log"
     with open(log, "w") as sink:
-        process = subprocess.Popen(_run_cmd(13), env=env, cwd=REPO_ROOT, stdout=sink,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(_run_cmd(13, verbose=True), env=env, cwd=REPO_ROOT,
+                                   stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
         _wait_for(lambda: any("dbt" in c and " build " in c
                               for _, c in _descendants(process.pid)),
                   process, 300, "a `dbt build` child process", log)
