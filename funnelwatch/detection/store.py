@@ -84,3 +84,46 @@ def replace_window(
         con.execute("ROLLBACK")
         raise
     return len(frame)
+
+
+def _has_table(con: duckdb.DuckDBPyConnection) -> bool:
+    return bool(con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_schema = $s "
+        "AND table_name = 'anomalies'", {"s": SCHEMA}).fetchone()[0])
+
+
+POINT_COLUMNS = ["metric", "cohort", "severity", "direction", "value", "expected"]
+
+
+def flagged_points(con: duckdb.DuckDBPyConnection, hour: datetime) -> pd.DataFrame:
+    """The hour's flagged points, one row per series (incidents read these). Empty, with the
+    columns, before detection ever ran: the reader never creates detection's schema."""
+    if not _has_table(con):
+        return pd.DataFrame(columns=POINT_COLUMNS)
+    return con.execute(
+        f"""SELECT metric, cohort, severity, direction, value, expected FROM {TABLE}
+            WHERE event_hour = $h AND is_anomaly""",
+        {"h": hour},
+    ).df()
+
+
+def series_health(con: duckdb.DuckDBPyConnection, series: list[tuple[str, str]],
+                  start: datetime, end: datetime) -> pd.DataFrame:
+    """Per (metric, cohort) of `series`, over the hours in (start, end]: how many were scored,
+    how many of those were unflagged and inside the expected band (`good`), how many flagged.
+    Series never scored in the window have no row."""
+    columns = ["metric", "cohort", "scored", "good", "flagged"]
+    if not series or not _has_table(con):
+        return pd.DataFrame(columns=columns)
+    return con.execute(
+        f"""SELECT metric, cohort, count(*) AS scored,
+                   count(*) FILTER (WHERE NOT coalesce(is_anomaly, false)
+                                    AND (lower IS NULL OR value >= lower)
+                                    AND (upper IS NULL OR value <= upper)) AS good,
+                   count(*) FILTER (WHERE is_anomaly) AS flagged
+            FROM {TABLE}
+            WHERE event_hour > $s AND event_hour <= $e
+              AND list_contains($keys, metric || '|' || cohort)
+            GROUP BY metric, cohort""",
+        {"s": start, "e": end, "keys": [f"{m}|{c}" for m, c in series]},
+    ).df()

@@ -4,6 +4,9 @@
 from __future__ import annotations
 
 import duckdb
+import pandas as pd
+
+from funnelwatch.fastlane.quality import HELD_BACK
 
 SCHEMA = "fastlane"
 SLOT_METRICS = f"{SCHEMA}.slot_metrics"
@@ -29,11 +32,42 @@ def ensure_fastlane_schema(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
-def flagged_points_sql() -> str:
-    """The fast lane's flagged points of hour `$h`, one per series (its worst slot), in the
-    shape of detection.anomalies' flagged points (incidents read both)."""
-    return f"""SELECT metric, cohort, max(severity) AS severity,
-                      arg_max(direction, severity) AS direction,
-                      arg_max(value, severity) AS value, arg_max(expected, severity) AS expected
-               FROM {SCORES} WHERE event_hour = $h AND is_anomaly
-               GROUP BY metric, cohort"""
+def _has_scores(con: duckdb.DuckDBPyConnection) -> bool:
+    return bool(con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_schema = $s "
+        "AND table_name = 'scores'", {"s": SCHEMA}).fetchone()[0])
+
+
+def flagged_points(con: duckdb.DuckDBPyConnection, hour) -> pd.DataFrame:
+    """The fast lane's flagged points of `hour`, one per series (its worst slot), in the shape
+    of detection's flagged points (incidents read both). Empty before the lane ever ran."""
+    if not _has_scores(con):
+        return pd.DataFrame(columns=["metric", "cohort", "severity", "direction", "value",
+                                     "expected"])
+    return con.execute(
+        f"""SELECT metric, cohort, max(severity) AS severity,
+                   arg_max(direction, severity) AS direction,
+                   arg_max(value, severity) AS value, arg_max(expected, severity) AS expected
+            FROM {SCORES} WHERE event_hour = $h AND is_anomaly
+            GROUP BY metric, cohort""",
+        {"h": hour},
+    ).df()
+
+
+def slot_health(con: duckdb.DuckDBPyConnection, series: list[tuple[str, str]], start, end
+                ) -> pd.DataFrame:
+    """Per (metric, cohort) of `series`, the fast lane's slots of the hours in (start, end]:
+    how many were scored (a slot held back by the data-quality guard proves nothing either
+    way, so it is not counted) and how many flagged."""
+    columns = ["metric", "cohort", "scored", "flagged"]
+    if not series or not _has_scores(con):
+        return pd.DataFrame(columns=columns)
+    return con.execute(
+        f"""SELECT metric, cohort, count(*) AS scored, count(*) FILTER (WHERE is_anomaly) AS flagged
+            FROM {SCORES}
+            WHERE event_hour > $s AND event_hour <= $e
+              AND list_contains($keys, metric || '|' || cohort)
+              AND NOT starts_with(coalesce(reason, ''), $held)
+            GROUP BY metric, cohort""",
+        {"s": start, "e": end, "keys": [f"{m}|{c}" for m, c in series], "held": HELD_BACK},
+    ).df()

@@ -1,22 +1,34 @@
-"""From anomaly points to incidents: grouping, state and timeline, one hour at a time.
+"""From anomaly points to incidents: localise, then group; state and timeline, hour by hour.
 
-Every flagged point of `detection.anomalies` for an hour joins at most one incident:
+One problem is one incident, however many series and cohorts it moves:
 
-- **Grouping.** A point joins a live incident when the incident's last anomalous hour is at
-  most `merge_gap_hours` earlier and the two cohorts are *compatible*: no dimension has
-  different values in them (`all` is compatible with everything; `os=Linux` and
-  `utm_source=facebook` are, since one bot campaign can move both; `os=iOS` and
-  `os=Android` are not). The metric does not matter: one cause moves several steps of the
-  funnel. Points are taken most severe first, so an incident is named after its worst series.
-- **State.** `open` -> (`acknowledged`) -> `resolved` once the incident's main series has
-  been back inside its expected band, unflagged, for `recovery_hours` consecutive scored
-  hours. A compatible anomaly within `reopen_hours` of the resolution re-opens it (same id,
-  a fresh alert key, so receivers page again).
+- **Localise first.** The hour's flagged points of both lanes (hourly detection and the
+  5-minute fast lane, through their stores' public readers) are explained together: for each
+  flagged metric, the root-cause localiser (`funnelwatch.incidents.rca.localise_change`) says
+  where the store's metric changed this hour. A point whose cohort is the same as, inside, or
+  around one of those cohorts takes it as its *localised cohort* (a bot campaign flagged as
+  `add_to_cart_rate` at `all`, `sessions` in `os=Linux&utm_campaign=fb_retarget` and
+  `js_error_session_rate` in `utm_campaign=fb_retarget` all localise to
+  `utm_campaign=fb_retarget`); a point the store-wide scan does not explain (a small cohort's
+  drop, invisible in the store's totals) keeps its own cohort.
+- **Group by where.** Points whose localised cohorts are the same or nested join one
+  incident; the other series are its symptoms (`incidents.members`), not incidents of their
+  own. Points without a localisation (no analysis configured, no marts yet) fall back to the
+  looser rule of compatible cohorts (no dimension with different values). An ongoing incident
+  (last anomaly at most `merge_gap_hours` earlier, or resolved less than `reopen_hours` ago)
+  absorbs new symptoms of its localised cohort and updates instead of opening a new one. The
+  metric does not matter: one cause moves several steps of the funnel.
+- **State.** `open` -> (`acknowledged`) -> `resolved` once the localised cohort has
+  recovered: the incident's main series back inside its expected band, unflagged, for
+  `recovery_hours` consecutive scored hours, and none of its symptom series flagged in either
+  lane over those hours (one recovered symptom is not a recovered problem). A new point of
+  its localised cohort within `reopen_hours` of the resolution re-opens it (same id, a fresh
+  alert key, so receivers page again).
 - **Idempotent per hour.** Processing an hour again first removes what that hour added
   (members, timeline rows, incidents opened in it), so a re-run after a re-score gives the
   same incidents.
 
-The stable id is `inc-<first hour YYYYMMDDHH>-<6 hex of metric|cohort>`.
+The stable id is `inc-<first hour YYYYMMDDHH>-<6 hex of metric|localised cohort>`.
 """
 
 from __future__ import annotations
@@ -31,11 +43,8 @@ from datetime import datetime, timedelta
 import duckdb
 import pandas as pd
 
-from funnelwatch.detection.store import ensure_detection_schema
-from funnelwatch.fastlane.quality import HELD_BACK
-from funnelwatch.fastlane.store import SCORES as FASTLANE_SCORES
-from funnelwatch.fastlane.store import ensure_fastlane_schema
-from funnelwatch.fastlane.store import flagged_points_sql as fastlane_flagged_points_sql
+from funnelwatch.detection import store as detection_store
+from funnelwatch.fastlane import store as fastlane_store
 from funnelwatch.incidents.masking import mask_small_cohorts
 from funnelwatch.incidents.store import SCHEMA, add_timeline, ensure_incident_schema
 from funnelwatch.landing import as_utc_hour
@@ -48,6 +57,8 @@ LIFECYCLE_KINDS = ("opened", "updated", "escalated", "resolved", "reopened")
 SEVERITY_BANDS = ((90.0, "critical"), (70.0, "major"), (50.0, "minor"))
 
 Analyse = Callable[..., dict]
+# localise(con, metric=..., start=..., end=...) -> the `where` rows the localiser accepts
+Localise = Callable[..., list[dict]]
 # 5-minute slots per hour of the fast lane, and the share of them a recovered hour needs.
 SLOTS_PER_HOUR = 12
 FASTLANE_RECOVERY_COVERAGE = 0.9
@@ -187,27 +198,79 @@ def _undo_hour(con, hour: datetime) -> None:
     )
 
 
-def _flagged_points(con, hour: datetime) -> pd.DataFrame:
-    """The hour's flagged points of both lanes, one per series (its most severe): the
-    hourly detection (`detection.anomalies`) and the 5-minute fast lane (`fastlane.scores`),
-    so the fast lane's early point and the hourly lane's later one are the same incident."""
-    return con.execute(
-        f"""SELECT metric, cohort, max(severity) AS severity,
-                   arg_max(direction, severity) AS direction,
-                   arg_max(value, severity) AS value, arg_max(expected, severity) AS expected
-            FROM (SELECT metric, cohort, severity, direction, value, expected
-                  FROM detection.anomalies WHERE event_hour = $h AND is_anomaly
-                  UNION ALL {fastlane_flagged_points_sql()})
-            GROUP BY metric, cohort
-            ORDER BY severity DESC, metric, cohort""",
-        {"h": hour},
-    ).df()
+def anomalies_of_hour(con, hour: datetime) -> pd.DataFrame:
+    """The hour's flagged points of both lanes, one per series (its most severe): the hourly
+    detection and the 5-minute fast lane, read through their stores' public functions, so the
+    fast lane's early point and the hourly lane's later one are the same incident."""
+    frames = [frame for frame in (detection_store.flagged_points(con, hour),
+                                  fastlane_store.flagged_points(con, hour)) if len(frame)]
+    if not frames:
+        return pd.DataFrame(columns=detection_store.POINT_COLUMNS)
+    both = pd.concat(frames, ignore_index=True)
+    both = both.sort_values(["severity", "metric", "cohort"], ascending=[False, True, True],
+                            kind="stable")
+    return both.drop_duplicates(["metric", "cohort"], keep="first").reset_index(drop=True)
+
+
+def _text(value) -> str | None:
+    """A VARCHAR read through pandas: None for NULL (which may arrive as NaN)."""
+    return None if value is None or (isinstance(value, float) and value != value) else value
+
+
+def nested(a: str, b: str) -> bool:
+    """True when one cohort lies inside the other (or they are the same)."""
+    return contains(a, b) or contains(b, a)
+
+
+def localise_points(con, points: pd.DataFrame, hour: datetime,
+                    localise: Localise | None) -> pd.DataFrame:
+    """Each point's localised cohort (`where`, `localised`): the first cohort the store-wide
+    localisation of its metric accepts that is the same as, inside or around the point's
+    cohort; the point's own cohort (localised False) when there is none, when no localiser
+    is given, or when the metric cannot be localised (an unknown metric, a window without
+    marts). One localisation per flagged metric and hour."""
+    out = points.copy()
+    out["where"] = out["cohort"]
+    out["localised"] = False
+    if localise is None or out.empty:
+        return out
+    found: dict[str, list[str]] = {}
+    for metric in out["metric"].unique():
+        try:
+            rows = localise(con, metric=metric, start=hour, end=hour + timedelta(hours=1))
+        except ValueError as exc:  # unknown metric, no data: the points keep their cohorts
+            log.info("no localisation of %s at %s: %s", metric, hour, exc)
+            rows = []
+        found[metric] = [r["cohort"] for r in rows if r.get("cohort")]
+    for i, point in out.iterrows():
+        match = next((c for c in found.get(point["metric"], []) if nested(c, point["cohort"])),
+                     None)
+        if match is not None:
+            out.at[i, "where"], out.at[i, "localised"] = match, True
+    return out
+
+
+def same_problem(a: str, a_localised: bool, b: str, b_localised: bool,
+                 shared_metric: bool) -> bool:
+    """Whether two localised cohorts are one problem (see the module docstring).
+
+    Nothing localised: compatible cohorts (the best evidence there is). Otherwise the same or
+    nested cohorts; but the whole store contains every cohort, so a cohort's problem joins a
+    store-wide one (or the reverse) only when both are seen on the same metric: a bot
+    campaign during a store-wide payment outage is a second problem, not a symptom."""
+    if not (a_localised or b_localised):
+        return compatible(a, b)
+    if a == b:
+        return True
+    if "all" in (a, b):
+        return shared_metric
+    return nested(a, b)
 
 
 def _live_incidents(con, hour: datetime, policy: IncidentPolicy) -> pd.DataFrame:
     return con.execute(
-        f"""SELECT incident_id, state, metric, cohort, severity, started_at, last_anomaly_at,
-                   resolved_at, alert_key
+        f"""SELECT incident_id, state, metric, cohort, localised_cohort, metrics, severity,
+                   started_at, last_anomaly_at, resolved_at, alert_key
             FROM {SCHEMA}.incidents
             WHERE started_at <= $h
               AND (state IN ('open', 'acknowledged')
@@ -217,32 +280,30 @@ def _live_incidents(con, hour: datetime, policy: IncidentPolicy) -> pd.DataFrame
     ).df()
 
 
-def _recovered(con, metric: str, cohort: str, last_anomaly: datetime, hour: datetime,
-               hours: int) -> bool:
-    """The main series was scored, unflagged and inside its band in each of the `hours`
-    hours up to and including `hour` (and none of them is before the last anomaly)."""
-    if hour - last_anomaly < timedelta(hours=hours):
+def _recovered(con, inc: dict, hour: datetime, hours: int) -> bool:
+    """The incident's localised cohort recovered over the `hours` hours up to and including
+    `hour` (none of them before its last anomaly): its main series scored, unflagged and in
+    its band in each of them (or, for a series only the fast lane watches, such as
+    payment_failure_rate per provider, nearly all its slots scored and none flagged), and no
+    symptom series flagged in either lane."""
+    if hour - inc["last_anomaly_at"] < timedelta(hours=hours):
         return False
-    window = {"m": metric, "c": cohort, "from": hour - timedelta(hours=hours), "h": hour}
-    good = con.execute(
-        """SELECT count(*) FROM detection.anomalies
-           WHERE metric = $m AND cohort = $c AND event_hour > $from AND event_hour <= $h
-             AND NOT coalesce(is_anomaly, false)
-             AND (lower IS NULL OR value >= lower) AND (upper IS NULL OR value <= upper)""",
-        window,
-    ).fetchone()[0]
-    if good >= hours:
+    start = hour - timedelta(hours=hours)
+    symptoms = [tuple(r) for r in con.execute(
+        f"SELECT DISTINCT metric, cohort FROM {SCHEMA}.members WHERE incident_id = $id",
+        {"id": inc["incident_id"]}).fetchall()]
+    main = (inc["metric"], inc["cohort"])
+    series = sorted(set(symptoms) | {main})
+    hourly = detection_store.series_health(con, series, start, hour)
+    slots = fastlane_store.slot_health(con, series, start, hour)
+    if int(hourly["flagged"].sum()) or int(slots["flagged"].sum()):
+        return False
+    own = hourly[(hourly["metric"] == main[0]) & (hourly["cohort"] == main[1])]
+    if len(own) and int(own["good"].iloc[0]) >= hours:
         return True
-    # A series only the fast lane watches (payment_failure_rate per provider) recovers when
-    # its slots of those hours were scored (nearly all) and none was flagged. A slot held
-    # back by the data-quality guard proves nothing either way.
-    scored, flagged = con.execute(
-        f"""SELECT count(*), count(*) FILTER (WHERE is_anomaly) FROM {FASTLANE_SCORES}
-            WHERE metric = $m AND cohort = $c AND event_hour > $from AND event_hour <= $h
-              AND NOT starts_with(coalesce(reason, ''), $held)""",
-        {**window, "held": HELD_BACK},
-    ).fetchone()
-    return flagged == 0 and scored >= FASTLANE_RECOVERY_COVERAGE * hours * SLOTS_PER_HOUR
+    own_slots = slots[(slots["metric"] == main[0]) & (slots["cohort"] == main[1])]
+    return bool(len(own_slots)) and (
+        int(own_slots["scored"].iloc[0]) >= FASTLANE_RECOVERY_COVERAGE * hours * SLOTS_PER_HOUR)
 
 
 def process_hour(
@@ -250,23 +311,30 @@ def process_hour(
     hour: datetime,
     policy: IncidentPolicy | None = None,
     analyse: Analyse | None = None,
+    localise: Localise | None = None,
 ) -> HourResult:
-    """Group the hour's flagged points into incidents, resolve the recovered ones and
-    re-run root cause (`analyse`, see funnelwatch.incidents.rca) for those that changed.
-    One transaction per hour for the grouping; root cause is stored after it."""
+    """Localise the hour's flagged points (`localise`, see `localise_points`), group them by
+    where into incidents, resolve the recovered ones and re-run root cause (`analyse`, see
+    funnelwatch.incidents.rca) for those that changed. One transaction per hour for the
+    grouping; localisation runs before it and root cause after it (read-only queries that
+    need not hold the incident tables)."""
     policy = policy or IncidentPolicy()
     hour = as_utc_hour(hour)
     ensure_incident_schema(con)
-    ensure_detection_schema(con)
-    ensure_fastlane_schema(con)
     result = HourResult(hour)
+    points = localise_points(con, anomalies_of_hour(con, hour), hour, localise)
+    result.points = len(points)
     con.execute("BEGIN TRANSACTION")
     try:
         _undo_hour(con, hour)
-        points = _flagged_points(con, hour)
-        result.points = len(points)
         live = _live_incidents(con, hour, policy)
-        incidents: dict[str, dict] = {row.incident_id: row._asdict() for row in live.itertuples()}
+        incidents: dict[str, dict] = {}
+        for row in live.itertuples():
+            inc = row._asdict()
+            inc["localised_cohort"] = _text(inc["localised_cohort"])
+            inc["metric_set"] = {inc["metric"], *(list(inc["metrics"]) if inc["metrics"]
+                                                   is not None else [])}
+            incidents[inc["incident_id"]] = inc
         fresh: dict[str, dict] = {}
         members: list[tuple] = []
         for point in points.itertuples():
@@ -279,16 +347,22 @@ def process_hour(
                     or inc["state"] == "resolved"
                     or hour - inc["last_anomaly_at"] <= timedelta(hours=policy.merge_gap_hours)
                 )
-                if eligible and compatible(point.cohort, inc["cohort"]):
+                inc_where = inc["localised_cohort"] or inc["cohort"]
+                if eligible and same_problem(point.where, bool(point.localised), inc_where,
+                                             inc["localised_cohort"] is not None,
+                                             point.metric in inc["metric_set"]):
                     target = inc
                     break
             if target is None:
-                new_id = incident_id(hour, point.metric, point.cohort)
+                new_id = incident_id(hour, point.metric, point.where)
                 target = {"incident_id": new_id, "state": "open", "metric": point.metric,
                           "cohort": point.cohort, "severity": float(point.severity),
+                          "localised_cohort": point.where if point.localised else None,
                           "started_at": hour, "last_anomaly_at": hour, "resolved_at": None,
-                          "alert_key": new_id, "direction": point.direction}
+                          "alert_key": new_id, "direction": point.direction,
+                          "metric_set": set()}
                 fresh[new_id] = target
+            target["metric_set"].add(point.metric)
             members.append((target["incident_id"], hour, point.metric, point.cohort,
                             float(point.severity), point.direction))
 
@@ -308,10 +382,12 @@ def process_hour(
                     f"""INSERT INTO {SCHEMA}.incidents (incident_id, state, category, title,
                           metric, cohort, metrics, cohorts, direction, severity, started_at,
                           last_anomaly_at, updated_at, anomaly_count, alert_key,
-                          alert_version, alerted_version)
+                          alert_version, alerted_version, localised_cohort)
                         VALUES ($id, 'open', 'business', $title, $m, $c, $ms, $cs, $dir, $sev,
-                                $h, $h, now(), $n, $id, 1, 0)""",
-                    {"id": inc_id, "title": _title(inc["metric"], inc["cohort"], inc["direction"]),
+                                $h, $h, now(), $n, $id, 1, 0, $where)""",
+                    {"id": inc_id, "where": inc["localised_cohort"],
+                     "title": _title(inc["metric"], inc["localised_cohort"] or inc["cohort"],
+                                     inc["direction"]),
                      "m": inc["metric"], "c": inc["cohort"],
                      "ms": sorted({r[2] for r in rows}), "cs": sorted({r[3] for r in rows}),
                      "dir": inc["direction"], "sev": worst, "h": hour, "n": len(rows)},
@@ -369,8 +445,7 @@ def process_hour(
         for inc in incidents.values():
             if inc["incident_id"] in touched or inc["state"] == "resolved":
                 continue
-            if _recovered(con, inc["metric"], inc["cohort"], inc["last_anomaly_at"], hour,
-                          policy.recovery_hours):
+            if _recovered(con, inc, hour, policy.recovery_hours):
                 con.execute(
                     f"""UPDATE {SCHEMA}.incidents SET state = 'resolved', resolved_at = $h,
                           updated_at = now(), alert_version = alert_version + 1
@@ -378,8 +453,9 @@ def process_hour(
                     {"h": hour, "id": inc["incident_id"]},
                 )
                 add_timeline(con, inc["incident_id"], hour, "resolved",
-                          f"{inc['metric']} | {inc['cohort']} back in its expected band for "
-                          f"{policy.recovery_hours} h")
+                          f"{inc['localised_cohort'] or inc['cohort']} recovered: "
+                          f"{inc['metric']} | {inc['cohort']} back in its expected band and no "
+                          f"symptom flagged for {policy.recovery_hours} h")
                 result.resolved.append(inc["incident_id"])
 
         con.execute("COMMIT")
@@ -397,8 +473,11 @@ def process_hour(
 def update_root_cause(con, inc_id: str, hour: datetime, analyse: Analyse) -> None:
     """Run `analyse` over the incident's span so far and store where, step, cause and impact.
     A failing analysis is recorded in the incident (rca.error) instead of losing it."""
+    # the analysis starts from where the grouping localised the problem, not from the
+    # incident's worst symptom series
     metric, cohort, started = con.execute(
-        f"SELECT metric, cohort, started_at FROM {SCHEMA}.incidents WHERE incident_id = $id",
+        f"SELECT metric, coalesce(localised_cohort, cohort), started_at FROM {SCHEMA}.incidents "
+        "WHERE incident_id = $id",
         {"id": inc_id},
     ).fetchone()
     try:
@@ -447,12 +526,13 @@ def process_window(
     end: datetime,
     policy: IncidentPolicy | None = None,
     analyse: Analyse | None = None,
+    localise: Localise | None = None,
 ) -> list[HourResult]:
     """`process_hour` for every hour of [start, end), in order (state depends on order)."""
     hour = as_utc_hour(start)
     results = []
     while hour < end:
-        results.append(process_hour(con, hour, policy, analyse))
+        results.append(process_hour(con, hour, policy, analyse, localise))
         hour += timedelta(hours=1)
     return results
 

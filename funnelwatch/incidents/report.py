@@ -264,16 +264,20 @@ def series_history(con: duckdb.DuckDBPyConnection, incident: Mapping[str, Any]) 
     last = _ts(incident.get("last_anomaly_at")) or start
     if not metric or cohort is None or start is None:
         return pd.DataFrame()
-    try:
-        frame = con.execute(
-            """SELECT event_hour, value, expected, lower, upper, severity, is_anomaly
-               FROM detection.anomalies
-               WHERE metric = $m AND cohort = $c AND event_hour >= $s AND event_hour <= $e
-               ORDER BY event_hour""",
-            {"m": metric, "c": cohort, "s": start - BAND_BEFORE, "e": last + BAND_AFTER},
-        ).df()
-    except duckdb.CatalogException:
+    # Checked, not caught: the alerts call this inside their transaction, which a failed
+    # query would abort (a fast-lane-only warehouse has no detection table yet).
+    has_table = con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'detection' "
+        "AND table_name = 'anomalies'").fetchone()[0]
+    if not has_table:
         return pd.DataFrame()
+    frame = con.execute(
+        """SELECT event_hour, value, expected, lower, upper, severity, is_anomaly
+           FROM detection.anomalies
+           WHERE metric = $m AND cohort = $c AND event_hour >= $s AND event_hour <= $e
+           ORDER BY event_hour""",
+        {"m": metric, "c": cohort, "s": start - BAND_BEFORE, "e": last + BAND_AFTER},
+    ).df()
     if not frame.empty:
         frame["event_hour"] = pd.to_datetime(frame["event_hour"], utc=True)
     return frame

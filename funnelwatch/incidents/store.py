@@ -22,6 +22,9 @@ INCIDENT_COLUMNS = {
     "title": "VARCHAR",
     "metric": "VARCHAR",  # the primary (most severe) anomalous metric
     "cohort": "VARCHAR",  # ... and its cohort, as detection named it
+    # where the grouping localised the problem (lifecycle.localise_points); NULL when no
+    # localisation explained its first points (they were grouped by compatible cohorts)
+    "localised_cohort": "VARCHAR",
     "metrics": "VARCHAR[]",
     "cohorts": "VARCHAR[]",
     "direction": "VARCHAR",
@@ -60,6 +63,10 @@ def ensure_incident_schema(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
     cols = ", ".join(f"{name} {sql_type}" for name, sql_type in INCIDENT_COLUMNS.items())
     con.execute(f"CREATE TABLE IF NOT EXISTS {SCHEMA}.incidents ({cols})")
+    # A warehouse written by an earlier version lacks the newer columns: add them in place.
+    for name, sql_type in INCIDENT_COLUMNS.items():
+        if "PRIMARY KEY" not in sql_type:
+            con.execute(f"ALTER TABLE {SCHEMA}.incidents ADD COLUMN IF NOT EXISTS {name} {sql_type}")
     con.execute(
         f"""CREATE TABLE IF NOT EXISTS {SCHEMA}.members (
               incident_id VARCHAR, event_hour TIMESTAMPTZ, metric VARCHAR, cohort VARCHAR,

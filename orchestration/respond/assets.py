@@ -46,9 +46,10 @@ def _incident_table(frame: pd.DataFrame) -> str:
     deps=[cohort_anomalies],
     description=(
         "Anomalies of the partition's hours grouped into incidents (`incidents.incidents`, "
-        "`incidents.members`, `incidents.timeline`): compatible cohorts within a few hours "
-        "merge into one incident with a stable id, severity and state (open, acknowledged, "
-        "resolved after the metric recovers). Each changed incident gets its root cause "
+        "`incidents.members`, `incidents.timeline`): the partition's anomalies are localised "
+        "first (where the store's metric changed) and those of the same or nested localised "
+        "cohort within a few hours are one incident with a stable id, severity and state "
+        "(open, acknowledged, resolved after the localised cohort recovers). Each changed incident gets its root cause "
         "(where, which funnel step, ranked hypotheses: deploys, campaigns, JS errors, payment "
         "providers), its impact (lost orders, revenue at risk) and a Markdown/HTML report. "
         "Feedback and incident-page actions queued by people (CLI, HTTP) are applied first; "
@@ -64,7 +65,7 @@ def incidents(
     from funnelwatch.incidents.feedback import ingest_spool
     from funnelwatch.incidents.lifecycle import process_window
     from funnelwatch.incidents.links import incident_url
-    from funnelwatch.incidents.rca import analyse_incident
+    from funnelwatch.incidents.rca import analyse_incident, localise_change
     from funnelwatch.incidents.reporting import render_incident_reports
     from funnelwatch.publish import INCIDENT_TABLE_KEYS, publish_marts
 
@@ -73,7 +74,7 @@ def incidents(
     with warehouse.get_connection() as con:
         feedback = ingest_spool(con, incident_settings.feedback_path())
         results = process_window(con, window.start, window.end, incident_settings.policy(),
-                                 analyse=analyse_incident)
+                                 analyse=analyse_incident, localise=localise_change)
         changed = sorted({i for r in results for i in r.touched + r.resolved})
         rendered = render_incident_reports(con, changed, reports_dir)
         changed_frame = con.execute(

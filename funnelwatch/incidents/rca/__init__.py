@@ -28,7 +28,7 @@ Expected values: ratio KPIs use the leaf's pooled rate over the ``history_days``
 use the same hours of the day over the ``history_days`` before (mean per day).
 """
 
-from funnelwatch.incidents.rca.analyse import analyse_incident, cohort_deviation
+from funnelwatch.incidents.rca.analyse import analyse_incident, cohort_deviation, localise_change
 from funnelwatch.incidents.rca.constants import (
     ADDITIVE_DRIFT,
     ADDITIVE_METRICS,
@@ -86,5 +86,6 @@ __all__ = [
     "UNKNOWN_LABEL",
     "analyse_incident",
     "cohort_deviation",
+    "localise_change",
     "stage_column",
 ]

@@ -76,6 +76,36 @@ def cohort_deviation(
     return {"z": ctx.metric_z}
 
 
+def localise_change(
+    con: duckdb.DuckDBPyConnection,
+    *,
+    metric: str,
+    start: datetime,
+    end: datetime,
+    history_days: int = 7,
+) -> list[dict]:
+    """Where the store's ``metric`` changed over ``[start, end)``: the cohorts the localiser
+    accepts as root causes (``root_cause``), best first, as in ``analyse_incident()["where"]``;
+    ``[]`` when nothing stands out from noise or the window has no data. The incident
+    lifecycle groups anomalies by these cohorts before opening incidents (localise, then
+    group), so it runs only the "where" part: no funnel, onset, hypotheses or impact."""
+    if metric not in KNOWN_METRICS:
+        raise ValueError(f"unknown metric {metric!r}; expected one of {sorted(KNOWN_METRICS)}")
+    has_marts = con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'marts' "
+        "AND table_name = 'fct_funnel_hourly'").fetchone()[0]
+    if not has_marts:  # before the first dbt build (the fast lane runs ahead of it)
+        return []
+    ctx = _Context(con, metric, "all", {}, _utc(start, "start"), _utc(end, "end"), history_days)
+    cube = ctx.load_cube()
+    if cube.empty or cube["cur_sessions"].sum() <= 0:
+        return []
+    ctx.cube, ctx.inside = cube, cube.copy()
+    ctx.loc_dims = list(LEAF_DIMENSIONS)
+    where, _step, _info = ctx.localise()
+    return [w for w in where if w.get("root_cause")]
+
+
 class _Context(_WindowData, _Localise, _Funnel, _Hypotheses, _Impact):
     # -- main ----------------------------------------------------------------------------------
     def run(self) -> dict:
