@@ -238,6 +238,11 @@ def _json_columns() -> dict[str, str]:
 
 
 OTHER_HOUR_DUPLICATE = "duplicate_event_id_other_hour"
+# How far from the hour being loaded an earlier copy of an event_id is looked for, both ways (a
+# re-run of an old hour sees the hours loaded after it). The late-data sensor re-runs hours up
+# to 7 days old (orchestration/ingest/sensors.py MAX_AGE): a copy re-delivered later than that
+# is not a retry we can tell from an id a producer reused.
+DUPLICATE_ID_WINDOW = timedelta(days=7)
 # Temporary tables of one load: the event_ids of the hour that raw.events already has in
 # another hour, the hour's distinct user/session ids with their keyed hashes, and the hour's
 # staged rows (read from the files once).
@@ -247,23 +252,28 @@ _ROWS = "_staged_rows"
 _TEMP_TABLES = (_OTHER_HOUR_IDS, _IDS, _ROWS)
 
 
-def landing_rows_sql(
+@dataclass(frozen=True)
+class LandingRows:
+    """SQL over one hour's landing files, projected onto the contract.
+
+    `sql`: a parenthesised SELECT with `_reason` (NULL for a valid row, else why it is
+    quarantined; it needs `$hour_start` / `$hour_end` among the params), `_unmapped`,
+    `_source_file` and `_source_row`. `staged`: the bare union of the files (contract columns,
+    no reason), what the duplicate look-up and the id hashing read. `params`: the readers'
+    parameters. `ignored_columns`: `file:column` of the columns the contract does not have."""
+
+    sql: str
+    staged: str
+    params: dict
+    ignored_columns: list[str]
+
+
+def landing_rows(
     con: duckdb.DuckDBPyConnection, files: list[Path], other_hour_ids: str | None = None
-) -> tuple[str, dict, list[str]]:
-    """(sql, params, ignored columns): a parenthesised SELECT over the landing files, projected
-    onto the contract, with `_reason` (NULL for a valid row, else why it is quarantined; it
-    needs `$hour_start` / `$hour_end` among the params), `_source_file` and `_source_row`.
-    `other_hour_ids`: a table of event_ids loaded in other hours, quarantined as duplicates.
-    Also used by the fast lane, which reads the files of the running hour directly."""
-    sql, _, params, ignored = _landing_rows(con, files, other_hour_ids)
-    return sql, params, ignored
-
-
-def _landing_rows(
-    con: duckdb.DuckDBPyConnection, files: list[Path], other_hour_ids: str | None
-) -> tuple[str, str, dict, list[str]]:
-    """landing_rows_sql's (sql, params, ignored) with, second, the bare staged union (the
-    contract columns, no reason: what the duplicate look-up reads)."""
+) -> LandingRows:
+    """The landing rows of `files` (see LandingRows). `other_hour_ids`: a table of event_ids
+    loaded in other hours, quarantined as duplicates. Also used by the fast lane, which reads
+    the files of the running hour directly."""
     selects, params, ignored = [], {}, []
     cast_columns: set[str] = set()
     for index, path in enumerate(files):
@@ -292,7 +302,7 @@ def _landing_rows(
         f"(SELECT * REPLACE ({kept}) FROM (SELECT *, {reason} AS _reason, "
         f"{unmapped_values_sql()} AS _unmapped FROM {union}))"
     )
-    return sql, union, params, ignored
+    return LandingRows(sql, union, params, ignored)
 
 
 def load_hour(
@@ -337,29 +347,38 @@ def _load_files(
     for table in _TEMP_TABLES:
         con.execute(f"DROP TABLE IF EXISTS {table}")
     with result.timed("read file schemas"):
-        landing_rows, staged, params, ignored = _landing_rows(con, files, _OTHER_HOUR_IDS)
-    params.update({"hour_start": hour_start, "hour_end": hour_end})
-    result.ignored_columns += ignored
+        rows = landing_rows(con, files, _OTHER_HOUR_IDS)
+    staged, params = rows.staged, {**rows.params, "hour_start": hour_start, "hour_end": hour_end}
+    result.ignored_columns += rows.ignored_columns
 
     con.execute("BEGIN TRANSACTION")
     try:
         # The hour's ids that another hour already loaded: the hour's event_id column joined
-        # with raw.events' (DuckDB builds the hash table on the small side). Skipped while
-        # raw.events holds no other hour (a first load, a one-hour test).
+        # with raw.events' (DuckDB builds the hash table on the small side). Only the hours
+        # within DUPLICATE_ID_WINDOW of this one are looked at: a resent event comes from a
+        # collector's retry or a re-delivered file, days at most, and an unbounded look-up
+        # would read every event_id of the warehouse for each hour loaded (it grows with the
+        # warehouse). raw.events is written an hour at a time, so its row groups are ordered
+        # by event_hour and DuckDB's min/max zone maps skip those outside the range. Skipped
+        # while the window holds no other hour (a first load, a one-hour test).
+        window = {"hour_start": hour_start, "window_start": hour_start - DUPLICATE_ID_WINDOW,
+                  "window_end": hour_start + DUPLICATE_ID_WINDOW}
+        in_window = ("event_hour >= $window_start AND event_hour <= $window_end "
+                     "AND event_hour <> $hour_start")
         con.execute(f"CREATE TEMP TABLE {_OTHER_HOUR_IDS} (event_id VARCHAR)")
         with result.timed("look up ids of other hours"):
             others = con.execute(
-                f"SELECT count(*) FROM (SELECT 1 FROM {EVENTS_TABLE} "
-                "WHERE event_hour <> $h LIMIT 1)", {"h": hour_start}).fetchone()[0]
+                f"SELECT count(*) FROM (SELECT 1 FROM {EVENTS_TABLE} WHERE {in_window} LIMIT 1)",
+                window).fetchone()[0]
             if others:
                 _run(
                     con,
                     files,
                     f"""INSERT INTO {_OTHER_HOUR_IDS}
-                        SELECT DISTINCT e.event_id FROM {EVENTS_TABLE} AS e
-                        WHERE e.event_hour <> $hour_start AND e.event_id IN (
+                        SELECT DISTINCT event_id FROM {EVENTS_TABLE}
+                        WHERE {in_window} AND event_id IN (
                             SELECT event_id FROM {staged} WHERE event_id IS NOT NULL)""",
-                    {k: v for k, v in params.items() if k != "hour_end"},
+                    {**window, **rows.params},
                 )
 
         # Hash each distinct id once (an hour has far fewer users and sessions than events),
@@ -397,7 +416,7 @@ def _load_files(
             replaced = ", ".join(f"_{c}.hashed AS {c}" for c in PSEUDONYMISED_COLUMNS)
             _run(con, files,
                  f"INSERT INTO {_ROWS} BY NAME SELECT r.* EXCLUDE (_cast_errors) "
-                 f"REPLACE ({replaced}) FROM {landing_rows} AS r "
+                 f"REPLACE ({replaced}) FROM {rows.sql} AS r "
                  f"{joins}", params)
             by_reason = con.execute(
                 f"SELECT _reason, count(*), count(DISTINCT event_id) FROM {_ROWS} GROUP BY _reason"
