@@ -7,7 +7,6 @@ import json
 import subprocess
 import sys
 import textwrap
-import time
 from datetime import UTC, datetime, timedelta
 
 import duckdb
@@ -60,12 +59,9 @@ def _row(path, incident_id=INCIDENT_ID) -> dict:
 
 def test_render_report_files_and_content(warehouse, tmp_path):
     out = tmp_path / "reports"
-    started = time.perf_counter()
     with duckdb.connect(str(warehouse), read_only=True) as con:
         files = render_report(con, _row(warehouse), out,
                               playbook="https://wiki.example.com/playbooks/checkout")
-    elapsed = time.perf_counter() - started
-    assert elapsed < 5, elapsed  # < 2 s on an idle machine; slack for 2 busy shared cores
     folder = out / INCIDENT_ID
     assert files.markdown_path == folder / "report.md" and files.markdown_path.exists()
     assert files.html_path == folder / "report.html" and files.html_path.exists()
