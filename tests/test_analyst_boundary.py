@@ -14,7 +14,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import dagster as dg
 import pytest
 from typer.testing import CliRunner
 
@@ -27,7 +26,7 @@ from funnelwatch.publish import (
     open_snapshot,
     publish_marts,
 )
-from tests.test_pipeline import DAY, _defs, _resources, _simulate
+from tests.fixtures_pipeline import build_with_hourly_pipeline
 
 MART_QUERY = "SELECT count(*) FROM fct_cohort_metrics_hourly"
 
@@ -35,21 +34,7 @@ MART_QUERY = "SELECT count(*) FROM fct_cohort_metrics_hourly"
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, dbt_manifest):
     """Landing, warehouse and snapshot of the hourly pipeline over DAY 00:00 and 01:00."""
-    base = tmp_path_factory.mktemp("boundary")
-    paths = {"landing": base / "landing", "warehouse": base / "warehouse" / "funnelwatch.duckdb",
-             "publish": base / "warehouse" / "published"}
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("FUNNELWATCH_LANDING", str(paths["landing"]))
-        mp.setenv("FUNNELWATCH_WAREHOUSE", str(paths["warehouse"]))
-        mp.setenv("FUNNELWATCH_PUBLISH_DIR", str(paths["publish"]))
-        _simulate(paths["landing"], days=1)
-        job = _defs().resolve_job_def("hourly_pipeline")
-        result = job.execute_in_process(
-            instance=dg.DagsterInstance.ephemeral(), resources=_resources(paths),
-            tags={"dagster/asset_partition_range_start": f"{DAY}-00:00",
-                  "dagster/asset_partition_range_end": f"{DAY}-01:00"},
-        )
-        assert result.success
+    paths, _ = build_with_hourly_pipeline(tmp_path_factory.mktemp("boundary"), hours=2)
     first_hour = next(landed_hours(paths["landing"]))
     paths["landing_file"] = event_files(paths["landing"], first_hour)[0]
     return paths

@@ -21,7 +21,7 @@ from funnelwatch.fastlane.lane import score_slot
 from funnelwatch.fastlane.metrics import cohort_frame, slot_metrics
 from funnelwatch.incidents.alerts import enqueue_incident_alerts
 from funnelwatch.incidents.lifecycle import process_hour
-from funnelwatch.ingest.loader import landing_rows_sql, load_hour
+from funnelwatch.ingest.loader import landing_rows, load_hour
 from funnelwatch.landing import hour_dir, landed_hours
 from orchestration.fastlane.assets import checkout_fast_lane, five_minute_partitions
 from orchestration.fastlane.sensors import MAX_SLOTS_PER_TICK, fast_lane_sensor
@@ -76,12 +76,11 @@ def copy(store, tmp_path):
 def test_slot_metrics_from_landing_files_count_valid_rows_and_zero_fill(store, tmp_path):
     hour = LIVE_START.to_pydatetime()
     con = duckdb.connect()
-    rows_sql, params, _ = landing_rows_sql(con, sorted(hour_dir(store["landing"], hour)
-                                                      .glob("part-*.parquet")))
-    params.update({"hour_start": hour, "hour_end": hour + timedelta(hours=1)})
+    rows = landing_rows(con, sorted(hour_dir(store["landing"], hour).glob("part-*.parquet")))
+    params = {**rows.params, "hour_start": hour, "hour_end": hour + timedelta(hours=1)}
     cohorts = cohort_frame([("device_type", "desktop"), ("payment_provider", "adyen"),
                             ("os", "NoSuchOS")])
-    frame = slot_metrics(con, rows_sql, params, hour, hour + timedelta(hours=1), cohorts,
+    frame = slot_metrics(con, rows.sql, params, hour, hour + timedelta(hours=1), cohorts,
                          valid_only=True)
     assert frame["slot_start"].nunique() == 12
     events = store["events"]

@@ -23,16 +23,16 @@ from funnelwatch.incidents.links import incident_url
 from funnelwatch.incidents.page import ServeConfigError, make_server, serve_in_thread
 from funnelwatch.incidents.store import ensure_incident_schema
 from funnelwatch.publish import INCIDENT_TABLE_KEYS, open_snapshot, publish_marts
-from tests.test_incident_report import (
+from tests.fixtures_incidents import (
     COHORT,
     DROP_START,
     END,
     INCIDENT_ID,
     START,
     WHERE,
-    _incident,
-    _insert_incident,
-    _series,
+    incident_row,
+    seed_incident_warehouse,
+    series_frame,
 )
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -45,19 +45,12 @@ def published(paths, tmp_path):
     """A warehouse with one open incident (its series, members, timeline) published to the
     analyst snapshot; returns (warehouse, publish dir, spool dir)."""
     warehouse, publish = paths["warehouse"], paths["publish"]
-    warehouse.parent.mkdir(parents=True, exist_ok=True)
+    seed_incident_warehouse(warehouse, [(0, "opened", "4 anomalous points, severity 85")])
     with duckdb.connect(str(warehouse)) as con:
-        ensure_incident_schema(con)
-        ensure_detection_schema(con)
-        replace_window(con, START, END, _series())
-        _insert_incident(con, _incident())
         for hour in range(4):
             con.execute("INSERT INTO incidents.members VALUES ($i, $h, $m, $c, $s, 'down')",
                         {"i": INCIDENT_ID, "h": DROP_START + timedelta(hours=hour),
                          "m": "checkout_conversion_rate", "c": COHORT, "s": 85.0 - hour})
-        con.execute("INSERT INTO incidents.timeline (incident_id, event_time, kind, detail) "
-                    "VALUES ($i, $t, 'opened', '4 anomalous points, severity 85')",
-                    {"i": INCIDENT_ID, "t": DROP_START})
     publish_marts(warehouse, publish)
     return warehouse, publish, tmp_path / "spool"
 
@@ -316,7 +309,7 @@ def test_incidents_asset_publishes_the_incident_tables_and_links_the_page(
     warehouse.parent.mkdir(parents=True, exist_ok=True)
     with duckdb.connect(str(warehouse)) as con:
         ensure_detection_schema(con)
-        replace_window(con, START, END, _series())
+        replace_window(con, START, END, series_frame())
     spool = tmp_path / "spool"
     resources = {
         "warehouse": WarehouseResource(path=str(warehouse), publish_dir=str(publish)),
@@ -359,7 +352,7 @@ def test_alerts_link_the_incident_page(monkeypatch):
     from funnelwatch.incidents.alerts import notification_for
 
     monkeypatch.setenv("FUNNELWATCH_INCIDENT_BASE_URL", "https://fw.example.com")
-    row = _incident()
+    row = incident_row()
     row["rca"] = None
     n = notification_for(row, "trigger")
     url = f"https://fw.example.com/incidents/{INCIDENT_ID}"

@@ -10,7 +10,7 @@ import pytest
 
 from funnelwatch.contract import EVENT_FIELDS, to_arrow
 from funnelwatch.ingest.contract_doc import contract_markdown
-from funnelwatch.ingest.loader import load_hour
+from funnelwatch.ingest.loader import DUPLICATE_ID_WINDOW, load_hour
 from funnelwatch.ingest.pseudonymize import hmac_sha256_hex
 from funnelwatch.landing import hour_dir, write_events
 from funnelwatch.warehouse import connect
@@ -223,6 +223,23 @@ def test_an_event_id_loaded_in_another_hour_is_quarantined(tmp_path):
     assert _count(con, "SELECT count(*) FROM raw.events") == 4
     # re-running the first hour keeps its own events (they are not "another hour's")
     assert load_hour(con, landing, HOUR, KEY).rows_loaded == 4
+
+
+def test_the_other_hour_look_up_stops_at_the_duplicate_id_window(tmp_path):
+    landing = tmp_path / "landing"
+    inside = (pd.Timestamp(HOUR) + DUPLICATE_ID_WINDOW).isoformat()
+    outside = (pd.Timestamp(HOUR) + DUPLICATE_ID_WINDOW + pd.Timedelta(hours=1)).isoformat()
+    write_events(_events(4), landing, "a")
+    write_events(_events(3, hour=inside), landing, "a")  # e0..e2 again, 7 days later
+    write_events(_events(2, hour=outside), landing, "a")  # e0..e1 again, 7 days + 1 h later
+    con = connect(tmp_path / "w.duckdb")
+    load_hour(con, landing, HOUR, KEY)
+
+    assert load_hour(con, landing, inside, KEY).quarantine_reasons == {
+        "duplicate_event_id_other_hour": 3}
+    # an id seen only outside the window is a new event to this hour (the look-up stops there)
+    result = load_hour(con, landing, outside, KEY)
+    assert (result.rows_loaded, result.rows_quarantined) == (2, 0)
 
 
 def test_text_files_with_bad_values_are_quarantined_not_failed(tmp_path):

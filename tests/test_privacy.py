@@ -42,7 +42,8 @@ from funnelwatch.privacy.erasure import (
     scan_landing,
 )
 from funnelwatch.publish import open_snapshot
-from tests.test_pipeline import DAY, _defs, _resources, _simulate
+from tests.fixtures_pipeline import build_with_hourly_pipeline, pipeline_paths
+from tests.test_pipeline import DAY
 
 KEY = "privacy-test-key"
 HOURS = 6  # DAY 00:00 .. 05:00 are loaded
@@ -54,21 +55,8 @@ def built(tmp_path_factory):
     """A warehouse built by the hourly pipeline over the first 6 hours of a simulated day
     (the landing folder holds the whole day)."""
     base = tmp_path_factory.mktemp("privacy")
-    paths = {"landing": base / "landing", "warehouse": base / "warehouse" / "funnelwatch.duckdb",
-             "publish": base / "warehouse" / "published"}
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("FUNNELWATCH_LANDING", str(paths["landing"]))
-        mp.setenv("FUNNELWATCH_WAREHOUSE", str(paths["warehouse"]))
-        mp.setenv("FUNNELWATCH_PUBLISH_DIR", str(paths["publish"]))
-        mp.setenv("FUNNELWATCH_PSEUDONYMIZATION_KEY", KEY)
-        events = _simulate(paths["landing"], days=1)
-        job = _defs().resolve_job_def("hourly_pipeline")
-        result = job.execute_in_process(
-            instance=dg.DagsterInstance.ephemeral(), resources=_resources(paths),
-            tags={"dagster/asset_partition_range_start": f"{DAY}-00:00",
-                  "dagster/asset_partition_range_end": f"{DAY}-{HOURS - 1:02d}:00"},
-        )
-        assert result.success
+    paths, events = build_with_hourly_pipeline(
+        base, HOURS, env={"FUNNELWATCH_PSEUDONYMIZATION_KEY": KEY})
     events = events.assign(event_time=pd.to_datetime(events["event_time"], utc=True))
     return {"base": base, "paths": paths, "events": events}
 
@@ -76,8 +64,7 @@ def built(tmp_path_factory):
 def _copy(built, tmp_path: Path) -> dict:
     target = tmp_path / "copy"
     shutil.copytree(built["base"], target)
-    return {"landing": target / "landing", "warehouse": target / "warehouse" / "funnelwatch.duckdb",
-            "publish": target / "warehouse" / "published"}
+    return pipeline_paths(target)
 
 
 def _pick_user(events: pd.DataFrame) -> str:

@@ -31,7 +31,7 @@ from funnelwatch.fastlane.config import (
 from funnelwatch.fastlane.metrics import cohort_frame, slot_metrics
 from funnelwatch.fastlane.quality import DQ_AFTERMATH_HOURS, HELD_BACK, hold_back
 from funnelwatch.fastlane.store import SCHEMA, SCORES, SLOT_METRICS, ensure_fastlane_schema
-from funnelwatch.ingest.loader import FILE_ERRORS, LandingFileError, culprit, landing_rows_sql
+from funnelwatch.ingest.loader import FILE_ERRORS, LandingFileError, culprit, landing_rows
 from funnelwatch.landing import as_utc_hour, event_files
 from funnelwatch.quality.incidents import failed_hours
 from funnelwatch.warehouse import EVENTS_TABLE, INGEST_LOG_TABLE, ensure_raw_schema
@@ -191,10 +191,10 @@ def _landing_slot_metrics(con, files: list[Path], hour: datetime, end: datetime,
         reader.execute("SET TimeZone = 'UTC'")
         while True:
             try:
-                rows_sql, params, _ = landing_rows_sql(reader, files)
-                params.update({"hour_start": hour, "hour_end": hour + timedelta(hours=1)})
+                rows = landing_rows(reader, files)
+                params = {**rows.params, "hour_start": hour, "hour_end": hour + timedelta(hours=1)}
                 try:
-                    return slot_metrics(reader, rows_sql, params, hour, end, cohorts,
+                    return slot_metrics(reader, rows.sql, params, hour, end, cohorts,
                                         config.slot_minutes, valid_only=True)
                 except FILE_ERRORS as exc:  # unreadable past its footer: find which file
                     raise culprit(reader, files, exc) from exc

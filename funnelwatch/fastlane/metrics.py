@@ -53,7 +53,7 @@ def slot_metrics(
     """Long frame (slot_start, metric, cohort, numerator, denominator, value) for every slot
     of [start, end) and cohort. `rows_sql` is a table name or a parenthesised SELECT of
     contract events; with `valid_only` its `_reason` column must be NULL for a row to count
-    (landing rows, see funnelwatch.ingest.loader.landing_rows_sql)."""
+    (landing rows, see funnelwatch.ingest.loader.landing_rows)."""
     value_of = "CASE c.dimension " + " ".join(
         f"WHEN '{d}' THEN e.{d}" for d in ALLOWED_DIMENSIONS) + " END"
     valid = "AND e._reason IS NULL" if valid_only else ""

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import difflib
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from funnelwatch.command_support import fail, open_warehouse
 from funnelwatch.settings import Settings
 
 STATE_CHOICES = ("open", "acknowledged", "resolved", "all")
@@ -28,24 +27,6 @@ def reports_dir(settings: Settings) -> Path:
     """$FUNNELWATCH_REPORTS_DIR, else `<warehouse dir>/reports`."""
     value = os.environ.get("FUNNELWATCH_REPORTS_DIR")
     return Path(value).resolve() if value else settings.warehouse.parent / "reports"
-
-
-def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
-    raise typer.Exit(2)
-
-
-@contextmanager
-def _read_only(warehouse: Path, wait_seconds: float | None = None) -> Iterator[Any]:
-    """The warehouse read-only, waiting up to LOCK_WAIT_SECONDS (funnelwatch.warehouse) for a
-    writer; exit 2 saying so when the write lasts longer."""
-    from funnelwatch.command_support import open_warehouse
-
-    con = open_warehouse(warehouse, read_only=True, wait_seconds=wait_seconds)
-    try:
-        yield con
-    finally:
-        con.close()
 
 
 def _rows(con, sql: str, params: dict | None = None) -> list[dict[str, Any]]:
@@ -148,9 +129,9 @@ def register(app: typer.Typer) -> None:
         """List incidents: open first, then acknowledged, then resolved; within a state by
         revenue at risk, then severity."""
         if state is not None and state not in STATE_CHOICES:
-            _fail(f"--state must be one of {', '.join(STATE_CHOICES)}, not {state!r}")
+            fail(f"--state must be one of {', '.join(STATE_CHOICES)}, not {state!r}")
         settings = Settings.from_env()
-        with _read_only(settings.warehouse) as con:
+        with open_warehouse(settings.warehouse, read_only=True) as con:
             rows, hidden = list_incidents(con, state, days, limit)
             total = _rows(con, "SELECT count(*) AS n FROM incidents.incidents")
         if not total:
@@ -188,12 +169,12 @@ def register(app: typer.Typer) -> None:
         )
 
         settings = Settings.from_env()
-        with _read_only(settings.warehouse) as con:
+        with open_warehouse(settings.warehouse, read_only=True) as con:
             row = _find(con, incident_id)
             if row is None:
                 closest = _closest(con, incident_id)
                 hint = f"; closest: {', '.join(closest)}" if closest else ""
-                _fail(f"no incident {incident_id!r}{hint} (list them: funnelwatch incidents)")
+                fail(f"no incident {incident_id!r}{hint} (list them: funnelwatch incidents)")
             stored = Path(row["report_path"]) if row.get("report_path") else None
             md_path = stored if stored and stored.is_file() else None
             if md_path is not None and html and not md_path.with_name("report.html").is_file():
@@ -204,7 +185,7 @@ def register(app: typer.Typer) -> None:
                 try:
                     files = render_report(con, row, out, playbook=find_playbook(row))
                 except OSError as exc:
-                    _fail(f"cannot write the report into {out}: {exc} (set FUNNELWATCH_REPORTS_DIR)")
+                    fail(f"cannot write the report into {out}: {exc} (set FUNNELWATCH_REPORTS_DIR)")
                 md_path, text = files.markdown_path, files.markdown
             else:
                 text = md_path.read_text(encoding="utf-8")
@@ -230,7 +211,7 @@ def register(app: typer.Typer) -> None:
         with open_warehouse(Settings.from_env().warehouse) as con:
             row = _find(con, incident_id)
             if row is None:
-                _fail(f"no incident {incident_id!r} (list them: funnelwatch incidents)")
+                fail(f"no incident {incident_id!r} (list them: funnelwatch incidents)")
             if not acknowledge(con, row["incident_id"], who, datetime.now(UTC)):
-                _fail(f"{row['incident_id']} is {row['state']}, not open")
+                fail(f"{row['incident_id']} is {row['state']}, not open")
         typer.echo(f"{row['incident_id']} acknowledged by {who}")

@@ -83,15 +83,23 @@ def _utc(value) -> pd.Timestamp:
     return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
 
 
-def validate_submission(incident_id, label, note=None, author=None, until=None) -> dict:
-    """The normalised fields of a submission; ValueError with a clear message otherwise."""
+def _checked_texts(incident_id, note, author) -> dict:
+    """A submission's or an action's incident id, note and author, checked and clipped;
+    ValueError with a clear message otherwise."""
     if not isinstance(incident_id, str) or not _ID_RE.match(incident_id):
         raise ValueError(f"bad incident id {incident_id!r}")
-    if label not in FEEDBACK_LABELS:
-        raise ValueError(f"label must be one of {', '.join(FEEDBACK_LABELS)}; got {label!r}")
     for name, value in (("note", note), ("author", author)):
         if value is not None and not isinstance(value, str):
             raise ValueError(f"{name} must be a string")
+    return {"note": note[:MAX_NOTE] if note else None,
+            "author": author[:200] if author else None}
+
+
+def validate_submission(incident_id, label, note=None, author=None, until=None) -> dict:
+    """The normalised fields of a submission; ValueError with a clear message otherwise."""
+    texts = _checked_texts(incident_id, note, author)
+    if label not in FEEDBACK_LABELS:
+        raise ValueError(f"label must be one of {', '.join(FEEDBACK_LABELS)}; got {label!r}")
     until_iso = None
     if until is not None:
         if label != "expected":
@@ -100,13 +108,7 @@ def validate_submission(incident_id, label, note=None, author=None, until=None) 
             until_iso = _utc(until).isoformat()
         except (ValueError, TypeError) as exc:
             raise ValueError(f"until must be an ISO date/time, got {until!r}") from exc
-    return {
-        "incident_id": incident_id,
-        "label": label,
-        "note": note[:MAX_NOTE] if note else None,
-        "author": author[:200] if author else None,
-        "until": until_iso,
-    }
+    return {"incident_id": incident_id, "label": label, **texts, "until": until_iso}
 
 
 def submit(spool_dir: str | Path, incident_id: str, label: str, *, note: str | None = None,
@@ -122,16 +124,10 @@ def submit(spool_dir: str | Path, incident_id: str, label: str, *, note: str | N
 
 def validate_action(incident_id, action, author=None, note=None) -> dict:
     """The normalised fields of a page action; ValueError with a clear message otherwise."""
-    if not isinstance(incident_id, str) or not _ID_RE.match(incident_id):
-        raise ValueError(f"bad incident id {incident_id!r}")
+    texts = _checked_texts(incident_id, note, author)
     if action not in ACTIONS:
         raise ValueError(f"action must be one of {', '.join(ACTIONS)}; got {action!r}")
-    for name, value in (("note", note), ("author", author)):
-        if value is not None and not isinstance(value, str):
-            raise ValueError(f"{name} must be a string")
-    return {"kind": "action", "incident_id": incident_id, "action": action,
-            "author": author[:200] if author else None,
-            "note": note[:MAX_NOTE] if note else None}
+    return {"kind": "action", "incident_id": incident_id, "action": action, **texts}
 
 
 def submit_action(spool_dir: str | Path, incident_id: str, action: str, *,

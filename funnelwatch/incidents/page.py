@@ -307,74 +307,68 @@ def create_app(publish_dir: str | Path, spool_dir: str | Path, token: str | None
         return remember_token(request, page("page_incident.html", title=context["doc"].title,
                                             **context))
 
-    async def incident_action(request: Request) -> Response:
-        if not authorised(request):
-            return refused(request)
-        incident_id, action = request.path_params["incident_id"], request.path_params["action"]
+    async def body_fields(request: Request, not_an_object: str,
+                          empty_json: dict | None = None) -> dict | Response:
+        """The POST body's fields (a form or a JSON object), or the 400 response saying why
+        not. `empty_json`: what an empty JSON body stands for (None: it is invalid JSON)."""
         try:
             raw = await read_body(request)
         except ValueError as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
-        fields = form_fields(raw) if is_form(request) else None
-        if fields is None:
-            try:
-                fields = json.loads(raw.decode("utf-8")) if raw else {}
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                return JSONResponse({"error": f"body is not valid JSON: {exc}"}, status_code=400)
-            if not isinstance(fields, dict):
-                return JSONResponse({"error": "body must be a JSON object"}, status_code=400)
-        try:
-            submission_id = feedback.submit_action(
-                spool_dir, incident_id, action, author=fields.get("author"),
-                note=fields.get("note"))
-        except ValueError as exc:
-            if is_form(request):
-                return back_to_page(incident_id, error=str(exc))
-            return JSONResponse({"error": str(exc)}, status_code=400)
-        except OSError:
-            return JSONResponse({"error": "could not queue the action (spool folder)"},
-                                status_code=503)
         if is_form(request):
-            return back_to_page(incident_id, submission_id)
-        return JSONResponse({"action_id": submission_id, "status": "queued"}, status_code=202)
-
-    async def incident_feedback(request: Request) -> Response:
-        if not authorised(request):
-            return refused(request)
-        incident_id = request.path_params["incident_id"]
+            return form_fields(raw)
+        if not raw and empty_json is not None:
+            return empty_json
         try:
-            raw = await read_body(request)
-        except ValueError as exc:
-            return JSONResponse({"error": str(exc)}, status_code=400)
-        form = is_form(request)
-        if form:
-            body: Any = form_fields(raw)
-        else:
-            try:
-                body = json.loads(raw.decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                return JSONResponse({"error": f"body is not valid JSON: {exc}"}, status_code=400)
+            body = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            return JSONResponse({"error": f"body is not valid JSON: {exc}"}, status_code=400)
         if not isinstance(body, dict):
-            return JSONResponse({"error": "body must be a JSON object with a 'label'"},
-                                status_code=400)
-        unknown = set(body) - FEEDBACK_FIELDS
-        if unknown:
-            return JSONResponse({"error": f"unknown fields: {', '.join(sorted(unknown))}"},
-                                status_code=400)
+            return JSONResponse({"error": not_an_object}, status_code=400)
+        return body
+
+    def queue(request: Request, incident_id: str, submit, id_key: str, what: str) -> Response:
+        """Queue a submission into the spool: a form goes back to the page (with the id or the
+        error), JSON gets 202 with the id, 400 for bad fields, 503 when the spool fails."""
+        form = is_form(request)
         try:
-            feedback_id = feedback.submit(
-                spool_dir, incident_id, body.get("label"), note=body.get("note"),
-                author=body.get("author"), until=body.get("until"))
+            queued_id = submit()
         except ValueError as exc:
             if form:
                 return back_to_page(incident_id, error=str(exc))
             return JSONResponse({"error": str(exc)}, status_code=400)
         except OSError:
-            return JSONResponse({"error": "could not queue the feedback (spool folder)"},
+            return JSONResponse({"error": f"could not queue the {what} (spool folder)"},
                                 status_code=503)
         if form:
-            return back_to_page(incident_id, feedback_id)
-        return JSONResponse({"feedback_id": feedback_id, "status": "queued"}, status_code=202)
+            return back_to_page(incident_id, queued_id)
+        return JSONResponse({id_key: queued_id, "status": "queued"}, status_code=202)
+
+    async def incident_action(request: Request) -> Response:
+        if not authorised(request):
+            return refused(request)
+        incident_id, action = request.path_params["incident_id"], request.path_params["action"]
+        fields = await body_fields(request, "body must be a JSON object", empty_json={})
+        if isinstance(fields, Response):
+            return fields
+        return queue(request, incident_id, lambda: feedback.submit_action(
+            spool_dir, incident_id, action, author=fields.get("author"),
+            note=fields.get("note")), "action_id", "action")
+
+    async def incident_feedback(request: Request) -> Response:
+        if not authorised(request):
+            return refused(request)
+        incident_id = request.path_params["incident_id"]
+        body = await body_fields(request, "body must be a JSON object with a 'label'")
+        if isinstance(body, Response):
+            return body
+        unknown = set(body) - FEEDBACK_FIELDS
+        if unknown:
+            return JSONResponse({"error": f"unknown fields: {', '.join(sorted(unknown))}"},
+                                status_code=400)
+        return queue(request, incident_id, lambda: feedback.submit(
+            spool_dir, incident_id, body.get("label"), note=body.get("note"),
+            author=body.get("author"), until=body.get("until")), "feedback_id", "feedback")
 
     async def unknown_route(request: Request, exc) -> Response:
         return not_found(request, "not found: GET /, GET /incidents/<id>, GET /health, "

@@ -238,6 +238,11 @@ def _json_columns() -> dict[str, str]:
 
 
 OTHER_HOUR_DUPLICATE = "duplicate_event_id_other_hour"
+# How far from the hour being loaded an earlier copy of an event_id is looked for, both ways (a
+# re-run of an old hour sees the hours loaded after it). The late-data sensor re-runs hours up
+# to 7 days old (orchestration/ingest/sensors.py MAX_AGE): a copy re-delivered later than that
+# is not a retry we can tell from an id a producer reused.
+DUPLICATE_ID_WINDOW = timedelta(days=7)
 # Temporary tables of one load: the event_ids of the hour that raw.events already has in
 # another hour, the hour's distinct user/session ids with their keyed hashes, and the hour's
 # staged rows (read from the files once).
@@ -247,23 +252,28 @@ _ROWS = "_staged_rows"
 _TEMP_TABLES = (_OTHER_HOUR_IDS, _IDS, _ROWS)
 
 
-def landing_rows_sql(
+@dataclass(frozen=True)
+class LandingRows:
+    """SQL over one hour's landing files, projected onto the contract.
+
+    `sql`: a parenthesised SELECT with `_reason` (NULL for a valid row, else why it is
+    quarantined; it needs `$hour_start` / `$hour_end` among the params), `_unmapped`,
+    `_source_file` and `_source_row`. `staged`: the bare union of the files (contract columns,
+    no reason), what the duplicate look-up and the id hashing read. `params`: the readers'
+    parameters. `ignored_columns`: `file:column` of the columns the contract does not have."""
+
+    sql: str
+    staged: str
+    params: dict
+    ignored_columns: list[str]
+
+
+def landing_rows(
     con: duckdb.DuckDBPyConnection, files: list[Path], other_hour_ids: str | None = None
-) -> tuple[str, dict, list[str]]:
-    """(sql, params, ignored columns): a parenthesised SELECT over the landing files, projected
-    onto the contract, with `_reason` (NULL for a valid row, else why it is quarantined; it
-    needs `$hour_start` / `$hour_end` among the params), `_source_file` and `_source_row`.
-    `other_hour_ids`: a table of event_ids loaded in other hours, quarantined as duplicates.
-    Also used by the fast lane, which reads the files of the running hour directly."""
-    sql, _, params, ignored = _landing_rows(con, files, other_hour_ids)
-    return sql, params, ignored
-
-
-def _landing_rows(
-    con: duckdb.DuckDBPyConnection, files: list[Path], other_hour_ids: str | None
-) -> tuple[str, str, dict, list[str]]:
-    """landing_rows_sql's (sql, params, ignored) with, second, the bare staged union (the
-    contract columns, no reason: what the duplicate look-up reads)."""
+) -> LandingRows:
+    """The landing rows of `files` (see LandingRows). `other_hour_ids`: a table of event_ids
+    loaded in other hours, quarantined as duplicates. Also used by the fast lane, which reads
+    the files of the running hour directly."""
     selects, params, ignored = [], {}, []
     cast_columns: set[str] = set()
     for index, path in enumerate(files):
@@ -292,7 +302,7 @@ def _landing_rows(
         f"(SELECT * REPLACE ({kept}) FROM (SELECT *, {reason} AS _reason, "
         f"{unmapped_values_sql()} AS _unmapped FROM {union}))"
     )
-    return sql, union, params, ignored
+    return LandingRows(sql, union, params, ignored)
 
 
 def load_hour(
@@ -330,141 +340,27 @@ def _load_files(
     rejected: list[LandingFileError],
     pseudonymization_key: str,
 ) -> HourIngestResult:
-    hour_end = hour_start + timedelta(hours=1)
+    """One attempt at the hour from `files`, in one transaction (steps in the module doc)."""
     result = HourIngestResult(hour=hour_start, files=[str(p) for p in files])
-    ipad, opad = padded_keys(pseudonymization_key)
-
     for table in _TEMP_TABLES:
         con.execute(f"DROP TABLE IF EXISTS {table}")
     with result.timed("read file schemas"):
-        landing_rows, staged, params, ignored = _landing_rows(con, files, _OTHER_HOUR_IDS)
-    params.update({"hour_start": hour_start, "hour_end": hour_end})
-    result.ignored_columns += ignored
+        rows = landing_rows(con, files, _OTHER_HOUR_IDS)
+    result.ignored_columns += rows.ignored_columns
 
     con.execute("BEGIN TRANSACTION")
     try:
-        # The hour's ids that another hour already loaded: the hour's event_id column joined
-        # with raw.events' (DuckDB builds the hash table on the small side). Skipped while
-        # raw.events holds no other hour (a first load, a one-hour test).
-        con.execute(f"CREATE TEMP TABLE {_OTHER_HOUR_IDS} (event_id VARCHAR)")
         with result.timed("look up ids of other hours"):
-            others = con.execute(
-                f"SELECT count(*) FROM (SELECT 1 FROM {EVENTS_TABLE} "
-                "WHERE event_hour <> $h LIMIT 1)", {"h": hour_start}).fetchone()[0]
-            if others:
-                _run(
-                    con,
-                    files,
-                    f"""INSERT INTO {_OTHER_HOUR_IDS}
-                        SELECT DISTINCT e.event_id FROM {EVENTS_TABLE} AS e
-                        WHERE e.event_hour <> $hour_start AND e.event_id IN (
-                            SELECT event_id FROM {staged} WHERE event_id IS NOT NULL)""",
-                    {k: v for k, v in params.items() if k != "hour_end"},
-                )
-
-        # Hash each distinct id once (an hour has far fewer users and sessions than events),
-        # both columns from one narrow read of the files. Explicit DDL, not `CREATE TABLE AS
-        # ... LIMIT 0`: in DuckDB 2.0 such a table keeps all-NULL column statistics after a
-        # large insert in the same transaction, and later queries then read no rows
-        # (tests/test_ingest.py::test_large_hour_loads_every_row).
+            _look_up_other_hour_ids(con, hour_start, files, rows)
         with result.timed("pseudonymise ids"):
-            con.execute(f"CREATE TEMP TABLE {_IDS} (id_column VARCHAR, raw_id VARCHAR, "
-                        "hashed VARCHAR)")
-            pairs = ", ".join(f"{{'c': '{c}', 'v': {c}}}" for c in PSEUDONYMISED_COLUMNS)
-            _run(
-                con,
-                files,
-                # (DISTINCT over the unnested columns, in a query of its own: DISTINCT beside an
-                # unnest in one SELECT is applied before the unnest in DuckDB 2.0)
-                f"""INSERT INTO {_IDS} SELECT c, v, {hmac_sql('v')} FROM (
-                      SELECT DISTINCT c, v FROM (
-                        SELECT unnest(id, recursive := true) FROM (
-                          SELECT unnest([{pairs}]) AS id FROM {staged}))
-                    ) WHERE v IS NOT NULL""",
-                {"ipad": ipad, "opad": opad,
-                 **{k: v for k, v in params.items() if k.startswith(("path", "columns"))}},
-            )
-
-        # The one full read of the files: projected, validated and pseudonymised rows, kept in
-        # a temporary table so accounting, the insert and the quarantine read memory, not the
-        # files again.
+            _pseudonymise_ids(con, files, rows, pseudonymization_key)
         with result.timed("read, validate"):
-            con.execute(_rows_ddl())
-            joins = " ".join(
-                f"LEFT JOIN {_IDS} AS _{c} ON _{c}.id_column = '{c}' AND _{c}.raw_id = r.{c}"
-                for c in PSEUDONYMISED_COLUMNS
-            )
-            replaced = ", ".join(f"_{c}.hashed AS {c}" for c in PSEUDONYMISED_COLUMNS)
-            _run(con, files,
-                 f"INSERT INTO {_ROWS} BY NAME SELECT r.* EXCLUDE (_cast_errors) "
-                 f"REPLACE ({replaced}) FROM {landing_rows} AS r "
-                 f"{joins}", params)
-            by_reason = con.execute(
-                f"SELECT _reason, count(*), count(DISTINCT event_id) FROM {_ROWS} GROUP BY _reason"
-            ).fetchall()
-        valid_rows = sum(n for reason, n, _ in by_reason if reason is None)
-        distinct_valid = sum(d for reason, _, d in by_reason if reason is None)
-        result.rows_in = sum(n for _, n, _ in by_reason)
-        result.duplicates_dropped = valid_rows - distinct_valid
-        result.rows_quarantined = result.rows_in - valid_rows
-        result.quarantine_reasons = dict(
-            sorted(((r, n) for r, n, _ in by_reason if r is not None), key=lambda x: -x[1])
-        )
-
+            _stage_rows(con, hour_start, files, rows, result)
         with result.timed("replace the hour"):
-            con.execute(f"DELETE FROM {EVENTS_TABLE} WHERE event_hour = $h", {"h": hour_start})
-            con.execute(f"DELETE FROM {QUARANTINE_TABLE} WHERE event_hour = $h",
-                        {"h": hour_start})
-            dedupe = (
-                "QUALIFY row_number() OVER (PARTITION BY event_id "
-                "ORDER BY _source_file, _source_row) = 1"
-                if result.duplicates_dropped
-                else ""
-            )
-            con.execute(
-                f"""INSERT INTO {EVENTS_TABLE}
-                    SELECT {', '.join(f.name for f in EVENT_FIELDS)},
-                           $h, _source_file, now(), _unmapped
-                    FROM {_ROWS} WHERE _reason IS NULL {dedupe}""",
-                {"h": hour_start},
-            )
-            if result.rows_quarantined:
-                quarantine_columns = [
-                    f.name if f.name in PSEUDONYMISED_COLUMNS else f"CAST({f.name} AS VARCHAR)"
-                    for f in EVENT_FIELDS
-                ]
-                con.execute(
-                    f"""INSERT INTO {QUARANTINE_TABLE}
-                        SELECT {', '.join(quarantine_columns)}, $h, _source_file, _source_row,
-                               _reason, now()
-                        FROM {_ROWS} WHERE _reason IS NOT NULL""",
-                    {"h": hour_start},
-                )
-        result.rows_loaded = valid_rows - result.duplicates_dropped
+            _replace_hour(con, hour_start, result)
         with result.timed("count unknown values, log"):
             result.unknown_values, result.rows_with_unknown_values = _unknown_values(con)
-            con.execute(
-                f"INSERT INTO {INGEST_LOG_TABLE} VALUES "
-                "($h, $files, $rin, $rl, $rq, $dd, now(), $unknown)",
-                {
-                    "h": hour_start,
-                    "files": result.files,
-                    "rin": result.rows_in,
-                    "rl": result.rows_loaded,
-                    "rq": result.rows_quarantined,
-                    "dd": result.duplicates_dropped,
-                    "unknown": (json.dumps(result.unknown_values)
-                                if result.unknown_values else None),
-                },
-            )
-            con.execute(f"DELETE FROM {REJECTED_FILES_TABLE} WHERE event_hour = $h",
-                        {"h": hour_start})
-            for bad in rejected:
-                con.execute(
-                    f"INSERT INTO {REJECTED_FILES_TABLE} VALUES ($h, $file, $line, $reason, now())",
-                    {"h": hour_start, "file": str(bad.path), "line": bad.line,
-                     "reason": bad.detail},
-                )
+            _log_hour(con, result, rejected)
         for table in _TEMP_TABLES:
             con.execute(f"DROP TABLE {table}")
         with result.timed("commit"):
@@ -473,6 +369,153 @@ def _load_files(
         con.execute("ROLLBACK")
         raise
     return result
+
+
+def _look_up_other_hour_ids(con: duckdb.DuckDBPyConnection, hour_start: datetime,
+                            files: list[Path], rows: LandingRows) -> None:
+    """Fill _OTHER_HOUR_IDS with the hour's event_ids that another hour already loaded: the
+    hour's event_id column joined with raw.events' (DuckDB builds the hash table on the small
+    side).
+
+    Only the hours within DUPLICATE_ID_WINDOW of this one are looked at: a resent event comes
+    from a collector's retry or a re-delivered file, days at most, and an unbounded look-up
+    would read every event_id of the warehouse for each hour loaded (it grows with the
+    warehouse). raw.events is written an hour at a time, so its row groups are ordered by
+    event_hour and DuckDB's min/max zone maps skip those outside the range. Skipped while the
+    window holds no other hour (a first load, a one-hour test)."""
+    window = {"hour_start": hour_start, "window_start": hour_start - DUPLICATE_ID_WINDOW,
+              "window_end": hour_start + DUPLICATE_ID_WINDOW}
+    in_window = ("event_hour >= $window_start AND event_hour <= $window_end "
+                 "AND event_hour <> $hour_start")
+    con.execute(f"CREATE TEMP TABLE {_OTHER_HOUR_IDS} (event_id VARCHAR)")
+    others = con.execute(
+        f"SELECT count(*) FROM (SELECT 1 FROM {EVENTS_TABLE} WHERE {in_window} LIMIT 1)",
+        window).fetchone()[0]
+    if others:
+        _run(
+            con,
+            files,
+            f"""INSERT INTO {_OTHER_HOUR_IDS}
+                SELECT DISTINCT event_id FROM {EVENTS_TABLE}
+                WHERE {in_window} AND event_id IN (
+                    SELECT event_id FROM {rows.staged} WHERE event_id IS NOT NULL)""",
+            {**window, **rows.params},
+        )
+
+
+def _pseudonymise_ids(con: duckdb.DuckDBPyConnection, files: list[Path], rows: LandingRows,
+                      pseudonymization_key: str) -> None:
+    """Fill _IDS with each distinct user/session id of the hour and its keyed hash.
+
+    Each id is hashed once (an hour has far fewer users and sessions than events), both
+    columns from one narrow read of the files. Explicit DDL, not `CREATE TABLE AS ... LIMIT 0`:
+    in DuckDB 2.0 such a table keeps all-NULL column statistics after a large insert in the
+    same transaction, and later queries then read no rows
+    (tests/test_ingest.py::test_large_hour_loads_every_row)."""
+    ipad, opad = padded_keys(pseudonymization_key)
+    con.execute(f"CREATE TEMP TABLE {_IDS} (id_column VARCHAR, raw_id VARCHAR, hashed VARCHAR)")
+    pairs = ", ".join(f"{{'c': '{c}', 'v': {c}}}" for c in PSEUDONYMISED_COLUMNS)
+    _run(
+        con,
+        files,
+        # (DISTINCT over the unnested columns, in a query of its own: DISTINCT beside an
+        # unnest in one SELECT is applied before the unnest in DuckDB 2.0)
+        f"""INSERT INTO {_IDS} SELECT c, v, {hmac_sql('v')} FROM (
+              SELECT DISTINCT c, v FROM (
+                SELECT unnest(id, recursive := true) FROM (
+                  SELECT unnest([{pairs}]) AS id FROM {rows.staged}))
+            ) WHERE v IS NOT NULL""",
+        {"ipad": ipad, "opad": opad, **rows.params},
+    )
+
+
+def _stage_rows(con: duckdb.DuckDBPyConnection, hour_start: datetime, files: list[Path],
+                rows: LandingRows, result: HourIngestResult) -> None:
+    """The one full read of the files: projected, validated and pseudonymised rows, kept in
+    _ROWS so accounting, the insert and the quarantine read memory, not the files again.
+    Sets the result's row accounting (rows in, quarantined, duplicates, loaded)."""
+    con.execute(_rows_ddl())
+    joins = " ".join(
+        f"LEFT JOIN {_IDS} AS _{c} ON _{c}.id_column = '{c}' AND _{c}.raw_id = r.{c}"
+        for c in PSEUDONYMISED_COLUMNS
+    )
+    replaced = ", ".join(f"_{c}.hashed AS {c}" for c in PSEUDONYMISED_COLUMNS)
+    _run(con, files,
+         f"INSERT INTO {_ROWS} BY NAME SELECT r.* EXCLUDE (_cast_errors) "
+         f"REPLACE ({replaced}) FROM {rows.sql} AS r {joins}",
+         {**rows.params, "hour_start": hour_start,
+          "hour_end": hour_start + timedelta(hours=1)})
+    by_reason = con.execute(
+        f"SELECT _reason, count(*), count(DISTINCT event_id) FROM {_ROWS} GROUP BY _reason"
+    ).fetchall()
+    valid_rows = sum(n for reason, n, _ in by_reason if reason is None)
+    distinct_valid = sum(d for reason, _, d in by_reason if reason is None)
+    result.rows_in = sum(n for _, n, _ in by_reason)
+    result.duplicates_dropped = valid_rows - distinct_valid
+    result.rows_quarantined = result.rows_in - valid_rows
+    result.rows_loaded = valid_rows - result.duplicates_dropped
+    result.quarantine_reasons = dict(
+        sorted(((r, n) for r, n, _ in by_reason if r is not None), key=lambda x: -x[1])
+    )
+
+
+def _replace_hour(con: duckdb.DuckDBPyConnection, hour_start: datetime,
+                  result: HourIngestResult) -> None:
+    """The hour's rows of raw.events and the quarantine replaced by the staged ones (valid rows
+    keep the first copy of each event_id)."""
+    con.execute(f"DELETE FROM {EVENTS_TABLE} WHERE event_hour = $h", {"h": hour_start})
+    con.execute(f"DELETE FROM {QUARANTINE_TABLE} WHERE event_hour = $h", {"h": hour_start})
+    dedupe = (
+        "QUALIFY row_number() OVER (PARTITION BY event_id "
+        "ORDER BY _source_file, _source_row) = 1"
+        if result.duplicates_dropped
+        else ""
+    )
+    con.execute(
+        f"""INSERT INTO {EVENTS_TABLE}
+            SELECT {', '.join(f.name for f in EVENT_FIELDS)},
+                   $h, _source_file, now(), _unmapped
+            FROM {_ROWS} WHERE _reason IS NULL {dedupe}""",
+        {"h": hour_start},
+    )
+    if result.rows_quarantined:
+        quarantine_columns = [
+            f.name if f.name in PSEUDONYMISED_COLUMNS else f"CAST({f.name} AS VARCHAR)"
+            for f in EVENT_FIELDS
+        ]
+        con.execute(
+            f"""INSERT INTO {QUARANTINE_TABLE}
+                SELECT {', '.join(quarantine_columns)}, $h, _source_file, _source_row,
+                       _reason, now()
+                FROM {_ROWS} WHERE _reason IS NOT NULL""",
+            {"h": hour_start},
+        )
+
+
+def _log_hour(con: duckdb.DuckDBPyConnection, result: HourIngestResult,
+              rejected: list[LandingFileError]) -> None:
+    """The hour's line in raw.ingest_log and its set-aside files in raw.rejected_files."""
+    con.execute(
+        f"INSERT INTO {INGEST_LOG_TABLE} VALUES "
+        "($h, $files, $rin, $rl, $rq, $dd, now(), $unknown)",
+        {
+            "h": result.hour,
+            "files": result.files,
+            "rin": result.rows_in,
+            "rl": result.rows_loaded,
+            "rq": result.rows_quarantined,
+            "dd": result.duplicates_dropped,
+            "unknown": (json.dumps(result.unknown_values)
+                        if result.unknown_values else None),
+        },
+    )
+    con.execute(f"DELETE FROM {REJECTED_FILES_TABLE} WHERE event_hour = $h",
+                {"h": result.hour})
+    for bad in rejected:
+        con.execute(
+            f"INSERT INTO {REJECTED_FILES_TABLE} VALUES ($h, $file, $line, $reason, now())",
+            {"h": result.hour, "file": str(bad.path), "line": bad.line, "reason": bad.detail},
+        )
 
 
 def _unknown_values(con: duckdb.DuckDBPyConnection) -> tuple[dict[str, dict[str, int]], int]:

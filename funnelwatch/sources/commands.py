@@ -8,16 +8,8 @@ from typing import Annotated
 
 import typer
 
+from funnelwatch.command_support import LandingOption, fail, open_warehouse
 from funnelwatch.settings import Settings
-
-
-def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
-    raise typer.Exit(2)
-
-
-def _landing(landing: Path | None) -> Path:
-    return landing.resolve() if landing is not None else Settings.from_env().landing
 
 
 def register(app: typer.Typer) -> None:
@@ -32,17 +24,16 @@ def register(app: typer.Typer) -> None:
     def import_source_command(
         src: Annotated[Path, typer.Argument(help="The feed file (JSON lines, CSV, TSV, Parquet).")],
         mapping: Annotated[Path, typer.Option(help="Its mapping, e.g. config/sources/segment.yml.")],
-        landing: Annotated[Path | None, typer.Option(
-            help="Landing folder (default: $FUNNELWATCH_LANDING or data/landing).")] = None,
+        landing: LandingOption = None,
     ):
         """Import a feed with a source mapping (config/sources/<name>.yml) into landing files."""
         from funnelwatch.sources.apply import import_source
 
-        folder = _landing(landing)
+        folder = landing.resolve() if landing is not None else Settings.from_env().landing
         try:
             report = import_source(src, mapping, folder)
         except (OSError, ValueError) as exc:
-            _fail(str(exc))
+            fail(str(exc))
         typer.echo(str(report))
         typer.echo(f"landing: {folder}")
 
@@ -60,18 +51,21 @@ def register(app: typer.Typer) -> None:
         from funnelwatch.sources.profile import check_source
 
         if write_mapping is not None and mapping is not None:
-            _fail("--write-mapping writes a proposed mapping; leave out --mapping")
+            fail("--write-mapping writes a proposed mapping; leave out --mapping")
         try:
             profile = check_source(src, mapping, rows)
         except (OSError, ValueError) as exc:
-            _fail(str(exc))
+            fail(str(exc))
         typer.echo(profile.table())
         if profile.proposal_yaml is not None:
             if write_mapping is not None:
                 if write_mapping.exists():
-                    _fail(f"{write_mapping} exists; not overwriting it")
-                write_mapping.parent.mkdir(parents=True, exist_ok=True)
-                write_mapping.write_text(profile.proposal_yaml, encoding="utf-8")
+                    fail(f"{write_mapping} exists; not overwriting it")
+                try:
+                    write_mapping.parent.mkdir(parents=True, exist_ok=True)
+                    write_mapping.write_text(profile.proposal_yaml, encoding="utf-8")
+                except OSError as exc:
+                    fail(f"cannot write the proposed mapping to {write_mapping}: {exc}")
                 typer.echo(f"\nproposed mapping written to {write_mapping}")
             else:
                 typer.echo("\nProposed mapping (save with --write-mapping FILE):\n")
@@ -84,7 +78,6 @@ def register(app: typer.Typer) -> None:
     @quarantine_app.command("list")
     def quarantine_list_command():
         """Quarantined rows per hour and reason (raw.events_quarantine)."""
-        from funnelwatch.command_support import open_warehouse
         from funnelwatch.sources.replay import quarantine_summary
 
         with open_warehouse(Settings.from_env().warehouse, read_only=True) as con:
@@ -106,13 +99,12 @@ def register(app: typer.Typer) -> None:
     ):
         """Re-ingest quarantined rows after their mapping is fixed: the original landing rows are
         re-read, remapped and the hour re-loaded; rows that still break stay quarantined."""
-        from funnelwatch.command_support import open_warehouse
         from funnelwatch.privacy import current_key
         from funnelwatch.sources.mapping import load_mapping
         from funnelwatch.sources.replay import quarantined_hours, replay_hour
 
         if (hour is None) == (not all_hours):
-            _fail("give either --hour H or --all")
+            fail("give either --hour H or --all")
         from funnelwatch.landing import as_utc_hour
 
         asked = None
@@ -120,12 +112,12 @@ def register(app: typer.Typer) -> None:
             try:
                 asked = as_utc_hour(hour)
             except ValueError:
-                _fail(f"not an hour: {hour!r} (expected e.g. 2026-11-01T13:00)")
+                fail(f"not an hour: {hour!r} (expected e.g. 2026-11-01T13:00)")
         settings = Settings.from_env()
         try:
             fixed = load_mapping(mapping) if mapping is not None else None
         except ValueError as exc:
-            _fail(str(exc))
+            fail(str(exc))
         con = open_warehouse(settings.warehouse)
         key, _ = current_key()
         with con:
@@ -137,7 +129,7 @@ def register(app: typer.Typer) -> None:
                 try:
                     result = replay_hour(con, settings.landing, one, key, fixed)
                 except (OSError, ValueError) as exc:
-                    _fail(f"{one:%Y-%m-%d %H:00}: {exc}")
+                    fail(f"{one:%Y-%m-%d %H:00}: {exc}")
                 typer.echo(result.line())
         typer.echo("the hours' marts are rebuilt by the next pipeline run over them "
                    "(funnelwatch run --start ... --end ...)")
