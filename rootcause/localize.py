@@ -118,6 +118,9 @@ class Localizer:
     dimension_preference:
         Names equivalent cohorts (identical leaves) by the preferred dimensions: a mapping
         dimension -> rank (lower first); default the order of ``dimensions``.
+    fallback_z:
+        When no cause is accepted and no cohort reaches this |z|, the whole cube (``all``) is
+        listed first: nothing inside it stands out (None: the strongest cohorts first anyway).
     """
 
     def __init__(
@@ -129,6 +132,7 @@ class Localizer:
         dimension_penalty: float = 2.0,
         drift: float = 0.0,
         dimension_preference: dict | None = None,
+        fallback_z: float | None = None,
     ):
         if max_dimensions is not None and int(max_dimensions) < 1:
             raise ValueError(f"max_dimensions must be >= 1, got {max_dimensions}")
@@ -147,6 +151,7 @@ class Localizer:
         self.dimension_penalty = float(dimension_penalty)
         self.drift = float(drift)
         self.dimension_preference = dict(dimension_preference or {})
+        self.fallback_z = None if fallback_z is None else float(fallback_z)
 
     # public API -------------------------------------------------------------------------
     def localize(
@@ -304,6 +309,12 @@ class Localizer:
         rows = [(c, s, zz, abs(x) / whole if whole else np.nan, t) for c, s, zz, x, t in accepted]
         if first_order is None:
             return rows
+        if (
+            not accepted
+            and self.fallback_z is not None
+            and (len(first_order) == 0 or abs(first_z[first_order[0]]) < self.fallback_z)
+        ):
+            rows.append((0, float(first_score[0]), float(first_z[0]), np.nan, False))
         sel = [(cube.filters(c), self._change(cube, c)) for c, *_ in accepted]
         for c in first_order:
             if len(rows) >= max(self.top_k, len(accepted)):
