@@ -266,18 +266,8 @@ class Localizer:
             E = cube.sums(e_cur)
             z = self._z(cube, E)
             score = z**2 - self.dimension_penalty * cube.n_dims
-            cand = cube.canonical & (E > 0)
-            taken = {c for c, *_ in accepted}
-            if taken:
-                cand[list(taken)] = False
-            if masks:
-                # a cohort wholly inside an accepted cause is explained by it
-                inside = np.zeros(len(cand), dtype=bool)
-                for m in masks:
-                    inside |= cube.sums(m.astype(float)) == cube.L
-                cand &= ~inside
-            if direction is not None:
-                cand &= np.sign(cube.A - E) == direction
+            taken = [c for c, *_ in accepted]
+            cand = self._candidates(cube, E, taken, masks, direction)
             if first_order is None:
                 first_score, first_z = score, z
                 idx = np.flatnonzero(cand)
@@ -292,7 +282,6 @@ class Localizer:
             if not accepted:
                 # the chosen answer heads the alternatives too
                 first_order = np.concatenate([[chosen], first_order[first_order != chosen]])
-            before = float(e_cur.sum())
             mask = cube.mask(chosen)
             rake_masks.append(mask)
             if cube.n_dims[chosen] > 0:
@@ -300,8 +289,14 @@ class Localizer:
                 # moved differently from the whole store are still to be found
                 masks.append(mask)
             e_cur = _rake(cube.a, cube.e0, rake_masks)
-            explained = float(e_cur.sum()) - before
-            accepted.append((chosen, float(score[chosen]), float(z[chosen]), explained, True))
+            accepted.append((chosen, float(score[chosen]), float(z[chosen]), 0.0, True))
+        accepted = self._revisit_all(cube, accepted, direction)
+        # what each cause explains: the expectation it adds when taken out after the ones before
+        before = float(cube.e0.sum())
+        for k, (c, sc, zz, _, t) in enumerate(accepted):
+            after = float(_rake(cube.a, cube.e0, [cube.mask(x[0]) for x in accepted[: k + 1]]).sum())
+            accepted[k] = (c, sc, zz, after - before, t)
+            before = after
         # each cause's share of what moved: its part of the deviation it took out, against all
         # that was taken out plus what is left unexplained (in [0, 1] also when causes oppose)
         left = abs(parent_dev - sum(r[3] for r in accepted))
@@ -332,6 +327,46 @@ class Localizer:
                 continue
             rows.append((c, float(first_score[c]), float(first_z[c]), np.nan, False))
         return rows
+
+    @staticmethod
+    def _candidates(cube: _Cube, E, taken, masks, direction) -> np.ndarray:
+        """Cohorts that may be the next cause: not taken, not inside a cause, in direction."""
+        cand = cube.canonical & (E > 0)
+        if taken:
+            cand[list(taken)] = False
+        for m in masks:
+            # a cohort wholly inside an accepted cause is explained by it
+            cand &= cube.sums(m.astype(float)) != cube.L
+        if direction is not None:
+            cand &= np.sign(cube.A - E) == direction
+        return cand
+
+    def _revisit_all(self, cube: _Cube, accepted: list, direction) -> list:
+        """``all`` accepted beside other causes: decide again once the others are taken out.
+
+        When most of the store is in causes that moved the same way (three campaigns down, one
+        of them the big one), the first whole-store-or-cohort decision saw the other causes in
+        the remainder and took ``all``; with them explained, the cohort may win.
+        """
+        roots = [k for k, r in enumerate(accepted) if cube.n_dims[r[0]] == 0]
+        if not roots or len(accepted) < 2:
+            return accepted
+        others = [r[0] for r in accepted if cube.n_dims[r[0]] > 0]
+        masks = [cube.mask(c) for c in others]
+        E = cube.sums(_rake(cube.a, cube.e0, masks))
+        z = self._z(cube, E)
+        score = z**2 - self.dimension_penalty * cube.n_dims
+        cand = self._candidates(cube, E, others, masks, direction)
+        if not cand.any():
+            return accepted
+        best = int(np.flatnonzero(cand)[np.argmax(score[cand])])
+        if abs(z[best]) < self.min_z:
+            return accepted
+        sign = float(np.sign(z[best]))
+        chosen = self._choose(cube, E, z, cand & (np.sign(z) == sign), best, sign)
+        out = list(accepted)
+        out[roots[0]] = (chosen, float(score[chosen]), float(z[chosen]), 0.0, True)
+        return out
 
     def _choose(self, cube: _Cube, E, z, cand, best: int, sign: float) -> int:
         """Widen or narrow ``best`` along nested candidates by the residual of two hypotheses.

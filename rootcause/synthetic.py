@@ -38,6 +38,8 @@ def make_cube(
     ``additive``: ``actual`` ~ Poisson(expected x (1 + change)) per leaf (``total`` expected in
     all). ``ratio``: ``total`` expected sessions; ``denominator`` ~ Poisson(expected_denominator)
     (traffic is NOT changed), ``numerator`` ~ Binomial(denominator, rate_leaf x (1 + change)).
+    ``forecast_noise``: the expectation's multiplicative error per leaf (lognormal sigma; for
+    ratios also on the expected rate), known to the noise model (``variance``).
     A leaf inside several causes takes the product of the changes.
 
     The frame is ready for ``Localizer``: ``actual``, ``expected``, ``denominator``, ``variance``
@@ -76,8 +78,13 @@ def make_cube(
         out["numerator"] = out["numerator"].astype(float)
         out["denominator"] = den
         out["expected_denominator"] = base * error
-        out["expected_numerator"] = base * error * leaf_rate
-        return rate_cube_leaves(out)
+        rate_error = np.exp(rng.normal(0.0, forecast_noise, len(grid)))
+        out["expected_numerator"] = base * error * leaf_rate * rate_error
+        leaves = rate_cube_leaves(out)
+        # the expected rate's own error (a forecast is never exact), in the noise model
+        return leaves.assign(
+            variance=leaves["variance"] + (forecast_noise * leaves["expected"]) ** 2
+        )
     raise ValueError(f"kpi must be 'additive' or 'ratio', got {kpi!r}")
 
 
