@@ -125,8 +125,9 @@ def run(cases: int, seed: int) -> None:
             answered["ours"] += bool(res["root_cause"].any())
             answered["base"] += bool(top_z_baseline(clean))
             change = float(rng.choice([-1, 1]) * rng.uniform(0.2, 0.4))
-            wide = make_cube([({}, change)], kpi=kpi, total=total, forecast_noise=noise,
-                             seed=cube_seed)
+            wide = make_cube(
+                [({}, change)], kpi=kpi, total=total, forecast_noise=noise, seed=cube_seed
+            )
             res = loc.localize(wide, DIMS, kpi)
             store["ours"] += list(res.loc[res["root_cause"], "cohort"]) == ["all"]
             store["base"] += top_z_baseline(wide) == ["all"]

@@ -105,9 +105,7 @@ def validate_leaves(leaves, dimensions) -> tuple[list[str], dict]:
         hint = ""
         if "expected" in missing:
             hint = " (no expected values: derive them from history first, e.g. ratio_leaves)"
-        raise ValueError(
-            f"leaves is missing column(s) {missing}{hint}; has {list(leaves.columns)}"
-        )
+        raise ValueError(f"leaves is missing column(s) {missing}{hint}; has {list(leaves.columns)}")
     if leaves.empty:
         raise ValueError("leaves is empty")
     for d in dimensions:

@@ -202,7 +202,9 @@ class Localizer:
         offset = 0
         for i, cub in enumerate(cuboids):
             if cub:
-                key = np.ravel_multi_index(tuple(codes_arr[:, list(cub)].T), tuple(sizes[list(cub)]))
+                key = np.ravel_multi_index(
+                    tuple(codes_arr[:, list(cub)].T), tuple(sizes[list(cub)])
+                )
                 keys, g = np.unique(key, return_inverse=True)
                 vals = np.unravel_index(keys, tuple(sizes[list(cub)]))
             else:
@@ -238,8 +240,10 @@ class Localizer:
         # equivalent cohorts (identical leaves, e.g. os=iOS and device_type=mobile&os=iOS when
         # iOS is only mobile) are listed once, by the fewest and most telling dimensions
         pref = np.array(
-            [self.dimension_preference.get(d, len(self.dimension_preference) + i)
-             for i, d in enumerate(dimensions)],
+            [
+                self.dimension_preference.get(d, len(self.dimension_preference) + i)
+                for i, d in enumerate(dimensions)
+            ],
             dtype=float,
         )
         naming = ((cube.pattern >= 0) * pref).sum(axis=1)
@@ -294,7 +298,9 @@ class Localizer:
         # what each cause explains: the expectation it adds when taken out after the ones before
         before = float(cube.e0.sum())
         for k, (c, sc, zz, _, t) in enumerate(accepted):
-            after = float(_rake(cube.a, cube.e0, [cube.mask(x[0]) for x in accepted[: k + 1]]).sum())
+            after = float(
+                _rake(cube.a, cube.e0, [cube.mask(x[0]) for x in accepted[: k + 1]]).sum()
+            )
             accepted[k] = (c, sc, zz, after - before, t)
             before = after
         # each cause's share of what moved: its part of the deviation it took out, against all

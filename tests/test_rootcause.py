@@ -226,18 +226,28 @@ def test_direction_restricts_causes_to_the_incident_s_way():
 
 
 def test_leaf_helpers_derive_the_variance():
-    frame = pd.DataFrame(
-        {"os": ["iOS", "Android"], "orders": [10.0, 4.0], "base": [8.0, 5.0]}
-    )
+    frame = pd.DataFrame({"os": ["iOS", "Android"], "orders": [10.0, 4.0], "base": [8.0, 5.0]})
     leaves = additive_leaves(frame, actual="orders", expected="base", history_periods=4)
     np.testing.assert_allclose(leaves["variance"], [8 * 1.25, 5 * 1.25])
     assert list(leaves["denominator"]) == [1.0, 1.0]
     rates = pd.DataFrame(
-        {"os": ["iOS", "Android", "Linux"], "n": [5.0, 9.0, 0.0], "d": [10.0, 12.0, 0.0],
-         "hn": [50.0, 60.0, 1.0], "hd": [100.0, 100.0, 2.0]}
+        {
+            "os": ["iOS", "Android", "Linux"],
+            "n": [5.0, 9.0, 0.0],
+            "d": [10.0, 12.0, 0.0],
+            "hn": [50.0, 60.0, 1.0],
+            "hd": [100.0, 100.0, 2.0],
+        }
     )
-    leaves = ratio_leaves(rates, numerator="n", denominator="d", history_numerator="hn",
-                          history_denominator="hd", prior_weight=0, history_error=False)
+    leaves = ratio_leaves(
+        rates,
+        numerator="n",
+        denominator="d",
+        history_numerator="hn",
+        history_denominator="hd",
+        prior_weight=0,
+        history_error=False,
+    )
     assert list(leaves["os"]) == ["iOS", "Android"]  # a leaf without traffic cannot move a rate
     np.testing.assert_allclose(leaves["expected"], [5.0, 7.2])
     np.testing.assert_allclose(leaves["variance"], [10 * 0.25, 12 * 0.6 * 0.4])
@@ -255,7 +265,8 @@ def test_bad_cubes_give_clear_errors():
         Localizer().localize(zero, ["os"], "additive")
     rates = pd.DataFrame({"os": ["iOS"], "n": [1.0], "d": [2.0], "hn": [0.0], "hd": [0.0]})
     with pytest.raises(ValueError, match="no history"):
-        ratio_leaves(rates, numerator="n", denominator="d", history_numerator="hn",
-                     history_denominator="hd")
+        ratio_leaves(
+            rates, numerator="n", denominator="d", history_numerator="hn", history_denominator="hd"
+        )
     with pytest.raises(ValueError, match="direction"):
         Localizer().localize(make_cube([], seed=0), DIMS, "additive", direction=0)
