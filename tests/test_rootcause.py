@@ -239,18 +239,12 @@ def test_leaf_helpers_derive_the_variance():
             "hd": [100.0, 100.0, 2.0],
         }
     )
-    leaves = ratio_leaves(
-        rates,
-        numerator="n",
-        denominator="d",
-        history_numerator="hn",
-        history_denominator="hd",
-        prior_weight=0,
-        history_error=False,
-    )
+    kw = {"numerator": "n", "denominator": "d", "history_numerator": "hn"}
+    leaves = ratio_leaves(rates, history_denominator="hd", prior_weight=0, **kw)
     assert list(leaves["os"]) == ["iOS", "Android"]  # a leaf without traffic cannot move a rate
     np.testing.assert_allclose(leaves["expected"], [5.0, 7.2])
-    np.testing.assert_allclose(leaves["variance"], [10 * 0.25, 12 * 0.6 * 0.4])
+    # binomial noise of the window x (1 + d / history d): the history rate's own error
+    np.testing.assert_allclose(leaves["variance"], [10 * 0.25 * 1.1, 12 * 0.6 * 0.4 * 1.12])
 
 
 def test_bad_cubes_give_clear_errors():
