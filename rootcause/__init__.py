@@ -1,30 +1,25 @@
 """Multi-dimensional root-cause localisation (pure Python: no Dagster, no I/O).
 
-``Localizer(max_dimensions=3, top_k=3).localize(leaves, dimensions, kpi="additive"|"ratio")``
-ranks the cohorts (``os=iOS&browser=Safari``-style dimension-value combinations) that explain
-one hour's deviation of an additive or ratio KPI. See docs/rootcause.md.
+``Localizer(max_dimensions=None, top_k=3).localize(leaves, dimensions, kpi="additive"|"ratio")``
+ranks the cohorts (``os=iOS&browser=Safari``-style dimension-value combinations) that explain a
+window's deviation of an additive or ratio KPI; several simultaneous causes are each accepted
+(``root_cause``). Leaves carry ``actual``, ``expected``, ``denominator`` and ``variance``
+(``additive_leaves`` / ``ratio_leaves`` derive them). See docs/rootcause.md.
 """
 
-from rootcause.localize import (
-    ADDITIVE_COLUMNS,
-    ALL,
-    KPI_KINDS,
-    RATIO_COLUMNS,
-    RESULT_COLUMNS,
-    Localizer,
-    deviation_score,
-    format_cohort,
-    parse_cohort,
-)
+from rootcause.cohorts import ALL, format_cohort, parse_cohort
+from rootcause.leaves import LEAF_COLUMNS, additive_leaves, ratio_leaves
+from rootcause.localize import KPI_KINDS, RESULT_COLUMNS, Localizer, cohort_z
 
 __all__ = [
-    "ADDITIVE_COLUMNS",
     "ALL",
     "KPI_KINDS",
-    "RATIO_COLUMNS",
+    "LEAF_COLUMNS",
     "RESULT_COLUMNS",
     "Localizer",
-    "deviation_score",
+    "additive_leaves",
+    "cohort_z",
     "format_cohort",
     "parse_cohort",
+    "ratio_leaves",
 ]

@@ -1,36 +1,31 @@
 """Multi-dimensional root-cause localisation: which cohorts explain a KPI deviation.
 
 Input: one row per LEAF cohort (a combination of dimension values, e.g. device_type x os x
-browser x country x utm_campaign) with the actual and the expected (baseline) values for one hour.
-Output: a ranked frame of cohorts such as ``browser=Safari&os=iOS&utm_campaign=ig_sale``.
+browser x country x utm_campaign) with ``actual``, ``expected``, ``denominator`` and
+``variance`` for one window (see ``rootcause.leaves``). Output: a ranked frame of cohorts such
+as ``browser=Safari&os=iOS&utm_campaign=ig_sale``, the accepted root causes first.
 
-Method (a Squeeze / HotSpot-style search, see docs/rootcause.md for why this one):
+Method (docs/rootcause.md has the why):
 
-1. The KPI is reduced to an additive quantity per leaf, an actual ``v`` and an expected ``f``.
-   Additive KPIs (orders) are used as they are. For ratio KPIs (conversion = sum numerators /
-   sum denominators) ``f = expected_rate_leaf * actual_denominator`` (the numerator the leaf would
-   have had at its usual rate with the traffic it actually got) and ``v = numerator + mix``,
-   with ``mix = (expected_rate_leaf - expected_rate_parent) * (denominator - expected_denominator)``
-   the leaf's traffic-mix effect. Then ``sum(v - f) / actual_denominator`` is exactly the parent's
-   rate deviation, so a cohort whose rate dropped *and* a cohort that brought a surge of
-   low-converting traffic both show up, while a cohort that only lost traffic at the usual rate
-   (no effect on the parent rate) does not.
-2. Every candidate cohort (``all``, then every element of every cuboid of 1..``max_dimensions``
-   dimensions) is scored by the *ripple effect*: if the cohort is the root cause, all its leaves
-   moved by the same factor ``v(S) / f(S)``, the rest did not move. The score is the share of
-   the total (noise-weighted) absolute leaf deviation that this hypothesis removes, i.e. the
-   generalised potential score of Squeeze written as a gain. Cohorts holding normal leaves
-   (too coarse) or missing abnormal ones (too fine) both lose, without any threshold on single
-   noisy leaves. The search is exhaustive over cuboids (<= a few hundred) and vectorised within a
-   cuboid (one ``np.bincount`` pass per cuboid), so no heuristic pruning is needed.
-3. Greedy explaining-away for several simultaneous causes: the best cohort is accepted if its
-   gain reaches ``min_score`` and its aggregated deviation is significant (|z| >= ``min_z``
-   against a leaf noise model fitted to the cube); the expectations are then raked so that every
-   accepted cause matches its actual total (one factor per cause, fitted jointly, so overlapping
-   causes leave no residual), and the search repeats (up to ``max_causes``) on the cohorts that
-   are not inside an accepted one, so a second, independent cause is found next.
-
-Pure pandas / numpy: no I/O, no Dagster.
+1. **Scan.** Every cohort S of 0..``max_dimensions`` dimensions (all cuboids, exhaustive, one
+   ``np.bincount`` over all of them) gets ``z = (A_S - E_S) / sqrt(V_S + (drift E_S)^2 + 1)``,
+   with V_S the summed leaf noise variance. If S is where the KPI moved (by one factor), z^2 is
+   largest for S itself: a coarser cohort adds normal leaves (same excess, more variance), a
+   finer one drops abnormal leaves. Cohorts are ranked by the scan statistic
+   ``z^2 - dimension_penalty x n_dimensions`` (Kulldorff-style, with a penalty for the many
+   more fine cohorts noise can pick).
+2. **Choose between nested cohorts** (widen / narrow): for the best cohort S and an ancestor P
+   (``all`` included: this is the explicit whole-store-or-cohort decision), two hypotheses
+   explain the pair: "P moved by one factor" leaves the residual chi^2 of S and P \\ S around
+   one common factor; "only S moved" leaves z(P \\ S)^2. The smaller residual plus
+   ``dimension_penalty`` x n_dimensions wins. A store-wide change thus comes out as ``all``
+   (the remainder moved the same way), a cohort change never (the remainder did not move).
+   The same test narrows to a descendant nearly as significant whose remainder did not move.
+3. **Explaining-away.** When the best cohort reaches |z| >= ``min_z``, the chosen cohort is
+   accepted, the expectations are raked (iterative proportional fitting over all accepted
+   causes, one factor each, fitted jointly) so that every accepted cause matches its actual
+   total, and the scan repeats on the rest (cohorts wholly inside an accepted cause are no
+   candidates), up to ``max_causes``, until what is left is noise.
 """
 
 from __future__ import annotations
@@ -41,9 +36,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from rootcause.cohorts import format_cohort
+from rootcause.leaves import validate_leaves
+
 KPI_KINDS = ("additive", "ratio")
-ADDITIVE_COLUMNS = ("actual", "expected")
-RATIO_COLUMNS = ("numerator", "denominator", "expected_numerator", "expected_denominator")
 RESULT_COLUMNS = [
     "rank",
     "cohort",
@@ -53,255 +49,143 @@ RESULT_COLUMNS = [
     "score",
     "z",
     "explanatory_power",
+    "explained_share",
     "actual",
     "expected",
     "deviation",
     "leaves",
 ]
-ALL = "all"
-
-
-def deviation_score(actual, expected) -> np.ndarray:
-    """Symmetric relative deviation ``2 (f - v) / (f + v)`` in [-2, 2] (0 where both are 0).
-
-    Positive when the actual is below the expectation (a drop); bounded, so a leaf that went
-    from 0 to 3 does not dominate as a plain ratio would.
-    """
-    v = np.asarray(actual, dtype=float)
-    f = np.asarray(expected, dtype=float)
-    den = f + v
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = np.where(den != 0, 2.0 * (f - v) / np.where(den != 0, den, 1.0), 0.0)
-    return out
-
-
-def format_cohort(filters: dict) -> str:
-    """``{"os": "iOS", "browser": "Safari"}`` -> ``browser=Safari&os=iOS`` (``all`` if empty)."""
-    if not filters:
-        return ALL
-    return "&".join(f"{k}={filters[k]}" for k in sorted(filters))
-
-
-def parse_cohort(cohort: str) -> dict:
-    """Inverse of ``format_cohort`` (values are returned as strings)."""
-    if cohort == ALL:
-        return {}
-    return dict(part.split("=", 1) for part in cohort.split("&"))
+VARIANCE_FLOOR = 1.0  # added to every cohort's variance: a cohort of a few units is no finding
 
 
 @dataclass
-class _Prepared:
-    codes: np.ndarray  # (n_leaves, n_dims) int64 codes per dimension
-    uniques: list  # per dimension, the values behind the codes
-    sizes: np.ndarray  # cardinality per dimension
-    v: np.ndarray  # additive actual per leaf
-    f: np.ndarray  # additive expected per leaf
-    w: np.ndarray  # noise weight per leaf
-    raw: dict  # raw columns for reporting (actual/expected or the four counts)
-    names: list  # dimension names
+class _Cube:
+    """Leaves and every cohort of the searched cuboids, as flat arrays."""
+
+    names: list
+    uniques: list
+    a: np.ndarray  # actual per leaf
+    e0: np.ndarray  # expected per leaf (given)
+    var: np.ndarray  # noise variance per leaf
+    ids: np.ndarray  # (n_cuboids, n_leaves): the cohort id of each leaf in each cuboid
+    cuboid: np.ndarray  # per cohort: its cuboid
+    pattern: np.ndarray  # per cohort: the value code per dimension, -1 = any
+    n_dims: np.ndarray  # per cohort: number of dimensions
+    canonical: np.ndarray  # per cohort: False for a cohort with the leaves of a simpler one
+    A: np.ndarray  # per cohort sums that do not change: actual, denominator, variance, leaves
+    D: np.ndarray
+    V: np.ndarray
+    L: np.ndarray
+
+    def sums(self, x: np.ndarray) -> np.ndarray:
+        n_cub = self.ids.shape[0]
+        return np.bincount(self.ids.ravel(), np.tile(x, n_cub), len(self.cuboid))
+
+    def mask(self, cohort: int) -> np.ndarray:
+        return self.ids[self.cuboid[cohort]] == cohort
+
+    def filters(self, cohort: int) -> dict:
+        return {
+            self.names[d]: self.uniques[d][int(c)]
+            for d, c in enumerate(self.pattern[cohort])
+            if c >= 0
+        }
 
 
 class Localizer:
-    """Rank the cohorts that explain one hour's deviation of a KPI.
+    """Rank the cohorts that explain a KPI's deviation; several simultaneous causes.
 
     Parameters
     ----------
     max_dimensions:
-        Largest number of dimensions in a candidate cohort (3 finds ``os & browser & campaign``;
-        the number of cuboids grows as C(n_dims, k)).
+        Largest number of dimensions in a candidate cohort (None: every dimension; the number
+        of cuboids is 2^n_dims - 1, 31 for 5 dimensions).
     top_k:
         Rows returned: the accepted root causes first, then the best alternatives (at least
         ``top_k`` rows when that many candidates exist).
-    min_score:
-        Gain (share of the total weighted absolute leaf deviation removed) a cohort needs to be
-        accepted as a root cause (a floor; ``min_z`` does most of the work).
     min_z:
-        |z| of the cohort's aggregated deviation a cause needs, with the leaf noise variance
-        ``k f + c f^2`` fitted robustly to the cube itself. ~3,000 overlapping candidates are
-        tested, hence 5.5 (noise-only synthetic cubes reach |z| ~ 4-5 on their best candidate).
+        |z| the best cohort needs for a cause to be accepted (and the loop to go on). The scan
+        tests thousands of overlapping cohorts; on noise-only cubes of 5 dimensions the best
+        reaches |z| ~ 4-4.5, hence 5.
     max_causes:
-        Most root causes accepted by the greedy explaining-away loop.
-    weighting:
-        ``"poisson"`` (default) divides each leaf's absolute deviation by sqrt(expected), so the
-        many small, noisy leaves and the few big ones weigh like z-scores; ``"none"`` uses plain
-        absolute deviations (big leaves dominate).
+        Most root causes accepted by the explaining-away loop.
     dimension_penalty:
-        Relative discount of the gain per dimension when ranking (gain x (1 - p x dims)): on a
-        near tie, the simpler cohort.
+        z^2 a cohort must gain per extra dimension (the multiple-testing price of finer cohorts).
+    drift:
+        Cohort-level proportional error of the expectation (a baseline that is a few % off for
+        a whole cohort, not leaf by leaf): ``(drift x E_S)^2`` is added to every cohort's
+        variance.
+    dimension_preference:
+        Names equivalent cohorts (identical leaves) by the preferred dimensions: a mapping
+        dimension -> rank (lower first); default the order of ``dimensions``.
+    fallback_z:
+        When no cause is accepted and no cohort reaches this |z|, the whole cube (``all``) is
+        listed first: nothing inside it stands out (None: the strongest cohorts first anyway).
     """
 
     def __init__(
         self,
-        max_dimensions: int = 3,
+        max_dimensions: int | None = None,
         top_k: int = 3,
-        min_score: float = 0.002,
+        min_z: float = 5.0,
         max_causes: int = 3,
-        weighting: str = "poisson",
-        min_z: float = 5.5,
-        dimension_penalty: float = 0.02,
+        dimension_penalty: float = 2.0,
+        drift: float = 0.0,
+        dimension_preference: dict | None = None,
+        fallback_z: float | None = None,
     ):
-        if int(max_dimensions) < 1:
+        if max_dimensions is not None and int(max_dimensions) < 1:
             raise ValueError(f"max_dimensions must be >= 1, got {max_dimensions}")
         if int(top_k) < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
         if int(max_causes) < 1:
             raise ValueError(f"max_causes must be >= 1, got {max_causes}")
-        if weighting not in ("poisson", "none"):
-            raise ValueError(f"weighting must be 'poisson' or 'none', got {weighting!r}")
-        if not 0 <= float(min_score) <= 1:
-            raise ValueError(f"min_score must be in [0, 1], got {min_score}")
-        self.max_dimensions = int(max_dimensions)
+        if float(min_z) <= 0:
+            raise ValueError(f"min_z must be > 0, got {min_z}")
+        if float(drift) < 0 or float(dimension_penalty) < 0:
+            raise ValueError("drift and dimension_penalty must be >= 0")
+        self.max_dimensions = None if max_dimensions is None else int(max_dimensions)
         self.top_k = int(top_k)
-        self.min_score = float(min_score)
-        self.max_causes = int(max_causes)
-        self.weighting = weighting
         self.min_z = float(min_z)
+        self.max_causes = int(max_causes)
         self.dimension_penalty = float(dimension_penalty)
+        self.drift = float(drift)
+        self.dimension_preference = dict(dimension_preference or {})
+        self.fallback_z = None if fallback_z is None else float(fallback_z)
 
     # public API -------------------------------------------------------------------------
     def localize(
-        self, leaves: pd.DataFrame, dimensions: list[str], kpi: str = "additive"
+        self,
+        leaves: pd.DataFrame,
+        dimensions: list[str],
+        kpi: str = "additive",
+        direction: float | None = None,
     ) -> pd.DataFrame:
-        """Ranked candidate cohorts (``RESULT_COLUMNS``), best first.
+        """Ranked cohorts (``RESULT_COLUMNS``), the accepted root causes first.
 
-        Rows: the accepted root causes (``root_cause`` True, in the order the greedy loop took
-        them), then alternatives taken in turn from the ranking on what the accepted causes leave
-        unexplained and from the first ranking, at least ``top_k`` rows in all.
-
-        ``score``: share of the weighted absolute leaf deviation the cohort's ripple removes, at
-        the step it was ranked (0..1; noise-only synthetic cubes stay below ~0.01). ``z``: the
-        cohort's aggregated deviation sum(v - f) in noise standard deviations, at that step.
-        ``explanatory_power``: share of the parent's deviation inside the cohort (sum of
-        actual - expected; for ratios the exact rate decomposition, see the module docstring).
-        ``actual`` / ``expected``: the cohort's sum (additive) or rate (ratio); ``deviation`` =
-        actual / expected - 1; ``filters``: the cohort as a dict; ``leaves``: leaf count.
+        ``direction``: +1 / -1 to look only for causes that moved the KPI up / down (an
+        incident's direction); None for both. ``score``: the scan statistic at the step the
+        cohort was ranked (z^2 - penalty x n_dimensions); ``z``: its aggregated deviation in
+        noise standard deviations, at that step (after the causes accepted before it were taken
+        out). ``explanatory_power``: share of the parent's deviation (actual - expected) inside
+        the cohort. ``explained_share``: for a root cause, the part of the parent's deviation that
+        taking it out explained, as a share of all the causes explained plus what is left
+        unexplained (the shares add up to about 1 when the causes explain everything); NaN for
+        alternatives. ``actual`` / ``expected``: sums (additive) or rates
+        (ratio: numerator / denominator); ``deviation`` = actual / expected - 1.
         """
-        prep = self._prepare(leaves, dimensions, kpi)
-        n_dims = len(dimensions)
-        cuboids = [()] + [
-            c
-            for k in range(1, min(self.max_dimensions, n_dims) + 1)
-            for c in itertools.combinations(range(n_dims), k)
-        ]
-        groups = [self._group(prep, c) for c in cuboids]
-        cuboid_dims = np.array([len(c) for c in cuboids], dtype=float)
-
-        f_cur = prep.f.copy()
-        total0 = float(np.sum(prep.w * np.abs(prep.v - prep.f)))
-        selected: list[tuple[int, int, float, float]] = []  # (cuboid, element, gain, z)
-        masks: list[np.ndarray] = []  # leaves of the accepted causes
-        first = last = None
-        if total0 > 0:
-            for step in range(self.max_causes + 1):
-                var = _leaf_variance(prep.v, f_cur)
-                cub, elem, gain, z, inside = self._score_all(
-                    prep, f_cur, var, groups, total0, masks
-                )
-                # a relative preference for fewer dimensions: it only decides near-ties
-                rank_key = gain * (1.0 - self.dimension_penalty * cuboid_dims[cub])
-                # alternatives: the ranking on what the accepted causes leave unexplained
-                order = np.argsort(-rank_key, kind="stable")
-                last = (cub[order], elem[order], gain[order], z[order])
-                first = first or last
-                if step == self.max_causes:
-                    break
-                # an accepted cause and its refinements are not candidates any more
-                keep = ~inside
-                cub, elem, gain, z, rank_key = (
-                    cub[keep],
-                    elem[keep],
-                    gain[keep],
-                    z[keep],
-                    rank_key[keep],
-                )
-                if len(gain) == 0:
-                    break
-                best = int(np.argmax(rank_key))
-                if gain[best] < self.min_score or abs(z[best]) < self.min_z:
-                    break
-                c, e = int(cub[best]), int(elem[best])
-                selected.append((c, e, float(gain[best]), float(z[best])))
-                masks.append(groups[c][0] == e)
-                f_cur = _rake(prep.v, prep.f, masks)
-
-        rows = [(c, e, s, zz, True) for c, e, s, zz in selected]
-        if last is not None:
-            sel = [
-                (self._filters(prep, cuboids[c], groups[c], e), self._change(prep, groups[c], e))
-                for c, e, _, _ in selected
-            ]
-            # alternatives, taken in turn from the ranking on what the accepted causes leave
-            # unexplained (a further, weaker cause) and from the first ranking (the runner-up
-            # explanations of the main deviation)
-            streams = [zip(*last, strict=True)]
-            if first is not last:
-                streams.append(zip(*first, strict=True))
-            want = max(self.top_k, len(selected))
-            while len(rows) < want and streams:
-                stream = streams.pop(0)
-                for c, e, s, zz in stream:
-                    c, e = int(c), int(e)
-                    if any(r[0] == c and r[1] == e for r in rows):
-                        continue
-                    filt = self._filters(prep, cuboids[c], groups[c], e)
-                    # a strict descendant of an accepted cause that moved like it adds nothing;
-                    # one that moved much more may be the true, finer cause
-                    change = self._change(prep, groups[c], e)
-                    if any(
-                        _is_descendant(filt, sf) and abs(change - sc) <= 0.15 * abs(sc)
-                        for sf, sc in sel
-                    ):
-                        continue
-                    rows.append((c, e, float(s), float(zz), False))
-                    streams.append(stream)
-                    break
-        return self._report(prep, kpi, cuboids, groups, rows)
-
-    # internals --------------------------------------------------------------------------
-    def _prepare(self, leaves, dimensions, kpi) -> _Prepared:
-        if not isinstance(leaves, pd.DataFrame):
-            raise ValueError(  # noqa: TRY004 - one exception type for every input problem
-                f"leaves must be a pandas DataFrame, got {type(leaves).__name__}"
-            )
         if kpi not in KPI_KINDS:
             raise ValueError(f"kpi must be one of {KPI_KINDS}, got {kpi!r}")
-        if isinstance(dimensions, str) or not dimensions:
-            raise ValueError("dimensions must be a non-empty list of column names")
-        dimensions = list(dimensions)
-        if len(set(dimensions)) != len(dimensions):
-            raise ValueError(f"dimensions has duplicates: {dimensions}")
-        value_cols = ADDITIVE_COLUMNS if kpi == "additive" else RATIO_COLUMNS
-        overlap = [d for d in dimensions if d in value_cols]
-        if overlap:
-            raise ValueError(f"value column(s) {overlap} cannot be dimensions")
-        missing = [c for c in [*dimensions, *value_cols] if c not in leaves.columns]
-        if missing:
-            raise ValueError(
-                f"leaves is missing column(s) {missing} for kpi={kpi!r}; has {list(leaves.columns)}"
-            )
-        if leaves.empty:
-            raise ValueError("leaves is empty")
-        for d in dimensions:
-            if leaves[d].isna().any():
-                raise ValueError(f"dimension column {d!r} has null values; fill them first")
-        dup = leaves.duplicated(dimensions, keep=False)
-        if dup.any():
-            raise ValueError(
-                f"leaves has {int(dup.sum())} rows with duplicate dimension values; "
-                "aggregate to one row per leaf first"
-            )
-        raw = {}
-        for col in value_cols:
-            try:
-                x = pd.to_numeric(leaves[col], errors="raise").to_numpy(dtype=float)
-            except (ValueError, TypeError) as exc:
-                raise ValueError(f"column {col!r} is not numeric: {exc}") from exc
-            if not np.isfinite(x).all():
-                raise ValueError(f"column {col!r} has NaN or infinite values")
-            if (x < 0).any():
-                raise ValueError(f"column {col!r} has negative values")
-            raw[col] = x
+        if direction is not None and direction not in (-1, 1, -1.0, 1.0):
+            raise ValueError(f"direction must be +1, -1 or None, got {direction!r}")
+        cube = self._cube(leaves, dimensions)
+        rows = self._search(cube, direction)
+        return self._report(cube, kpi, rows)
 
+    # internals --------------------------------------------------------------------------
+    def _cube(self, leaves, dimensions) -> _Cube:
+        dimensions, values = validate_leaves(leaves, dimensions)
+        n = len(leaves)
         codes, uniques = [], []
         for d in dimensions:
             code, uniq = pd.factorize(leaves[d], sort=True)
@@ -309,102 +193,265 @@ class Localizer:
             uniques.append(list(uniq))
         codes_arr = np.column_stack(codes)
         sizes = np.array([len(u) for u in uniques], dtype=np.int64)
-
-        if kpi == "additive":
-            v, f = raw["actual"], raw["expected"]
-        else:
-            n, d = raw["numerator"], raw["denominator"]
-            fn, fd = raw["expected_numerator"], raw["expected_denominator"]
-            if fd.sum() <= 0 or fn.sum() <= 0:
-                raise ValueError("expected_numerator and expected_denominator must not sum to 0")
-            if (fn > fd).any() or (n > d).any():
-                raise ValueError("a numerator exceeds its denominator (rates must be <= 1)")
-            parent_rate = fn.sum() / fd.sum()
-            leaf_rate = np.where(fd > 0, fn / np.where(fd > 0, fd, 1.0), parent_rate)
-            f = leaf_rate * d
-            v = n + (leaf_rate - parent_rate) * (d - fd)
-        if self.weighting == "poisson":
-            w = 1.0 / np.sqrt(np.maximum(f, 1.0))
-        else:
-            w = np.ones_like(f)
-        return _Prepared(codes_arr, uniques, sizes, v, f, w, raw, dimensions)
-
-    @staticmethod
-    def _group(prep: _Prepared, cuboid: tuple) -> tuple[np.ndarray, np.ndarray]:
-        """Per leaf, the element id in the cuboid; and per element id, its combined key."""
-        n = len(prep.v)
-        if not cuboid:
-            return np.zeros(n, dtype=np.int64), np.zeros(1, dtype=np.int64)
-        key = np.ravel_multi_index(
-            tuple(prep.codes[:, list(cuboid)].T), tuple(prep.sizes[list(cuboid)])
-        )
-        keys, g = np.unique(key, return_inverse=True)
-        return g.astype(np.int64), keys
-
-    @staticmethod
-    def _score_all(prep, f_cur, var, groups, total0, masks):
-        """Gain and aggregated z of every element of every cuboid (ripple-effect hypothesis).
-
-        Also flags the elements lying wholly inside one of ``masks`` (accepted causes).
-        """
-        v, w = prep.v, prep.w
-        base = w * np.abs(v - f_cur)
-        cubs, elems, gains, zs, insides = [], [], [], [], []
-        for i, (g, keys) in enumerate(groups):
-            k = len(keys)
-            vs = np.bincount(g, v, k)
-            fs = np.bincount(g, f_cur, k)
-            ratio = np.where(fs > 0, vs / np.where(fs > 0, fs, 1.0), 1.0)
-            after = np.bincount(g, w * np.abs(v - f_cur * ratio[g]), k)
-            before = np.bincount(g, base, k)
-            sd = np.sqrt(np.bincount(g, var, k))
-            inside = np.zeros(k, dtype=bool)
-            if masks:
-                count = np.bincount(g, minlength=k)
-                for m in masks:
-                    inside |= np.bincount(g, m, k) == count
-            idx = np.flatnonzero(fs > 0)
-            cubs.append(np.full(len(idx), i, dtype=np.int64))
-            elems.append(idx)
-            gains.append((before[idx] - after[idx]) / total0)
-            zs.append((vs[idx] - fs[idx]) / np.maximum(sd[idx], 1e-12))
-            insides.append(inside[idx])
-        return tuple(np.concatenate(x) for x in (cubs, elems, gains, zs, insides))
-
-    @staticmethod
-    def _change(prep, group, elem) -> float:
-        """Relative change v(S) / f(S) - 1 of the (additive-reduced) KPI in a cohort."""
-        mask = group[0] == elem
-        fs = prep.f[mask].sum()
-        return float(prep.v[mask].sum() / fs - 1.0) if fs > 0 else 0.0
-
-    @staticmethod
-    def _filters(prep, cuboid, group, elem) -> dict:
-        if not cuboid:
-            return {}
-        _, keys = group
-        vals = np.unravel_index(int(keys[elem]), tuple(prep.sizes[list(cuboid)]))
-        return {int(d): int(x) for d, x in zip(cuboid, vals, strict=True)}
-
-    def _report(self, prep, kpi, cuboids, groups, rows) -> pd.DataFrame:
-        dims_names = prep.names
-        raw = prep.raw
-        contrib = prep.v - prep.f
-        total_contrib = contrib.sum()
-        out = []
-        for rank, (c, e, score, z, is_cause) in enumerate(rows, start=1):
-            g, _ = groups[c]
-            mask = g == e
-            codes = self._filters(prep, cuboids[c], groups[c], e)
-            filters = {dims_names[d]: prep.uniques[d][x] for d, x in codes.items()}
-            if kpi == "additive":
-                actual = raw["actual"][mask].sum()
-                expected = raw["expected"][mask].sum()
+        n_dims = len(dimensions)
+        depth = n_dims if self.max_dimensions is None else min(self.max_dimensions, n_dims)
+        cuboids = [()] + [
+            c for k in range(1, depth + 1) for c in itertools.combinations(range(n_dims), k)
+        ]
+        ids, cub_of, patterns = [], [], []
+        offset = 0
+        for i, cub in enumerate(cuboids):
+            if cub:
+                key = np.ravel_multi_index(
+                    tuple(codes_arr[:, list(cub)].T), tuple(sizes[list(cub)])
+                )
+                keys, g = np.unique(key, return_inverse=True)
+                vals = np.unravel_index(keys, tuple(sizes[list(cub)]))
             else:
-                den = raw["denominator"][mask].sum()
-                eden = raw["expected_denominator"][mask].sum()
-                actual = raw["numerator"][mask].sum() / den if den > 0 else np.nan
-                expected = raw["expected_numerator"][mask].sum() / eden if eden > 0 else np.nan
+                keys, g, vals = np.zeros(1, dtype=np.int64), np.zeros(n, dtype=np.int64), ()
+            pat = np.full((len(keys), n_dims), -1, dtype=np.int64)
+            for d, v in zip(cub, vals, strict=True):
+                pat[:, d] = v
+            ids.append(g.astype(np.int64) + offset)
+            cub_of.append(np.full(len(keys), i, dtype=np.int64))
+            patterns.append(pat)
+            offset += len(keys)
+        ids_arr = np.vstack(ids)
+        cube = _Cube(
+            names=dimensions,
+            uniques=uniques,
+            a=values["actual"],
+            e0=values["expected"],
+            var=values["variance"],
+            ids=ids_arr,
+            cuboid=np.concatenate(cub_of),
+            pattern=np.vstack(patterns),
+            n_dims=np.array([len(cuboids[c]) for c in np.concatenate(cub_of)], dtype=np.int64),
+            canonical=np.ones(offset, dtype=bool),
+            A=np.zeros(0),
+            D=np.zeros(0),
+            V=np.zeros(0),
+            L=np.zeros(0),
+        )
+        cube.A = cube.sums(cube.a)
+        cube.D = cube.sums(values["denominator"])
+        cube.V = cube.sums(cube.var)
+        cube.L = cube.sums(np.ones(n))
+        # equivalent cohorts (identical leaves, e.g. os=iOS and device_type=mobile&os=iOS when
+        # iOS is only mobile) are listed once, by the fewest and most telling dimensions
+        pref = np.array(
+            [
+                self.dimension_preference.get(d, len(self.dimension_preference) + i)
+                for i, d in enumerate(dimensions)
+            ],
+            dtype=float,
+        )
+        naming = ((cube.pattern >= 0) * pref).sum(axis=1)
+        table = pd.DataFrame(
+            {"L": cube.L, "A": cube.A, "E": cube.sums(cube.e0), "D": cube.D, "V": cube.V}
+        )
+        order = np.lexsort((naming, cube.n_dims))
+        dup = table.iloc[order].duplicated(keep="first").to_numpy()
+        cube.canonical[order[dup]] = False
+        return cube
+
+    def _z(self, cube: _Cube, E: np.ndarray) -> np.ndarray:
+        # a rise is measured against the noise at the risen level (variance x A / E): on a few
+        # expected units the normal approximation would otherwise make 10 orders against 2
+        # expected a z of 4.6 where the Poisson tail says ~3.9 (a 4-leaf noise cohort was a
+        # cause beside a store-wide change)
+        scale = np.maximum(1.0, cube.A / np.maximum(E, 1e-12))
+        return (cube.A - E) / np.sqrt(cube.V * scale + (self.drift * E) ** 2 + VARIANCE_FLOOR)
+
+    def _search(self, cube: _Cube, direction) -> list[tuple]:
+        """Rows (cohort, score, z, explained_share or NaN, is_cause): causes, then alternatives."""
+        e_cur = cube.e0.copy()
+        parent_dev = float(cube.a.sum() - cube.e0.sum())
+        accepted: list[tuple] = []  # (cohort, score, z, deviation it explained, True)
+        masks: list[np.ndarray] = []  # leaves of the accepted causes other than `all`
+        rake_masks: list[np.ndarray] = []  # leaves of every accepted cause
+        first_order = first_score = first_z = None
+        for _ in range(self.max_causes):
+            E = cube.sums(e_cur)
+            z = self._z(cube, E)
+            score = z**2 - self.dimension_penalty * cube.n_dims
+            taken = [c for c, *_ in accepted]
+            cand = self._candidates(cube, E, taken, masks, direction)
+            if first_order is None:
+                first_score, first_z = score, z
+                idx = np.flatnonzero(cand)
+                first_order = idx[np.argsort(-score[idx], kind="stable")]
+            if not cand.any():
+                break
+            best = int(np.flatnonzero(cand)[np.argmax(score[cand])])
+            if abs(z[best]) < self.min_z:
+                break
+            sign = float(np.sign(z[best]))
+            chosen = self._choose(cube, E, z, cand & (np.sign(z) == sign), best, sign)
+            if not accepted:
+                # the chosen answer heads the alternatives too
+                first_order = np.concatenate([[chosen], first_order[first_order != chosen]])
+            mask = cube.mask(chosen)
+            rake_masks.append(mask)
+            if cube.n_dims[chosen] > 0:
+                # the cohorts inside a cause are explained by it; after `all`, cohorts that
+                # moved differently from the whole store are still to be found
+                masks.append(mask)
+            e_cur = _rake(cube.a, cube.e0, rake_masks)
+            accepted.append((chosen, float(score[chosen]), float(z[chosen]), 0.0, True))
+        accepted = self._revisit_all(cube, accepted, direction)
+        # what each cause explains: the expectation it adds when taken out after the ones before
+        before = float(cube.e0.sum())
+        for k, (c, sc, zz, _, t) in enumerate(accepted):
+            after = float(
+                _rake(cube.a, cube.e0, [cube.mask(x[0]) for x in accepted[: k + 1]]).sum()
+            )
+            accepted[k] = (c, sc, zz, after - before, t)
+            before = after
+        # each cause's share of what moved: its part of the deviation it took out, against all
+        # that was taken out plus what is left unexplained (in [0, 1] also when causes oppose)
+        left = abs(parent_dev - sum(r[3] for r in accepted))
+        whole = sum(abs(r[3]) for r in accepted) + left
+        rows = [(c, s, zz, abs(x) / whole if whole else np.nan, t) for c, s, zz, x, t in accepted]
+        if first_order is None:
+            return rows
+        if (
+            not accepted
+            and self.fallback_z is not None
+            and (len(first_order) == 0 or abs(first_z[first_order[0]]) < self.fallback_z)
+        ):
+            rows.append((0, float(first_score[0]), float(first_z[0]), np.nan, False))
+        sel = [(cube.filters(c), self._change(cube, c)) for c, *_ in accepted]
+        for c in first_order:
+            if len(rows) >= max(self.top_k, len(accepted)):
+                break
+            c = int(c)
+            if any(r[0] == c for r in rows):
+                continue
+            filt = cube.filters(c)
+            change = self._change(cube, c)
+            # a refinement of a cause that moved like it adds nothing (a much stronger one may
+            # be the finer cause and stays)
+            if any(
+                _is_descendant(filt, sf) and abs(change - sc) <= 0.15 * abs(sc) for sf, sc in sel
+            ):
+                continue
+            rows.append((c, float(first_score[c]), float(first_z[c]), np.nan, False))
+        return rows
+
+    @staticmethod
+    def _candidates(cube: _Cube, E, taken, masks, direction) -> np.ndarray:
+        """Cohorts that may be the next cause: not taken, not inside a cause, in direction."""
+        cand = cube.canonical & (E > 0)
+        if taken:
+            cand[list(taken)] = False
+        for m in masks:
+            # a cohort wholly inside an accepted cause is explained by it
+            cand &= cube.sums(m.astype(float)) != cube.L
+        if direction is not None:
+            cand &= np.sign(cube.A - E) == direction
+        return cand
+
+    def _revisit_all(self, cube: _Cube, accepted: list, direction) -> list:
+        """``all`` accepted beside other causes: decide again once the others are taken out.
+
+        When most of the store is in causes that moved the same way (three campaigns down, one
+        of them the big one), the first whole-store-or-cohort decision saw the other causes in
+        the remainder and took ``all``; with them explained, the cohort may win.
+        """
+        roots = [k for k, r in enumerate(accepted) if cube.n_dims[r[0]] == 0]
+        if not roots or len(accepted) < 2:
+            return accepted
+        others = [r[0] for r in accepted if cube.n_dims[r[0]] > 0]
+        masks = [cube.mask(c) for c in others]
+        E = cube.sums(_rake(cube.a, cube.e0, masks))
+        z = self._z(cube, E)
+        score = z**2 - self.dimension_penalty * cube.n_dims
+        cand = self._candidates(cube, E, others, masks, direction)
+        if not cand.any():
+            return accepted
+        best = int(np.flatnonzero(cand)[np.argmax(score[cand])])
+        if abs(z[best]) < self.min_z:
+            return accepted
+        sign = float(np.sign(z[best]))
+        chosen = self._choose(cube, E, z, cand & (np.sign(z) == sign), best, sign)
+        out = list(accepted)
+        out[roots[0]] = (chosen, float(score[chosen]), float(z[chosen]), 0.0, True)
+        return out
+
+    def _choose(self, cube: _Cube, E, z, cand, best: int, sign: float) -> int:
+        """Widen or narrow ``best`` along nested candidates by the residual of two hypotheses.
+
+        For a coarse P and a fine S inside it: "P moved by one factor" leaves the chi^2 of S
+        and P \\ S around their common factor; "only S moved" leaves z(P \\ S)^2. The smaller
+        residual + penalty x n_dimensions wins. Narrowing considers descendants nearly as
+        significant as ``best`` (|z| >= 0.9 x) only, so a small noisy sub-cohort is never it.
+        """
+        pat = cube.pattern
+        A, V = cube.A, cube.V
+        pen = self.dimension_penalty
+
+        def total_v(e, v):
+            return np.maximum(v, 0.0) + (self.drift * e) ** 2 + VARIANCE_FLOOR
+
+        def compare(coarse, fine):
+            """(residual if coarse is the answer, residual if fine is) for arrays of pairs."""
+            a_r, e_r = A[coarse] - A[fine], E[coarse] - E[fine]
+            v_r = total_v(e_r, V[coarse] - V[fine])
+            a_s, e_s, v_s = A[fine], E[fine], total_v(E[fine], V[fine])
+            # one common factor r for both parts: weighted least squares
+            sxy = a_s * e_s / v_s + a_r * e_r / v_r
+            sxx = e_s**2 / v_s + e_r**2 / v_r
+            syy = a_s**2 / v_s + a_r**2 / v_r
+            common = np.where(sxx > 0, syy - sxy**2 / np.where(sxx > 0, sxx, 1.0), np.inf)
+            only_fine = (a_r - e_r) ** 2 / v_r
+            return common + pen * cube.n_dims[coarse], only_fine + pen * cube.n_dims[fine]
+
+        idx = np.flatnonzero(cand)
+        for _ in range(4):
+            moved = False
+            p = pat[best]
+            # widen: ancestors of best (all included), coarsest first
+            anc = idx[((pat[idx] == -1) | (pat[idx] == p)).all(axis=1) & (idx != best)]
+            anc = anc[((pat[anc] == -1) | (pat[anc] == p)).all(axis=1)]
+            anc = anc[(pat[anc] >= 0).sum(axis=1) < (p >= 0).sum()]
+            if len(anc):
+                anc = anc[np.argsort(cube.n_dims[anc], kind="stable")]
+                res_coarse, res_fine = compare(anc, np.full(len(anc), best))
+                win = np.flatnonzero(res_coarse < res_fine)
+                if len(win):
+                    best, moved = int(anc[win[0]]), True
+                    p = pat[best]
+            # narrow: descendants nearly as significant, the strongest first
+            desc = idx[((p == -1) | (pat[idx] == p)).all(axis=1) & (idx != best)]
+            desc = desc[z[desc] * sign >= 0.9 * z[best] * sign]
+            if len(desc):
+                desc = desc[np.argsort(-z[desc] * sign, kind="stable")]
+                res_coarse, res_fine = compare(np.full(len(desc), best), desc)
+                win = np.flatnonzero(res_fine < res_coarse)
+                if len(win):
+                    best, moved = int(desc[win[0]]), True
+            if not moved:
+                break
+        return best
+
+    @staticmethod
+    def _change(cube: _Cube, c: int) -> float:
+        e = float(cube.e0[cube.mask(c)].sum())
+        return float(cube.A[c] / e - 1.0) if e > 0 else 0.0
+
+    def _report(self, cube: _Cube, kpi: str, rows) -> pd.DataFrame:
+        E0 = cube.sums(cube.e0)
+        parent_dev = float(cube.a.sum() - cube.e0.sum())
+        out = []
+        for rank, (c, score, z, share, is_cause) in enumerate(rows, start=1):
+            filters = cube.filters(c)
+            if kpi == "ratio":
+                d = cube.D[c]
+                actual = cube.A[c] / d if d > 0 else np.nan
+                expected = E0[c] / d if d > 0 else np.nan
+            else:
+                actual, expected = cube.A[c], E0[c]
             out.append(
                 {
                     "rank": rank,
@@ -415,58 +462,47 @@ class Localizer:
                     "score": float(score),
                     "z": float(z),
                     "explanatory_power": (
-                        float(contrib[mask].sum() / total_contrib) if total_contrib else np.nan
+                        float((cube.A[c] - E0[c]) / parent_dev) if parent_dev else np.nan
                     ),
+                    "explained_share": float(share),
                     "actual": float(actual),
                     "expected": float(expected),
                     "deviation": float(actual / expected - 1) if expected else np.nan,
-                    "leaves": int(mask.sum()),
+                    "leaves": int(cube.L[c]),
                 }
             )
         return pd.DataFrame(out, columns=RESULT_COLUMNS)
 
 
-def _rake(v: np.ndarray, f: np.ndarray, masks: list[np.ndarray], sweeps: int = 20) -> np.ndarray:
+def cohort_z(leaves: pd.DataFrame, filters: dict, drift: float = 0.0) -> float | None:
+    """z of one cohort's aggregated deviation, as the scan computes it (None if absent)."""
+    mask = np.ones(len(leaves), dtype=bool)
+    for k, v in filters.items():
+        if k not in leaves.columns:
+            return None
+        mask &= (leaves[k].astype(str) == str(v)).to_numpy()
+    if not mask.any():
+        return None
+    a = float(leaves.loc[mask, "actual"].sum())
+    e = float(leaves.loc[mask, "expected"].sum())
+    v = float(leaves.loc[mask, "variance"].sum())
+    return (a - e) / float(np.sqrt(v + (drift * e) ** 2 + VARIANCE_FLOOR))
+
+
+def _rake(a: np.ndarray, e0: np.ndarray, masks: list[np.ndarray], sweeps: int = 20) -> np.ndarray:
     """Expectations scaled so that every accepted cause matches its actual total.
 
     Iterative proportional fitting over the accepted causes: with overlapping causes (a country
     drop and a device surge) one factor per cause is fitted jointly, so neither leaves a residual
     that a third, spurious cohort would pick up.
     """
-    out = f.copy()
-    for _ in range(sweeps):
+    out = e0.copy()
+    for _ in range(sweeps if len(masks) > 1 else 1):
         for m in masks:
-            fs = out[m].sum()
-            if fs > 0:
-                out[m] *= v[m].sum() / fs
+            es = out[m].sum()
+            if es > 0:
+                out[m] *= a[m].sum() / es
     return out
-
-
-def _leaf_variance(v: np.ndarray, f: np.ndarray) -> np.ndarray:
-    """Per-leaf noise variance ``k f + c f^2``, fitted robustly to the residuals ``v - f``.
-
-    Counts are Poisson-like (variance ~ f) but a baseline's own error is proportional
-    (variance ~ f^2) and dominates big leaves. The median of the squared standardised residuals
-    of a normal variable is 0.455; as most leaves are normal, the median is matched by raising
-    the proportional term ``c`` (bisection) or, when the data are under-dispersed against
-    Poisson (other units than counts), by scaling ``k``. Used for the cohort ``z`` only.
-    """
-    f = np.maximum(f, 1e-9)
-    r2 = (v - f) ** 2
-    target = 0.4549
-    m0 = np.median(r2 / f)
-    if m0 <= target:
-        return f * max(m0 / target, 1e-6)
-    lo, hi = 0.0, 1.0
-    while np.median(r2 / (f + hi * f * f)) > target and hi < 1e6:
-        hi *= 4.0
-    for _ in range(40):
-        mid = 0.5 * (lo + hi)
-        if np.median(r2 / (f + mid * f * f)) > target:
-            lo = mid
-        else:
-            hi = mid
-    return f + hi * f * f
 
 
 def _is_descendant(child: dict, parent: dict) -> bool:

@@ -12,6 +12,8 @@ import itertools
 import numpy as np
 import pandas as pd
 
+from rootcause.leaves import additive_leaves, ratio_leaves
+
 DIMENSIONS = {
     "device_type": ["desktop", "mobile", "tablet"],
     "os": ["iOS", "Android", "Windows", "macOS", "Linux"],
@@ -36,7 +38,13 @@ def make_cube(
     ``additive``: ``actual`` ~ Poisson(expected x (1 + change)) per leaf (``total`` expected in
     all). ``ratio``: ``total`` expected sessions; ``denominator`` ~ Poisson(expected_denominator)
     (traffic is NOT changed), ``numerator`` ~ Binomial(denominator, rate_leaf x (1 + change)).
+    ``forecast_noise``: the expectation's multiplicative error per leaf (lognormal sigma; for
+    ratios also on the expected rate), known to the noise model (``variance``).
     A leaf inside several causes takes the product of the changes.
+
+    The frame is ready for ``Localizer``: ``actual``, ``expected``, ``denominator``, ``variance``
+    (``additive_leaves`` with the baseline error; ``ratio_leaves`` from the exact leaf rates,
+    whose raw columns ``numerator``, ``expected_numerator``, ``expected_denominator`` are kept).
     """
     dims = dimensions or DIMENSIONS
     rng = np.random.default_rng(seed)
@@ -62,17 +70,35 @@ def make_cube(
     if kpi == "additive":
         out["actual"] = rng.poisson(base * effect).astype(float)
         out["expected"] = base * error
-    elif kpi == "ratio":
+        return additive_leaves(out, proportional_error=forecast_noise)
+    if kpi == "ratio":
         leaf_rate = np.clip(rate * rate_mult, 0.0, 0.9)
         den = rng.poisson(base).astype(float)
         out["numerator"] = rng.binomial(den.astype(np.int64), np.clip(leaf_rate * effect, 0, 1))
         out["numerator"] = out["numerator"].astype(float)
         out["denominator"] = den
         out["expected_denominator"] = base * error
-        out["expected_numerator"] = base * error * leaf_rate
-    else:
-        raise ValueError(f"kpi must be 'additive' or 'ratio', got {kpi!r}")
-    return out
+        rate_error = np.exp(rng.normal(0.0, forecast_noise, len(grid)))
+        out["expected_numerator"] = base * error * leaf_rate * rate_error
+        leaves = rate_cube_leaves(out)
+        # the expected rate's own error (a forecast is never exact), in the noise model
+        return leaves.assign(
+            variance=leaves["variance"] + (forecast_noise * leaves["expected"]) ** 2
+        )
+    raise ValueError(f"kpi must be 'additive' or 'ratio', got {kpi!r}")
+
+
+def rate_cube_leaves(cube: pd.DataFrame) -> pd.DataFrame:
+    """(Re)derive a ratio cube's leaf columns from its raw counts (after editing them)."""
+    return ratio_leaves(
+        cube,
+        numerator="numerator",
+        denominator="denominator",
+        history_numerator="expected_numerator",
+        history_denominator="expected_denominator",
+        prior_weight=0.0,
+        history_error=False,
+    )
 
 
 def cohort_share(cube: pd.DataFrame, filters: dict, column: str) -> float:

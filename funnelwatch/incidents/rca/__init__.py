@@ -4,9 +4,9 @@
 only, parameterised SQL) and answers, for the incident's anomalous span ``[start, end)``:
 
 * **where**: the smallest dimension-value combinations that explain the deviation, from
-  expected vs actual at the leaves: an exhaustive scan of every cohort of up to 3 dimensions by
-  its aggregated z (ratio KPIs for conversions, additive for counts; ``_scan``, and
-  docs/rootcause.md "Incident root cause" for why not ``rootcause.Localizer``). Leaves are
+  expected vs actual at the leaves: ``rootcause.Localizer``, an exhaustive scan of every cohort
+  of any depth by its aggregated z with explaining-away for several causes (ratio KPIs for
+  conversions, additive for counts; docs/rootcause.md "Incident root cause"). Leaves are
   device_type x os x browser x country x utm_campaign (utm_source / utm_medium are
   near-duplicates of utm_campaign and are left out so the campaign is named, not its source).
   Payment-provider failures are localised on ``payment_provider`` (raw.events, not a session
@@ -50,6 +50,7 @@ from funnelwatch.incidents.rca.constants import (
     PRIOR_WEIGHT,
     RATE_METRICS,
     RATIO_DRIFT,
+    ROOT_CAUSE_Z,
     SERVICE_STEPS,
     SESSION_DIMENSIONS,
     STAGES,
@@ -79,6 +80,7 @@ __all__ = [
     "PRIOR_WEIGHT",
     "RATE_METRICS",
     "RATIO_DRIFT",
+    "ROOT_CAUSE_Z",
     "SERVICE_STEPS",
     "SESSION_DIMENSIONS",
     "STAGES",

@@ -103,7 +103,8 @@ BASELINE_ERROR = 0.05  # proportional error of a baseline, in every z below
 RATIO_DRIFT = 0.01  # cohort-level proportional error of an expected conversion (drift)
 ADDITIVE_DRIFT = 0.08  # ... of an expected count from the same hours of previous days
 DIMENSION_PENALTY = 2.0  # z^2 a cohort must gain per extra dimension (multiple testing)
-MAX_DIMENSIONS = 3
+MAX_DIMENSIONS = None  # every combination of the leaf dimensions (5 dims: 31 cuboids)
 MIN_REFINE_Z = 3.0  # a sub-cohort replaces the flagged cohort only when |z| >= this
+ROOT_CAUSE_Z = 4.0  # |z| a cohort needs to be a root cause (and a further cause to be sought)
 # naming ties between cohorts with identical leaves: campaign, os, browser, country, then device
 DIMENSION_PREFERENCE = {"utm_campaign": 0, "os": 1, "browser": 2, "country": 3, "device_type": 4}

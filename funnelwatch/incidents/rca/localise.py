@@ -10,16 +10,33 @@ import pandas as pd
 from funnelwatch.incidents.rca.constants import (
     ADDITIVE_DRIFT,
     ADDITIVE_METRICS,
+    DIMENSION_PENALTY,
+    DIMENSION_PREFERENCE,
+    MAX_DIMENSIONS,
+    MIN_REFINE_Z,
     OTHER_RATE_METRICS,
     PRIOR_WEIGHT,
     RATE_METRICS,
     RATIO_DRIFT,
+    ROOT_CAUSE_Z,
     STAGES,
     stage_column,
 )
-from funnelwatch.incidents.rca.scan import _choose, _scan
 from funnelwatch.incidents.rca.util import _f
-from rootcause import format_cohort
+from rootcause import Localizer, additive_leaves, cohort_z, format_cohort, ratio_leaves
+
+
+def _localizer(drift: float) -> Localizer:
+    """The shared localiser with the pipeline's noise settings (see constants)."""
+    return Localizer(
+        max_dimensions=MAX_DIMENSIONS,
+        top_k=3,
+        min_z=ROOT_CAUSE_Z,
+        dimension_penalty=DIMENSION_PENALTY,
+        drift=drift,
+        dimension_preference=DIMENSION_PREFERENCE,
+        fallback_z=MIN_REFINE_Z,
+    )
 
 
 class _Localise:
@@ -27,56 +44,66 @@ class _Localise:
     def _ratio_leaves(self, num_col: str, den_col: str, frame=None) -> pd.DataFrame | None:
         """Leaves of a conversion: actual ``n`` of ``d`` and the expected rate from history.
 
-        The leaf's pooled rate over the history window, shrunk towards the flagged cohort's rate
-        with ``PRIOR_WEIGHT`` pseudo-denominators; ``n`` is clipped to ``d`` (session-hour
-        counting guard).
+        ``rootcause.ratio_leaves``: the leaf's pooled rate over the history window, shrunk
+        towards the flagged cohort's rate with ``PRIOR_WEIGHT`` pseudo-denominators, binomial
+        noise plus the error of the rate estimated from history; ``n`` clipped to ``d``.
         """
         df = self.inside if frame is None else frame
-        d = df[f"cur_{den_col}"].to_numpy()
-        n = np.minimum(df[f"cur_{num_col}"].to_numpy(), d)
-        hd = df[f"hist_{den_col}"].to_numpy()
-        hn = np.minimum(df[f"hist_{num_col}"].to_numpy(), hd)
-        if hd.sum() <= 0 or hn.sum() <= 0:
+        counts = df[self.loc_dims].assign(
+            n=df[f"cur_{num_col}"].to_numpy(),
+            d=df[f"cur_{den_col}"].to_numpy(),
+            hn=df[f"hist_{num_col}"].to_numpy(),
+            hd=df[f"hist_{den_col}"].to_numpy(),
+        )
+        try:
+            out = ratio_leaves(
+                counts,
+                numerator="n",
+                denominator="d",
+                history_numerator="hn",
+                history_denominator="hd",
+                prior_weight=PRIOR_WEIGHT,
+            )
+        except ValueError:  # no history for this conversion: nothing to compare with
             return None
-        parent = hn.sum() / hd.sum()
-        rate = (hn + PRIOR_WEIGHT * parent) / (hd + PRIOR_WEIGHT)
-        out = df[self.loc_dims].copy()
-        out["actual"] = n
-        out["denominator"] = d
-        out["expected"] = rate * d
-        # binomial noise of the hour's counts + the error of the rate estimated from history
-        out["variance"] = d * rate * (1 - rate) * (1.0 + d / (hd + PRIOR_WEIGHT))
-        out = out[out["denominator"] > 0]
         if out.empty or out["expected"].sum() <= 0:
             return None
-        return out
+        return out.drop(columns=["n", "d", "hn", "hd"])
 
-    def _localise_ratio(self, num_col, den_col):
+    def _localise_ratio(self, num_col, den_col, direction=None):
         leaves = self._ratio_leaves(num_col, den_col)
+        return self._localise(leaves, "ratio", RATIO_DRIFT, direction)
+
+    def _additive_leaves(self, col) -> pd.DataFrame | None:
+        df = self.inside
+        frame = df[self.loc_dims].assign(
+            cur=df[f"cur_{col}"].to_numpy(), base=df[f"base_{col}"].to_numpy()
+        )
+        # Poisson noise of the hour and of the mean over history_days days
+        leaves = additive_leaves(
+            frame, actual="cur", expected="base", history_periods=self.history_days
+        ).drop(columns=["cur", "base"])
+        leaves = leaves[(leaves["actual"] > 0) | (leaves["expected"] > 0)]
+        if leaves.empty or leaves["expected"].sum() <= 0:
+            return None
+        return leaves
+
+    def _localise_additive(self, col, direction=None):
+        return self._localise(self._additive_leaves(col), "additive", ADDITIVE_DRIFT, direction)
+
+    def _localise(self, leaves, kpi, drift, direction):
+        """The ranked cohorts of one scan, or None when there is nothing to localise."""
         if leaves is None or not self.loc_dims:
             return None
-        return _scan(leaves, self.loc_dims, ratio=True, drift=RATIO_DRIFT)
-
-    def _localise_additive(self, col):
-        df = self.inside
-        leaves = df[self.loc_dims].copy()
-        leaves["actual"] = df[f"cur_{col}"].clip(lower=0)
-        leaves["expected"] = df[f"base_{col}"].clip(lower=0)
-        leaves["denominator"] = 1.0
-        # Poisson noise of the hour and of the mean over history_days days
-        leaves["variance"] = leaves["expected"] * (1.0 + 1.0 / self.history_days)
-        leaves = leaves[(leaves["actual"] > 0) | (leaves["expected"] > 0)]
-        if leaves.empty or leaves["expected"].sum() <= 0 or not self.loc_dims:
+        try:
+            return _localizer(drift).localize(leaves, self.loc_dims, kpi, direction=direction)
+        except ValueError:  # e.g. a single cohort inside the flagged one: nothing to localise
             return None
-        return _scan(leaves, self.loc_dims, ratio=False, drift=ADDITIVE_DRIFT)
 
-    def _rows(self, ranked, step, direction, chosen_already=False) -> list[dict]:
+    def _rows(self, ranked, step) -> list[dict]:
         if ranked is None or ranked.empty:
             return []
         rows = []
-        # cohorts that moved the way the incident did first, the best supported on top
-        if not chosen_already:
-            ranked = _choose(ranked, direction)
         for _, r in ranked.head(3).iterrows():
             filters = {**self.session_flagged, **r["filters"]}
             rows.append(
@@ -92,6 +119,7 @@ class _Localise:
                     "deviation": _f(r["deviation"]),
                     "root_cause": bool(r["root_cause"]),
                     "explanatory_power": _f(r["explanatory_power"], 4),
+                    "explained_share": _f(r["explained_share"], 4),
                 }
             )
         return rows
@@ -156,42 +184,43 @@ class _Localise:
         scans = []  # (step or None, ranked, direction)
         if self.metric in RATE_METRICS:
             num, den = RATE_METRICS[self.metric]
-            ranked = self._localise_ratio(stage_column(num), stage_column(den))
+            ranked = self._localise_ratio(stage_column(num), stage_column(den), direction)
             scans.append(
                 (num if STAGES.index(num) - STAGES.index(den) == 1 else None, ranked, direction)
             )
         elif self.metric in OTHER_RATE_METRICS:
             num_col, den_col = OTHER_RATE_METRICS[self.metric]
-            scans.append((None, self._localise_ratio(num_col, den_col), direction))
+            scans.append((None, self._localise_ratio(num_col, den_col, direction), direction))
         elif self.metric in ADDITIVE_METRICS:
-            scans.append((None, self._localise_additive(ADDITIVE_METRICS[self.metric]), direction))
+            col = ADDITIVE_METRICS[self.metric]
+            scans.append((None, self._localise_additive(col, direction), direction))
             step_dir = -1.0
-        step_scans = {}
+        step_leaves = {}
         for den, num in self._step_pairs():
-            ranked = self._localise_ratio(stage_column(num), stage_column(den))
-            if ranked is None or ranked.empty:
+            leaves = self._ratio_leaves(stage_column(num), stage_column(den))
+            if leaves is None:
                 continue
-            step_scans[num] = ranked
+            step_leaves[num] = leaves
             if self.metric not in ADDITIVE_METRICS:
+                ranked = self._localise(leaves, "ratio", RATIO_DRIFT, step_dir)
                 scans.append((num, ranked, step_dir))
         best, best_z = None, -np.inf
         for step, ranked, d in scans:
             if ranked is None or ranked.empty:
                 continue
-            chosen = _choose(ranked, d)
-            z = float(chosen["z"].iloc[0]) * d
+            z = float(ranked["z"].iloc[0]) * d
             if z > best_z + 1e-9:
-                best, best_z = (step, chosen, d), z
+                best, best_z = (step, ranked, d), z
         step_info = {"direction": direction, "steps": {}}
         if best is None:
             return [], None, step_info
         step, chosen, d = best
-        local = chosen["cohort"].iloc[0]
+        local = chosen["filters"].iloc[0]
         # the funnel step where the loss starts, in the localised cohort
         zs = []
-        for num, ranked in step_scans.items():
-            hit = ranked.loc[ranked["cohort"] == local, "z"]
-            z = float(hit.iloc[0]) * step_dir if len(hit) else 0.0
+        for num, leaves in step_leaves.items():
+            z = cohort_z(leaves, local, drift=RATIO_DRIFT)
+            z = float(z) * step_dir if z is not None else 0.0
             zs.append((num, z))
             step_info["steps"][num] = z
         funnel_step = step
@@ -201,7 +230,7 @@ class _Localise:
                 funnel_step = next(n for n, z in zs if z >= max(3.0, 0.6 * top) or z == top)
             elif funnel_step is None:
                 funnel_step = None
-        return self._rows(chosen, funnel_step, d, chosen_already=True), funnel_step, step_info
+        return self._rows(chosen, funnel_step), funnel_step, step_info
 
     def special_where(self, where: list[dict], step: str | None) -> list[dict]:
         """Stock-outs are named by category, payment failures by provider, when they dominate."""
