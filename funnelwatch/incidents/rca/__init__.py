@@ -28,11 +28,16 @@ Expected values: ratio KPIs use the leaf's pooled rate over the ``history_days``
 use the same hours of the day over the ``history_days`` before (mean per day).
 """
 
-from funnelwatch.incidents.rca.analyse import analyse_incident, cohort_deviation
+from funnelwatch.incidents.rca.analyse import (
+    analyse_incident,
+    cohort_deviation,
+    explained_by_planned,
+)
 from funnelwatch.incidents.rca.constants import (
     ADDITIVE_DRIFT,
     ADDITIVE_METRICS,
     BASELINE_ERROR,
+    CAUSE_WINDOW,
     COUNT_COLUMNS,
     CUBE_COLUMNS,
     DIMENSION_PENALTY,
@@ -57,11 +62,13 @@ from funnelwatch.incidents.rca.constants import (
     UNKNOWN_LABEL,
     stage_column,
 )
+from funnelwatch.incidents.rca.hypotheses import NO_KNOWN_CAUSE, deploy_platform
 
 __all__ = [
     "ADDITIVE_DRIFT",
     "ADDITIVE_METRICS",
     "BASELINE_ERROR",
+    "CAUSE_WINDOW",
     "COUNT_COLUMNS",
     "CUBE_COLUMNS",
     "DIMENSION_PENALTY",
@@ -72,6 +79,7 @@ __all__ = [
     "LOOKBACK_BEFORE",
     "MAX_DIMENSIONS",
     "MIN_REFINE_Z",
+    "NO_KNOWN_CAUSE",
     "ONSET_DECAY_HOURS",
     "ONSET_MIN_GAIN",
     "ONSET_NORMAL_LLR",
@@ -86,5 +94,7 @@ __all__ = [
     "UNKNOWN_LABEL",
     "analyse_incident",
     "cohort_deviation",
+    "deploy_platform",
+    "explained_by_planned",
     "stage_column",
 ]
