@@ -143,6 +143,11 @@ class _Hypotheses:
             hit &= df[dim].isin(values)
         return float(df.loc[hit, "cur_sessions"].sum() / total)
 
+    def _traffic_change(self) -> bool:
+        """Planned traffic explains more traffic (sessions, events, views: an additive metric
+        that rose), never a conversion change: a real problem during a campaign is found."""
+        return self.metric in ADDITIVE_METRICS and getattr(self, "direction", -1.0) > 0
+
     def _surge(self, filters: dict) -> tuple[bool, float, float]:
         """Whether the localised cohort's traffic is clearly up: (surge, sessions, baseline)."""
         df = self._cohort_rows(filters)
@@ -321,7 +326,7 @@ class _Hypotheses:
             if filters.get("utm_campaign") != name:
                 reasons.append(f"it brings utm_campaign={name} traffic; the change is in {cohort}")
             time_why, stale = self._with_time(at, reasons)
-            planned = surge[0] and not reasons
+            planned = surge[0] and not reasons and self._traffic_change()
             evidence = f"{channel} campaign {name} started at {_hm(at)}" + (
                 f"; the localised cohort is its traffic ({surge[1]:.0f} session-hours vs "
                 f"{surge[2]:.0f} expected)" if not reasons else ""
@@ -346,6 +351,7 @@ class _Hypotheses:
         a holiday or promotion of the reference data on the window's days."""
         out = []
         is_surge, cur, base = surge
+        is_surge = is_surge and self._traffic_change()
         name = filters.get("utm_campaign")
         if name:
             running = self.con.execute(
