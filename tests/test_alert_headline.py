@@ -94,3 +94,14 @@ def test_every_channel_shows_the_headline_first():
     hook = JsonWebhook("hook", url_env="X").render(n)
     assert hook["notification"]["headline"] == DEPLOY_LINE
     assert hook["notification"]["url"] and "inc-7" in hook["notification"]["url"]
+
+
+def test_the_report_sentence_says_no_known_cause():
+    import pandas as pd
+
+    from funnelwatch.incidents.report import summary_sentence
+
+    none = [{"rank": 1, "kind": "none", "title": "no known cause", "contribution": 0.0}]
+    incident = _incident(None)
+    sentence = summary_sentence(incident, _rca(hypotheses=none), pd.DataFrame())
+    assert "no known cause" in sentence and "probably" not in sentence
