@@ -192,7 +192,8 @@ class SlackWebhook(Channel):
                 "text": {
                     "type": "mrkdwn",
                     "text": _clip(
-                        f"{ACTION_EMOJI[n.action]} *{n.level.upper()}* "
+                        (f"*{_slack_escape(n.headline)}*\n" if n.headline else "")
+                        + f"{ACTION_EMOJI[n.action]} *{n.level.upper()}* "
                         f"(severity {n.severity:.0f})\n{_slack_escape(n.summary)}",
                         3000,
                     ),
@@ -232,7 +233,8 @@ class SlackWebhook(Channel):
                 ],
             }
         )
-        return {"text": _clip(f"[{n.level.upper()}] {label}: {n.title}", 3000), "blocks": blocks}
+        text = f"[{n.level.upper()}] {label}: {n.first_line}"
+        return {"text": _clip(text, 3000), "blocks": blocks}
 
     def send(self, notification: Notification, playbook: str | None = None) -> None:
         url = self._env(self.url_env, "Slack webhook URL")
@@ -311,10 +313,15 @@ class PagerDuty(Channel):
             details["incident_page"] = n.url
         details.update({"metric": n.metric, "cohort": n.cohort, "team": n.team})
         details.update(n.fields)
+        if n.headline and n.summary:  # the summary line is the headline; the detail goes here
+            details["detail"] = n.summary
         if playbook and not _is_url(playbook):
             details["playbook"] = playbook
         event["payload"] = {
-            "summary": _clip(f"{n.title}: {n.summary}" if n.summary else n.title, 1024),
+            "summary": _clip(
+                n.headline if n.headline else f"{n.title}: {n.summary}" if n.summary else n.title,
+                1024,
+            ),
             "severity": n.level,
             "source": self.source,
             "component": n.metric,
@@ -368,7 +375,7 @@ class Email(Channel):
     def render(self, n: Notification, playbook: str | None = None) -> EmailMessage:
         msg = EmailMessage()
         label = ACTION_LABEL[n.action]
-        msg["Subject"] = f"[funnelwatch] [{n.level.upper()}] {label}: {n.title}"
+        msg["Subject"] = f"[funnelwatch] [{n.level.upper()}] {label}: {n.first_line}"
         msg["From"] = self.sender
         msg["To"] = ", ".join(self.to)
         msg["X-Funnelwatch-Dedup-Key"] = n.dedup_key
@@ -378,7 +385,7 @@ class Email(Channel):
             rows["Team"] = n.team
         rows.update(n.fields)
         rows["Incident"] = n.incident_id
-        text = [f"{label}: {n.title}", "", n.summary, ""]
+        text = [f"{label}: {n.first_line}", "", n.summary, ""]
         if n.url:
             text += [f"Incident page: {n.url}", ""]
         text += [f"{k}: {v}" for k, v in rows.items()]
@@ -390,7 +397,7 @@ class Email(Channel):
 
         cid = make_msgid(domain="funnelwatch.local")
         body = render(
-            "email.html", title=f"{label}: {n.title}", label=label, n=n, rows=rows,
+            "email.html", title=f"{label}: {n.first_line}", label=label, n=n, rows=rows,
             chart_cid=cid[1:-1] if n.chart_png else None, playbook=playbook,
             playbook_url=playbook.strip() if playbook and _is_url(playbook) else None,
         )

@@ -35,6 +35,8 @@ class Notification:
     action). `playbook` is a URL or free text; routing may replace it per rule.
     `chart_png` is an optional PNG (e-mail shows it inline; the other channels do not).
     `url` is the incident's page (`funnelwatch serve`); every channel links to it.
+    `headline` is the one line a person can act on (funnelwatch.incidents.headline); every
+    channel shows it first (subject, Slack text, PagerDuty summary), the title when absent.
     """
 
     incident_id: str
@@ -50,6 +52,7 @@ class Notification:
     playbook: str | None = None
     chart_png: bytes | None = field(default=None, repr=False)
     url: str | None = None
+    headline: str | None = None
 
     def __post_init__(self) -> None:
         if self.action not in ACTIONS:
@@ -68,8 +71,17 @@ class Notification:
             raise ValueError("chart_png must be bytes (a PNG) or None")
         if self.url is not None and not str(self.url).startswith(("http://", "https://")):
             raise ValueError("url must be an http(s) URL or None")
+        if self.headline is not None and (
+            not isinstance(self.headline, str) or not self.headline.strip()
+        ):
+            raise ValueError("headline must be a non-empty string or None")
         # Freeze the fields as str -> str so the JSON round trip is exact.
         object.__setattr__(self, "fields", {str(k): str(v) for k, v in dict(self.fields).items()})
+
+    @property
+    def first_line(self) -> str:
+        """What every channel shows first: the headline, else the title."""
+        return self.headline or self.title
 
     @property
     def level(self) -> str:
@@ -93,6 +105,7 @@ class Notification:
                 base64.b64encode(self.chart_png).decode("ascii") if self.chart_png else None
             ),
             "url": self.url,
+            "headline": self.headline,
         }
 
     @classmethod

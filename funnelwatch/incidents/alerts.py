@@ -25,6 +25,8 @@ import pandas as pd
 from funnelwatch.alerting import Notification, RoutingConfig, build_channel, enqueue, route
 from funnelwatch.alerting.outbox import TABLE as OUTBOX_TABLE
 from funnelwatch.alerting.outbox import Attempt, deliver_due, ensure_outbox
+from funnelwatch.incidents.headline import alert_headline
+from funnelwatch.incidents.rca.hypotheses import NO_KNOWN_CAUSE
 from funnelwatch.incidents.store import SCHEMA, add_timeline, ensure_incident_schema
 
 DEFAULT_HORIZON = timedelta(hours=24)
@@ -52,7 +54,7 @@ def notification_for(incident: Mapping, action: str, chart_png: bytes | None = N
     from funnelwatch.incidents.links import incident_url
 
     where = incident.get("where_cohort") or incident["cohort"]
-    cause = incident.get("top_cause") or "no hypothesis yet"
+    cause = incident.get("top_cause") or NO_KNOWN_CAUSE
     summary = (
         f"{incident['metric']} | {incident['cohort']} since "
         f"{incident['started_at']:%Y-%m-%d %H:%M} UTC. Where: {where}. "
@@ -87,6 +89,7 @@ def notification_for(incident: Mapping, action: str, chart_png: bytes | None = N
         fields=fields,
         chart_png=chart_png,
         url=incident_url(incident["incident_id"]),
+        headline=alert_headline(incident),
     )
 
 

@@ -346,8 +346,10 @@ def summary_sentence(incident: Mapping[str, Any], rca: Mapping[str, Any],
     if step:
         parts[0] += f", losing customers at {step}"
     hypotheses = _list_of_dicts(rca.get("hypotheses"))
-    if hypotheses:
-        top = min(hypotheses, key=lambda h: _num(h.get("rank")) or 1e9)
+    top = min(hypotheses, key=lambda h: _num(h.get("rank")) or 1e9) if hypotheses else None
+    if top and top.get("kind") == "none":  # root cause ran and found nothing compatible
+        parts.append("no known cause")
+    elif top:
         title = top.get("title") or incident.get("top_cause") or top.get("kind") or "?"
         extra = [x for x in (_when(top.get("at"), with_date=False) if top.get("at") else None,
                              f"explains ~{_pct(top.get('contribution'), signed=False)}"

@@ -28,11 +28,17 @@ Expected values: ratio KPIs use the leaf's pooled rate over the ``history_days``
 use the same hours of the day over the ``history_days`` before (mean per day).
 """
 
-from funnelwatch.incidents.rca.analyse import analyse_incident, cohort_deviation, localise_change
+from funnelwatch.incidents.rca.analyse import (
+    analyse_incident,
+    cohort_deviation,
+    explained_by_planned,
+    localise_change,
+)
 from funnelwatch.incidents.rca.constants import (
     ADDITIVE_DRIFT,
     ADDITIVE_METRICS,
     BASELINE_ERROR,
+    CAUSE_WINDOW,
     COUNT_COLUMNS,
     CUBE_COLUMNS,
     DIMENSION_PENALTY,
@@ -58,11 +64,13 @@ from funnelwatch.incidents.rca.constants import (
     UNKNOWN_LABEL,
     stage_column,
 )
+from funnelwatch.incidents.rca.hypotheses import NO_KNOWN_CAUSE, deploy_platform
 
 __all__ = [
     "ADDITIVE_DRIFT",
     "ADDITIVE_METRICS",
     "BASELINE_ERROR",
+    "CAUSE_WINDOW",
     "COUNT_COLUMNS",
     "CUBE_COLUMNS",
     "DIMENSION_PENALTY",
@@ -73,6 +81,7 @@ __all__ = [
     "LOOKBACK_BEFORE",
     "MAX_DIMENSIONS",
     "MIN_REFINE_Z",
+    "NO_KNOWN_CAUSE",
     "ONSET_DECAY_HOURS",
     "ONSET_MIN_GAIN",
     "ONSET_NORMAL_LLR",
@@ -89,5 +98,7 @@ __all__ = [
     "analyse_incident",
     "cohort_deviation",
     "localise_change",
+    "deploy_platform",
+    "explained_by_planned",
     "stage_column",
 ]

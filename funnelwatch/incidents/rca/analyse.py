@@ -6,7 +6,12 @@ from datetime import datetime, timedelta
 
 import duckdb
 
-from funnelwatch.incidents.rca.constants import KNOWN_METRICS, LEAF_DIMENSIONS, SESSION_DIMENSIONS
+from funnelwatch.incidents.rca.constants import (
+    CAUSE_WINDOW,
+    KNOWN_METRICS,
+    LEAF_DIMENSIONS,
+    SESSION_DIMENSIONS,
+)
 from funnelwatch.incidents.rca.context import _WindowData
 from funnelwatch.incidents.rca.funnel import _Funnel
 from funnelwatch.incidents.rca.hypotheses import _Hypotheses
@@ -26,11 +31,14 @@ def analyse_incident(
     end: datetime,
     history_days: int = 7,
     lookback_hours: int = 24,
+    cause_window_hours: float | None = None,
 ) -> dict:
     """Root cause of one incident (see the module docstring); a JSON-serialisable dict.
 
     ``lookback_hours``: how far before ``start`` (the first anomalous hour) the onset of the
-    deviation and its candidate causes are looked for (detection flags small drops late)."""
+    deviation and its candidate causes are looked for (detection flags small drops late).
+    ``cause_window_hours``: how long before the onset a cause may start (default
+    ``CAUSE_WINDOW``); older ones only when nothing else fits (rca/hypotheses.py)."""
     if metric not in KNOWN_METRICS:
         raise ValueError(f"unknown metric {metric!r}; expected one of {sorted(KNOWN_METRICS)}")
     start, end = _utc(start, "start"), _utc(end, "end")
@@ -40,12 +48,23 @@ def analyse_incident(
         raise ValueError(f"history_days must be a positive integer, got {history_days!r}")
     if not isinstance(lookback_hours, int) or lookback_hours < 0:
         raise ValueError(f"lookback_hours must be a non-negative integer, got {lookback_hours!r}")
+    window = CAUSE_WINDOW
+    if cause_window_hours is not None:
+        if isinstance(cause_window_hours, bool) or not isinstance(
+            cause_window_hours, int | float
+        ) or not 0 < cause_window_hours <= 24 * 7:
+            raise ValueError(
+                f"cause_window_hours must be a number of hours in (0, 168], got "
+                f"{cause_window_hours!r}"
+            )
+        window = timedelta(hours=float(cause_window_hours))
     flagged = parse_cohort(cohort) if cohort else {}
     bad = [d for d in flagged if d not in (*SESSION_DIMENSIONS, "category", "payment_provider")]
     if bad:
         raise ValueError(f"cohort {cohort!r} has unknown dimension(s) {bad}")
     ctx = _Context(con, metric, cohort, flagged, start, end, history_days)
     ctx.lookback = timedelta(hours=lookback_hours)
+    ctx.cause_window = window
     return ctx.run()
 
 
@@ -106,6 +125,16 @@ def localise_change(
     return [w for w in where if w.get("root_cause")]
 
 
+def explained_by_planned(rca: dict) -> bool:
+    """Whether the best compatible explanation of a change is planned traffic (a campaign
+    send, a holiday): context, not an incident. Pure: reads an ``analyse_incident`` result
+    (its ``hypotheses``; False for an error or an empty result)."""
+    hypotheses = rca.get("hypotheses") if isinstance(rca, dict) else None
+    if not hypotheses or not isinstance(hypotheses[0], dict):
+        return False
+    return hypotheses[0].get("kind") == "planned_traffic"
+
+
 class _Context(_WindowData, _Localise, _Funnel, _Hypotheses, _Impact):
     # -- main ----------------------------------------------------------------------------------
     def run(self) -> dict:
@@ -143,5 +172,11 @@ class _Context(_WindowData, _Localise, _Funnel, _Hypotheses, _Impact):
             "funnel_step": step,
             "funnel": funnel,
             "hypotheses": hypotheses,
+            # what was ruled out and why (a deploy after the onset, of another platform ...)
+            "rejected_causes": self.rejected,
+            # planned traffic touching the cohort; the lifecycle opens no incident when it
+            # explains the change (explained_by_planned)
+            "planned_context": self.planned_context,
+            "explained_by_planned": explained_by_planned({"hypotheses": hypotheses}),
             "impact": impact,
         }

@@ -108,3 +108,41 @@ MIN_REFINE_Z = 3.0  # a sub-cohort replaces the flagged cohort only when |z| >= 
 ROOT_CAUSE_Z = 4.0  # |z| a cohort needs to be a root cause (and a further cause to be sought)
 # naming ties between cohorts with identical leaves: campaign, os, browser, country, then device
 DIMENSION_PREFERENCE = {"utm_campaign": 0, "os": 1, "browser": 2, "country": 3, "device_type": 4}
+
+# -- which hypotheses can explain a change (compatibility before ranking) ----------------------
+# A cause must start at most this long before the onset of the change (and not after its first
+# hour: the onset is an hour, a change inside it can have started it). An older one is kept
+# only when nothing else is compatible and the change-point curve says the loss may have begun
+# at its time (its log-likelihood within STALE_MAX_LLR_LOST of the best onset's).
+CAUSE_WINDOW = timedelta(hours=6)
+CAUSE_GRACE = timedelta(hours=1)
+STALE_MAX_LLR_LOST = 2.0
+# a deploy limited to a platform explains a cohort only when most of the cohort's sessions are
+# on that platform (an iOS app deploy cannot explain a desktop drop)
+MIN_COHORT_OVERLAP = 0.5
+# words of a deploy's service name or description -> the sessions it can touch; a deploy naming
+# none of them (web, checkout, payment-widget ...) serves every platform
+PLATFORM_TOKENS = {
+    "ios": ("os", "iOS"),
+    "iphone": ("os", "iOS"),
+    "ipad": ("os", "iOS"),
+    "android": ("os", "Android"),
+    "desktop": ("device_type", "desktop"),
+    "tablet": ("device_type", "tablet"),
+}
+# steps a payment provider's failures can break, and those bot traffic moves (bots view and leave)
+PROVIDER_STEPS = {"payment_attempt", "purchase"}
+BOT_STEPS = {"sessions", "product_view", "add_to_cart"}
+BOT_METRICS = {
+    "sessions",
+    "events",
+    "product_view_sessions",
+    "product_view_rate",
+    "add_to_cart_rate",
+    "session_conversion_rate",
+    "js_error_session_rate",
+}
+# planned traffic: a running campaign whose cohort was as far above its daily baseline at the
+# same hours a week before (a weekly send) within this proportional tolerance
+WEEKLY_MATCH = 0.25
+SURGE_RATIO = 1.3  # sessions at least this much above the baseline make a surge

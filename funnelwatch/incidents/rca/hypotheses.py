@@ -1,145 +1,424 @@
-"""Hypotheses: deploys, campaigns, JS errors, payment providers, bots, stock-outs, tracking."""
+"""Hypotheses: which changes can explain the localised change, ranked by how much they explain.
+
+Every candidate (deploys, campaign starts, JS errors, payment providers, bot traffic, stock-outs,
+tracking losses, planned traffic) is first checked for **compatibility** with the change:
+
+* time: it starts before the onset and close to it (``CAUSE_WINDOW``; a change inside the
+  onset's first hour, ``CAUSE_GRACE``, can have started it). An older candidate is kept only
+  when nothing else is compatible and the change-point curve allows a loss starting at its
+  time (``STALE_MAX_LLR_LOST``);
+* cohort: it touches the localised cohort (a deploy whose service or description names a
+  platform, ``PLATFORM_TOKENS``, explains a cohort only when most of its sessions are on that
+  platform; a campaign explains its own cohort only);
+* mechanism: it can move the step where the loss is (``SERVICE_STEPS`` for deploys,
+  ``PROVIDER_STEPS`` for payment providers, add_to_cart for stock-outs, ``BOT_STEPS`` /
+  ``BOT_METRICS`` for bots, the vanished event's step for tracking).
+
+The compatible ones are ranked by ``contribution``: the share of the localised change they
+explain. Incompatible ones are returned apart (``rejected``, with the reason) so a person can
+see what was ruled out. When nothing is compatible the list is one entry of kind ``none``
+("no known cause"): better than a wrong cause.
+
+Signatures are causes the product names by itself from the data: bot traffic, tracking loss
+(a data-quality problem, never a business one), payment provider failure, stock-out. Planned
+traffic (a campaign start, a running campaign's weekly send, a holiday in the reference data)
+is context: it explains a surge (``planned_context``; ``explained_by_planned``).
+"""
 
 from __future__ import annotations
 
 import math
+import re
 from datetime import timedelta
 
+import duckdb
 import pandas as pd
 
 from funnelwatch.incidents.rca.constants import (
+    ADDITIVE_METRICS,
+    BOT_METRICS,
+    BOT_STEPS,
+    CAUSE_GRACE,
+    CAUSE_WINDOW,
     EVENT_STAGE,
     LEAF_DIMENSIONS,
     LOOKBACK_BEFORE,
+    MIN_COHORT_OVERLAP,
     ONSET_DECAY_HOURS,
+    PLATFORM_TOKENS,
+    PROVIDER_STEPS,
     SERVICE_STEPS,
+    STALE_MAX_LLR_LOST,
+    SURGE_RATIO,
     TRACKED_EVENTS,
+    WEEKLY_MATCH,
 )
 from funnelwatch.incidents.rca.context import _filter_sql
 from funnelwatch.incidents.rca.util import _count_z, _f, _iso, _relative
 from rootcause import format_cohort
 
+NO_KNOWN_CAUSE = "no known cause"
+MAX_HYPOTHESES = 8
+
+
+def deploy_platform(service: str, description: str | None) -> dict[str, set[str]]:
+    """The sessions a deploy can touch, from the words of its service name and description
+    (``PLATFORM_TOKENS``): e.g. ``ios-app`` -> ``{"os": {"iOS"}}``; {} for every platform."""
+    words = re.split(r"[^a-z0-9]+", f"{service} {description or ''}".lower())
+    out: dict[str, set[str]] = {}
+    for word in words:
+        if word in PLATFORM_TOKENS:
+            dim, value = PLATFORM_TOKENS[word]
+            out.setdefault(dim, set()).add(value)
+    return out
+
+
+def _platform_text(platform: dict[str, set[str]]) -> str:
+    return " / ".join(f"{d}={'|'.join(sorted(v))}" for d, v in sorted(platform.items()))
+
+
+def _utc(at) -> pd.Timestamp:
+    ts = pd.Timestamp(at)
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+
+
+def _hm(at) -> str:
+    return f"{_utc(at):%Y-%m-%d %H:%M} UTC"
+
 
 class _Hypotheses:
-    # -- hypotheses ----------------------------------------------------------------------------
-    def _time_score(self, at) -> float:
-        """How well a change at ``at`` explains the onset: 1 for a change just before it.
+    # -- time ----------------------------------------------------------------------------------
+    def _fit(self, at) -> float:
+        """How well the data fit a change starting at ``at``: ``exp(-(S_best - S(at)) / 2)``
+        from the change-point curve of the onset estimate (the log-likelihood lost by putting
+        the change there instead of at the best onset); 1 without a curve."""
+        curve = self.change_curve
+        if not curve or self.change_best is None or at is None:
+            return 1.0
+        s = curve.get(_utc(at).floor("h"), 0.0)  # before the lookback: no support
+        return math.exp(-max(self.change_best - s, 0.0) / 2.0)
 
-        With a change-point curve: ``exp(-(S_best - S(hour of at)) / 2)`` (the log-likelihood
-        lost by putting the change at ``at`` instead of the best onset), times a mild decay
-        with the distance to the estimated onset (``ONSET_DECAY_HOURS``); a change after the
-        first anomalous hour weighs at most half and decays by the hour. Without a curve (no
-        conversion series): the distance to the onset alone."""
+    def _time_score(self, at) -> float:
+        """Closeness in time (tie-break between equally explaining causes): the fit times a mild
+        decay with the distance to the estimated onset (``ONSET_DECAY_HOURS``)."""
         if at is None:
             return 0.5
-        at = pd.Timestamp(at).tz_convert("UTC").to_pydatetime()
-        curve = self.change_curve
-        if curve and self.change_best is not None:
-            tau = pd.Timestamp(at).round("h")
-            s = curve.get(tau)
-            if s is None:  # before the lookback or after the last hour
-                s = 0.0
-            lost = max(self.change_best - s, 0.0)
-            hours = (self.onset - at).total_seconds() / 3600.0
-            score = math.exp(-lost / 2.0) * math.exp(-abs(hours) / ONSET_DECAY_HOURS)
-            after = (at - self.start).total_seconds() / 3600.0
-            if after > 0:
-                score *= 0.5 * math.exp(-after)
-            return score
-        hours = (self.onset - at).total_seconds() / 3600.0
-        if hours >= -1.0:  # before the onset (or inside its first hour)
-            return math.exp(-max(hours, 0.0) / 2.0)
-        return 0.5 * math.exp(hours / 1.0)  # after the onset: it cannot have started it
+        hours = (self.onset - _utc(at).to_pydatetime()).total_seconds() / 3600.0
+        return self._fit(at) * math.exp(-abs(hours) / ONSET_DECAY_HOURS)
 
+    def _time_check(self, at) -> tuple[str | None, bool]:
+        """(why the time rules it out or None, whether it is only too old)."""
+        at = _utc(at).to_pydatetime()
+        window = getattr(self, "cause_window", CAUSE_WINDOW)
+        if at >= self.onset + CAUSE_GRACE:
+            hours = (at - self.onset).total_seconds() / 3600.0
+            return f"it came {hours:.1f} h after the change began ({self.onset:%H:%M} UTC)", False
+        if at < self.onset - window:
+            hours = (self.onset - at).total_seconds() / 3600.0
+            return (
+                (f"it came {hours:.1f} h before the change began ({self.onset:%H:%M} UTC), "
+                f"outside the {window.total_seconds() / 3600:.0f} h window"),
+                True,
+            )
+        return None, False
+
+    # -- the localised cohort ------------------------------------------------------------------
+    def _cohort_rows(self, filters: dict) -> pd.DataFrame:
+        df = self.inside
+        for k, v in filters.items():
+            if k in LEAF_DIMENSIONS:
+                df = df[df[k] == v]
+        return df
+
+    def _overlap(self, filters: dict, platform: dict[str, set[str]]) -> float:
+        """Share of the localised cohort's sessions in the window on ``platform``."""
+        if not platform:
+            return 1.0
+        df = self._cohort_rows(filters)
+        total = df["cur_sessions"].sum()
+        if total <= 0:
+            return 0.0
+        hit = pd.Series(True, index=df.index)
+        for dim, values in platform.items():
+            hit &= df[dim].isin(values)
+        return float(df.loc[hit, "cur_sessions"].sum() / total)
+
+    def _traffic_change(self) -> bool:
+        """Planned traffic explains more traffic (sessions, events, views: an additive metric
+        that rose), never a conversion change: a real problem during a campaign is found."""
+        return self.metric in ADDITIVE_METRICS and getattr(self, "direction", -1.0) > 0
+
+    def _surge(self, filters: dict) -> tuple[bool, float, float]:
+        """Whether the localised cohort's traffic is clearly up: (surge, sessions, baseline)."""
+        df = self._cohort_rows(filters)
+        cur, base = float(df["cur_sessions"].sum()), float(df["base_sessions"].sum())
+        up = cur >= SURGE_RATIO * base and _count_z(cur, base) >= 3
+        return up, cur, base
+
+    # -- entry ---------------------------------------------------------------------------------
     def hypotheses(self, where, step, step_info) -> list[dict]:
+        """Compatible hypotheses ranked by what they explain (see the module docstring); also
+        sets ``self.rejected``, ``self.planned_context``."""
         main = where[0] if where else None
-        main_filters = main["filters"] if main else {}
-        strength = min(1.0, abs(main["z"] or 0.0) / 5.0) if main else 0.3
+        filters = dict(main["filters"]) if main else dict(self.flagged)
         expl = 1.0
         if main and main.get("explanatory_power") is not None:
             expl = float(min(max(main["explanatory_power"], 0.0), 1.0))
-        hyps = []
-        lo = min(self.start - self.lookback, self.onset - LOOKBACK_BEFORE)
-        lo, hi = min(lo, self.start - LOOKBACK_BEFORE), self.end
+        strength = min(1.0, abs(main["z"] or 0.0) / 5.0) if main else 0.3
+        self.planned_context = []
+        window = getattr(self, "cause_window", CAUSE_WINDOW)
+        lo = min(self.onset, self.start) - max(self.lookback, window, LOOKBACK_BEFORE)
+        cohort = format_cohort(filters) if filters else "all"
+        surge = self._surge(filters)
+        cands = []
+        cands += self._deploy_hyps(lo, step, filters, cohort, expl, strength, main)
+        cands += self._campaign_hyps(lo, filters, cohort, expl, strength, surge)
+        cands += self._js_errors(filters, strength)
+        cands += self._provider_hyps(step)
+        cands += self._bot_hyps(filters, step, cohort)
+        cands += self._stock_hyps(step)
+        cands += self._tracking_hyps(step)
+        cands += self._planned_hyps(filters, cohort, expl, surge)
+        return self._rank(cands, cohort, step)
 
+    def _rank(self, cands: list[dict], cohort: str, step) -> list[dict]:
+        ok = [c for c in cands if not c["_reasons"] and not c["_stale"]]
+        if not ok:  # an old cause only when nothing else fits and the data allow its time
+            floor = math.exp(-STALE_MAX_LLR_LOST / 2.0)
+            for c in cands:
+                if c["_stale"] and not c["_reasons"] and self.change_curve and (
+                    self._fit(c["at"]) >= floor
+                ):
+                    c["evidence"] += (
+                        "; older than the window, kept because nothing else fits and the "
+                        "change-point curve allows a loss starting at its time"
+                    )
+                    c["_stale"] = False
+                    ok.append(c)
+        ok.sort(key=lambda c: (-(c["contribution"] or 0.0), -c["_score"]))
+        ruled_out = [c for c in cands if c not in ok]
+        ruled_out.sort(key=lambda c: -c["_score"])
+        self.rejected = [
+            {
+                "kind": c["kind"],
+                "ref": c["ref"],
+                "title": c["title"],
+                "at": c["at"],
+                "reason": "; ".join(c["_reasons"] + ([c["_time"]] if c["_time"] else [])),
+            }
+            for c in ruled_out[:MAX_HYPOTHESES]
+        ]
+        out = []
+        for i, c in enumerate(ok[:MAX_HYPOTHESES], start=1):
+            score = c.pop("_score")
+            for k in ("_reasons", "_stale", "_time"):
+                c.pop(k)
+            out.append({"rank": i, **c, "score": _f(score, 4)})
+        if out:
+            return out
+        checked = ", ".join(f"{c['title']} ({r['reason']})" for c, r in zip(
+            ruled_out[:3], self.rejected[:3], strict=True))
+        return [
+            {
+                "rank": 1,
+                "kind": "none",
+                "ref": None,
+                "service": None,
+                "title": NO_KNOWN_CAUSE,
+                "contribution": 0.0,
+                "evidence": (
+                    f"no deploy, campaign, error, provider, bot, stock or tracking signature is "
+                    f"compatible with {cohort}"
+                    + (f" at the {step} step" if step else "")
+                    + f" since {self.onset:%Y-%m-%d %H:%M} UTC"
+                    + (f"; ruled out: {checked}" if checked else "; nothing changed nearby")
+                ),
+                "at": None,
+                "score": 0.0,
+            }
+        ]
+
+    @staticmethod
+    def _hyp(kind, ref, title, evidence, at, contribution, score, *, service=None, reasons=(),
+             time=None, stale=False, **extra) -> dict:
+        return {
+            "kind": kind,
+            "ref": None if ref is None else str(ref),
+            "service": service,
+            "title": title,
+            "contribution": _f(min(max(contribution, 0.0), 1.0), 3),
+            "evidence": evidence,
+            "at": _iso(at) if at is not None else None,
+            **extra,
+            "_score": float(score),
+            "_reasons": list(reasons),
+            "_time": time,
+            "_stale": bool(stale and not reasons),
+        }
+
+    def _with_time(self, at, reasons: list[str]) -> tuple[str | None, bool]:
+        why, stale = self._time_check(at)
+        if why and not stale:
+            reasons.append(why)
+            return None, False
+        return why, stale
+
+    # -- deploys and campaigns -----------------------------------------------------------------
+    def _deploy_hyps(self, lo, step, filters, cohort, expl, strength, main) -> list[dict]:
         deploys = self.con.execute(
             "select service, version, deploy_time, description from marts.dim_deploys "
             "where deploy_time >= ? and deploy_time < ? order by deploy_time",
-            [lo, hi],
+            [lo, self.end],
         ).fetchall()
-        for service, version, at, desc in deploys:
-            steps = SERVICE_STEPS.get(str(service).lower())
-            if step is None or steps is None:
-                match = 0.5
-            else:
-                match = 1.0 if step in steps else 0.2
-            ts = self._time_score(at)
-            score = ts * match * strength
-            hyps.append(
-                {
-                    "kind": "deploy",
-                    "ref": str(version),
-                    "service": str(service),
-                    "title": f"deploy {service} {version}",
-                    "contribution": _f(expl * strength if match >= 1.0 and ts >= 0.3 else 0.0, 3),
-                    "evidence": (
-                        f"{service} {version} deployed at {pd.Timestamp(at).tz_convert('UTC'):%Y-%m-%d %H:%M} UTC, "
-                        + _relative(self.onset, at)
-                        + "; "
-                        + (
-                            f"the loss is at the {step} step, which {service} serves"
-                            if match >= 1.0
-                            else f"the loss is at the {step} step, which {service} does not obviously touch"
-                            if step
-                            else "no funnel step localised"
-                        )
-                        + (
-                            f"; {main['cohort']} moved {main['deviation']:+.1%} (z {main['z']:.1f})"
-                            if main and main.get("deviation") is not None
-                            else ""
-                        )
-                        + (f" ({desc})" if desc else "")
-                    ),
-                    "at": _iso(at),
-                    "_score": score,
-                }
-            )
-
-        campaigns = self.con.execute(
-            "select campaign_name, start_time, channel from marts.dim_campaigns "
-            "where start_time >= ? and start_time < ?",
-            [lo, hi],
-        ).fetchall()
-        for name, at, channel in campaigns:
-            match = 1.0 if main_filters.get("utm_campaign") == name else 0.3
-            ts = self._time_score(at)
-            hyps.append(
-                {
-                    "kind": "campaign",
-                    "ref": str(name),
-                    "service": None,
-                    "title": f"campaign {name} started",
-                    "contribution": _f(expl * strength if match >= 1.0 else 0.0, 3),
-                    "evidence": f"{channel} campaign {name} started at {pd.Timestamp(at).tz_convert('UTC'):%Y-%m-%d %H:%M} UTC"
-                    + ("; the localised cohort is its traffic" if match >= 1.0 else ""),
-                    "at": _iso(at),
-                    "_score": ts * match * strength * 0.9,
-                }
-            )
-
-        hyps += self._js_errors(main_filters, strength)
-        hyps += self._provider_hyps(step)
-        hyps += self._bot_hyps(main_filters)
-        hyps += self._stock_hyps(step)
-        hyps += self._tracking_hyps(step)
-
-        hyps.sort(key=lambda h: -h["_score"])
         out = []
-        for i, h in enumerate(hyps[:8], start=1):
-            score = h.pop("_score")
-            out.append({"rank": i, **h, "score": _f(score, 4)})
+        step_here = step or ("sessions" if self.metric in ("sessions", "events") else None)
+        for service, version, at, desc in deploys:
+            reasons: list[str] = []
+            steps = SERVICE_STEPS.get(str(service).lower())
+            if steps is not None and step_here is not None and step_here not in steps:
+                reasons.append(
+                    f"the change is at the {step_here} step, which {service} does not serve "
+                    f"({', '.join(sorted(steps))})"
+                )
+            platform = deploy_platform(str(service), desc)
+            overlap = self._overlap(filters, platform)
+            if overlap < MIN_COHORT_OVERLAP:
+                reasons.append(
+                    f"it touches {_platform_text(platform)} sessions, {overlap:.0%} of {cohort}"
+                )
+            time_why, stale = self._with_time(at, reasons)
+            known = 1.0 if steps is not None else 0.5  # what an unknown service serves is unsure
+            fit = self._fit(at)
+            mechanism = (
+                f"the change is at the {step_here} step, which {service} serves"
+                if steps is not None and step_here
+                else f"what {service} serves is not configured (SERVICE_STEPS)"
+                if steps is None
+                else "no funnel step localised"
+            )
+            evidence = (
+                f"{service} {version} deployed at {_hm(at)}, {_relative(self.onset, at)}; "
+                + mechanism
+                + (f"; it touches {_platform_text(platform)} ({overlap:.0%} of {cohort})"
+                   if platform else "")
+                + (f"; {main['cohort']} moved {main['deviation']:+.1%} (z {main['z']:.1f})"
+                   if main and main.get("deviation") is not None else "")
+                + (f" ({desc})" if desc else "")
+            )
+            out.append(self._hyp(
+                "deploy", version, f"deploy {service} {version}", evidence, at,
+                expl * overlap * fit * known, self._time_score(at) * strength * known,
+                service=str(service), reasons=reasons, time=time_why, stale=stale,
+            ))
         return out
 
+    def _campaign_hyps(self, lo, filters, cohort, expl, strength, surge) -> list[dict]:
+        """A campaign that started near the onset explains its own cohort: a surge of its
+        traffic is planned (``planned_traffic``), a loss in it is the campaign's (``campaign``)."""
+        campaigns = self.con.execute(
+            "select campaign_name, start_time, end_time, channel from marts.dim_campaigns "
+            "where start_time >= ? and start_time < ?",
+            [lo, self.end],
+        ).fetchall()
+        out = []
+        for name, at, end, channel in campaigns:
+            reasons: list[str] = []
+            if filters.get("utm_campaign") != name:
+                reasons.append(f"it brings utm_campaign={name} traffic; the change is in {cohort}")
+            time_why, stale = self._with_time(at, reasons)
+            planned = surge[0] and not reasons and self._traffic_change()
+            evidence = f"{channel} campaign {name} started at {_hm(at)}" + (
+                f"; the localised cohort is its traffic ({surge[1]:.0f} session-hours vs "
+                f"{surge[2]:.0f} expected)" if not reasons else ""
+            )
+            if not reasons:
+                self.planned_context.append({
+                    "kind": "campaign", "ref": str(name), "title": f"campaign {name}",
+                    "start": _iso(at), "end": _iso(end), "explains": planned,
+                })
+            out.append(self._hyp(
+                "planned_traffic" if planned else "campaign", name,
+                f"planned traffic: campaign {name} started" if planned
+                else f"campaign {name} started",
+                evidence, at, expl * self._fit(at), self._time_score(at) * strength * 0.9,
+                reasons=reasons, time=time_why, stale=stale,
+            ))
+        return out
+
+    def _planned_hyps(self, filters, cohort, expl, surge) -> list[dict]:
+        """Planned traffic that was running already: a campaign of the cohort whose traffic
+        was as high at the same hours a week before (a weekly send the daily baseline misses),
+        a holiday or promotion of the reference data on the window's days."""
+        out = []
+        is_surge, cur, base = surge
+        is_surge = is_surge and self._traffic_change()
+        name = filters.get("utm_campaign")
+        if name:
+            running = self.con.execute(
+                "select start_time, end_time, channel from marts.dim_campaigns "
+                "where campaign_name = ? and start_time <= ? and end_time > ? "
+                "order by start_time desc limit 1",
+                [name, self.start, self.start],
+            ).fetchone()
+            if running and not any(c["ref"] == name for c in self.planned_context):
+                week = self._week_ago_sessions(filters)
+                weekly = (
+                    is_surge and week is not None and week > 0
+                    and abs(cur / week - 1.0) <= WEEKLY_MATCH
+                )
+                self.planned_context.append({
+                    "kind": "campaign", "ref": str(name), "title": f"campaign {name}",
+                    "start": _iso(running[0]), "end": _iso(running[1]), "explains": weekly,
+                })
+                if weekly:
+                    out.append(self._hyp(
+                        "planned_traffic", name, f"planned traffic: {running[2]} campaign {name}",
+                        f"{name} runs from {_hm(running[0])} to {_hm(running[1])}; {cohort} had "
+                        f"{cur:.0f} session-hours vs {base:.0f} expected from the previous days, "
+                        f"and {week:.0f} at the same hours a week before: a weekly send",
+                        running[0], expl * (1.0 - abs(cur / week - 1.0)), 0.9,
+                    ))
+        for hname, country, kind, day in self._holidays():
+            share = 1.0 if country == "ALL" else self._overlap(filters, {"country": {country}})
+            if share < MIN_COHORT_OVERLAP:
+                continue
+            self.planned_context.append({
+                "kind": "holiday", "ref": str(hname), "title": f"{kind} {hname} ({country})",
+                "start": _iso(day), "end": _iso(_utc(day) + timedelta(days=1)),
+                "explains": is_surge,
+            })
+            if is_surge:
+                out.append(self._hyp(
+                    "planned_traffic", hname, f"planned traffic: {kind} {hname}",
+                    f"{kind} {hname} ({country}) on {_utc(day):%Y-%m-%d}, {share:.0%} of {cohort}; "
+                    f"{cur:.0f} session-hours vs {base:.0f} expected",
+                    day, expl * share * 0.8, 0.8,
+                ))
+        return out
+
+    def _week_ago_sessions(self, filters: dict) -> float | None:
+        where_f, params = _filter_sql(
+            self.session_flagged | {k: v for k, v in filters.items() if k in LEAF_DIMENSIONS}
+        )
+        week = timedelta(days=7)
+        row = self.con.execute(
+            f"select sum(sessions), count(distinct event_hour) from marts.fct_funnel_hourly "
+            f"where event_hour >= ? and event_hour < ? and {where_f}",
+            [self.start - week, self.end - week, *params],
+        ).fetchone()
+        return float(row[0]) if row and row[0] is not None and row[1] else None
+
+    def _holidays(self) -> list[tuple]:
+        try:
+            return self.con.execute(
+                "select holiday_name, country, kind, day_start from marts.dim_holidays "
+                "where day_start < ? and day_end > ?",
+                [self.end, self.start],
+            ).fetchall()
+        except duckdb.CatalogException:  # a warehouse without the holidays reference
+            return []
+
+    # -- signatures ----------------------------------------------------------------------------
     def _js_errors(self, filters, strength) -> list[dict]:
         where_f, params = _filter_sql(
             self.session_flagged | {k: v for k, v in filters.items() if k in LEAF_DIMENSIONS}
@@ -169,32 +448,31 @@ class _Hypotheses:
             exp = hist_n * scale
             z = _count_z(cur_n, exp)
             new = hist_n == 0 and cur_n >= 10
-            if (z >= 4 and cur_n >= 1.5 * exp + 5) or new:
-                ts = self._time_score(e.first_seen) if new else 0.8
-                out.append(
-                    {
-                        "kind": "js_error",
-                        "ref": str(e.error_code),
-                        "service": None,
-                        "title": f"JS error {e.error_code}",
-                        "contribution": _f(min(1.0, (cur_n - exp) / max(cur_n, 1.0)) * 0.5, 3),
-                        "evidence": f"{int(cur_n)} {e.error_code} errors vs {exp:.0f} expected for the traffic (z {z:.1f})",
-                        "at": _iso(e.first_seen),
-                        "_score": min(1.0, z / 10.0) * ts * 0.8 * max(strength, 0.5),
-                    }
-                )
+            if not ((z >= 4 and cur_n >= 1.5 * exp + 5) or new):
+                continue
+            reasons: list[str] = []
+            # a new error code starts at its first occurrence; a surge of an old one has no start
+            time_why, stale = self._with_time(e.first_seen, reasons) if new else (None, False)
+            ts = self._time_score(e.first_seen) if new else 0.8
+            out.append(self._hyp(
+                "js_error", e.error_code, f"JS error {e.error_code}",
+                f"{int(cur_n)} {e.error_code} errors in the cohort vs {exp:.0f} expected for the "
+                f"traffic (z {z:.1f})" + (", a new error code" if new else ""),
+                e.first_seen, min(1.0, (cur_n - exp) / max(cur_n, 1.0)) * 0.5,
+                min(1.0, z / 10.0) * ts * 0.8 * max(strength, 0.5),
+                reasons=reasons, time=time_why, stale=stale,
+            ))
         return out
 
     def _provider_hyps(self, step) -> list[dict]:
+        """Payment provider failure: one provider's failure rate (or latency) far above its own
+        history; it explains failed payments / purchases, not fewer product views."""
         prov = self.providers
         if prov.empty:
             return []
         excess_total = prov.excess.clip(lower=0).sum()
-        match = (
-            1.0
-            if (self.metric == "payment_failure_rate" or step in ("purchase", "payment_attempt"))
-            else 0.3
-        )
+        fits = self.metric == "payment_failure_rate" or step in PROVIDER_STEPS or (
+            "payment_provider" in self.flagged)
         out = []
         for _, p in prov.iterrows():
             lat = p.latency_ratio if p.latency_ratio == p.latency_ratio else 1.0
@@ -202,117 +480,139 @@ class _Hypotheses:
                 continue
             share = max(p.excess, 0.0) / excess_total if excess_total > 0 else 0.0
             strength = max(min(1.0, p.z / 8.0), min(1.0, (lat - 1.0)))
-            out.append(
-                {
-                    "kind": "payment_provider",
-                    "ref": str(p.provider),
-                    "service": None,
-                    "title": f"payment provider {p.provider} failing",
-                    "contribution": _f(share, 3),
-                    "evidence": (
-                        f"{p.provider}: {int(p.cur_fail)} of {int(p.cur_n)} payment attempts failed "
-                        f"({p.rate:.1%} vs {p.exp_rate:.1%} before, z {p.z:.1f}); latency x{lat:.1f}"
-                    ),
-                    "at": _iso(p.first_failure),
-                    "_score": strength * match * (0.5 + 0.5 * share),
-                }
-            )
+            reasons = [] if fits else [
+                (f"payment failures explain failed payments and purchases, not a loss at the "
+                f"{step or self.metric} step")
+            ]
+            out.append(self._hyp(
+                "payment_provider", p.provider, f"payment provider {p.provider} failing",
+                f"{p.provider}: {int(p.cur_fail)} of {int(p.cur_n)} payment attempts failed "
+                f"({p.rate:.1%} vs {p.exp_rate:.1%} before, z {p.z:.1f}); latency x{lat:.1f}; "
+                f"{share:.0%} of the excess failures",
+                p.first_failure, share, strength * (0.5 + 0.5 * share), reasons=reasons,
+            ))
         return out
 
-    def _bot_hyps(self, filters) -> list[dict]:
-        """A sessions surge from few users in one campaign."""
+    def _bot_traffic_stats(self, campaigns: list[str]) -> pd.DataFrame:
+        """Per campaign, in the window (at most its first day) and the day before: sessions,
+        users, events per session."""
         day = timedelta(days=1)
-        # sessions per campaign: expected from the same hours of previous days (cube baseline)
-        by = self.cube.groupby("utm_campaign")[["cur_sessions", "base_sessions"]].sum()
-        surged = [
-            str(c)
-            for c, r in by.iterrows()
-            if c != "(none)"
-            and r.cur_sessions >= 1.5 * r.base_sessions
-            and _count_z(r.cur_sessions, r.base_sessions) >= 5
-        ]
-        if not surged:
-            return []
         sql = """
             select coalesce(utm_campaign, '(none)') as campaign,
               count(distinct session_id) filter (where event_time >= ?) as cur_s,
               count(distinct user_id) filter (where event_time >= ?) as cur_u,
+              count(*) filter (where event_time >= ?) as cur_e,
               count(distinct session_id) filter (where event_time < ?) as hist_s,
-              count(distinct user_id) filter (where event_time < ?) as hist_u
+              count(distinct user_id) filter (where event_time < ?) as hist_u,
+              count(*) filter (where event_time < ?) as hist_e
             from raw.events
-            where event_time >= ? and event_time < ? and list_contains(?, utm_campaign)
+            where event_time >= ? and event_time < ?
+              and list_contains(?, coalesce(utm_campaign, '(none)'))
             group by all
         """
-        span_end = min(self.end, self.start + day)
         s = self.start
-        df = self.con.execute(sql, [s, s, s, s, s - day, span_end, surged]).df()
-        total_excess = (by.cur_sessions - by.base_sessions).clip(lower=0).sum()
+        span_end = min(self.end, self.start + day)
+        return self.con.execute(sql, [s] * 6 + [s - day, span_end, campaigns]).df()
+
+    def _bot_hyps(self, filters, step, cohort) -> list[dict]:
+        """Bot traffic: a campaign's sessions surge (x1.5, z >= 5) with at least two of: few
+        users (sessions per user x1.5), very short sessions (events per session x0.6 or less),
+        no purchases (purchases per session halved or worse). Named by the campaign, with the
+        country / OS / browser the surge concentrates in."""
+        inside = self.inside
+        by = inside.groupby("utm_campaign")[
+            ["cur_sessions", "base_sessions", "cur_purchases", "hist_purchases", "hist_sessions"]
+        ].sum()
+        surged = [
+            str(c) for c, r in by.iterrows()
+            if r.cur_sessions >= 1.5 * r.base_sessions
+            and _count_z(r.cur_sessions, r.base_sessions) >= 5
+        ]
+        if not surged:
+            return []
+        stats = self._bot_traffic_stats(surged).set_index("campaign")
+        local = self._cohort_rows(filters)
+        local_excess = (local.cur_sessions - local.base_sessions).sum()
+        fits = step in BOT_STEPS or self.metric in BOT_METRICS or (
+            step is None and self.metric in ADDITIVE_METRICS)
         out = []
-        for _, r in df.iterrows():
-            if r.campaign == "(none)" or r.campaign not in by.index:
+        for camp in surged:
+            r = by.loc[camp]
+            signs = []
+            if camp in stats.index:
+                st = stats.loc[camp]
+                spu, hist_spu = st.cur_s / max(st.cur_u, 1), st.hist_s / max(st.hist_u, 1)
+                if spu >= 1.5 * hist_spu:
+                    signs.append(f"{spu:.1f} sessions per user vs {hist_spu:.2f} the day before")
+                eps, hist_eps = st.cur_e / max(st.cur_s, 1), st.hist_e / max(st.hist_s, 1)
+                if st.hist_s and eps <= 0.6 * hist_eps:
+                    signs.append(f"{eps:.1f} events per session vs {hist_eps:.1f}")
+            conv = r.cur_purchases / max(r.cur_sessions, 1.0)
+            hist_conv = r.hist_purchases / max(r.hist_sessions, 1.0)
+            if hist_conv > 0 and conv <= 0.5 * hist_conv:
+                signs.append(f"{conv:.2%} of sessions purchase vs {hist_conv:.2%} before")
+            if len(signs) < 2:
                 continue
-            cur, base = by.loc[r.campaign, "cur_sessions"], by.loc[r.campaign, "base_sessions"]
-            spu = r.cur_s / max(r.cur_u, 1)
-            hist_spu = r.hist_s / max(r.hist_u, 1)
-            z = _count_z(cur, base)
-            if cur < 1.5 * base or z < 5 or spu < 1.5 * hist_spu:
-                continue
-            share = (cur - base) / total_excess if total_excess > 0 else 0.0
-            match = 1.0 if filters.get("utm_campaign") in (None, r.campaign) else 0.5
-            out.append(
-                {
-                    "kind": "bot_traffic",
-                    "ref": str(r.campaign),
-                    "service": None,
-                    "title": f"bot traffic on {r.campaign}",
-                    "contribution": _f(min(max(share, 0.0), 1.0), 3),
-                    "evidence": (
-                        f"{r.campaign}: {cur:.0f} session-hours vs {base:.0f} expected (x{cur / max(base, 1):.1f}); "
-                        f"{spu:.1f} sessions per user vs {hist_spu:.2f} the day before"
-                    ),
-                    "at": self.start.isoformat(),
-                    "_score": min(1.0, z / 10.0) * match * min(1.0, spu / hist_spu / 3.0),
-                }
-            )
+            rows = inside[inside["utm_campaign"] == camp]
+            extra = rows.cur_sessions - rows.base_sessions
+            where_parts = []
+            for dim in ("country", "os", "browser", "device_type"):
+                got = extra.groupby(rows[dim]).sum().clip(lower=0)
+                if got.sum() > 0 and got.max() >= 0.8 * got.sum():
+                    where_parts.append(f"{dim}={got.idxmax()} ({got.max() / got.sum():.0%})")
+            bot_filters = {"utm_campaign": camp}
+            bot_cohort = format_cohort(bot_filters)
+            in_local = self._cohort_rows({**filters, **bot_filters})
+            bot_excess = (in_local.cur_sessions - in_local.base_sessions).clip(lower=0).sum()
+            share = bot_excess / local_excess if local_excess > 0 else 0.0
+            reasons = []
+            if filters.get("utm_campaign") not in (None, camp):
+                reasons.append(f"the bots are on {bot_cohort}; the change is in {cohort}")
+            elif share < MIN_COHORT_OVERLAP:
+                reasons.append(f"they add {share:.0%} of the extra sessions of {cohort}")
+            if not fits:
+                reasons.append(
+                    f"bots view and leave: they do not explain a loss at the {step} step"
+                )
+            z = _count_z(r.cur_sessions, r.base_sessions)
+            out.append(self._hyp(
+                "bot_traffic", camp, f"bot traffic on {bot_cohort}",
+                f"{bot_cohort}: {r.cur_sessions:.0f} session-hours vs {r.base_sessions:.0f} "
+                f"expected (x{r.cur_sessions / max(r.base_sessions, 1):.1f}); " + "; ".join(signs)
+                + (f"; concentrated in {', '.join(where_parts)}" if where_parts else ""),
+                self.onset, share, min(1.0, z / 10.0) * len(signs) / 3.0,
+                reasons=reasons, cohort=bot_cohort,
+            ))
         return out
 
     def _stock_hyps(self, step) -> list[dict]:
+        """Stock-out: a category's add-to-cart rate collapses while its product views continue;
+        it explains fewer add-to-carts, nothing else."""
         cats = self.categories
         if cats.empty:
             return []
         lost_total = cats.lost.clip(lower=0).sum()
-        match = (
-            1.0
-            if (
-                step == "add_to_cart"
-                or self.metric == "add_to_cart_rate"
-                or "category" in self.flagged
-            )
-            else 0.3
-        )
+        fits = step == "add_to_cart" or self.metric == "add_to_cart_rate" or (
+            "category" in self.flagged)
         out = []
         for _, c in cats.iterrows():
             if not (c.z <= -5 and c.rate <= 0.3 * c.exp_rate and c.pv_ratio >= 0.3):
                 continue
             share = max(c.lost, 0.0) / lost_total if lost_total > 0 else 0.0
-            out.append(
-                {
-                    "kind": "stock_out",
-                    "ref": str(c.category),
-                    "service": None,
-                    "title": f"stock-out in {c.category}",
-                    "contribution": _f(share, 3),
-                    "evidence": (
-                        f"{c.category}: {int(c.cur_atc)} add-to-carts from {int(c.cur_pv)} product-view sessions "
-                        f"({c.rate:.1%} vs {c.exp_rate:.1%} before, z {c.z:.1f}) while views continue"
-                    ),
-                    "at": self.start.isoformat(),
-                    "_score": min(1.0, -c.z / 10.0) * match,
-                }
-            )
+            reasons = [] if fits else [
+                f"a stock-out stops add-to-carts, not the {step or self.metric} step"]
+            out.append(self._hyp(
+                "stock_out", c.category, f"stock-out in {c.category}",
+                f"{c.category}: {int(c.cur_atc)} add-to-carts from {int(c.cur_pv)} product-view "
+                f"sessions ({c.rate:.1%} vs {c.exp_rate:.1%} before, z {c.z:.1f}) while views "
+                f"continue ({c.pv_ratio:.0%} of their usual share)",
+                self.start, share, min(1.0, -c.z / 10.0), reasons=reasons,
+            ))
         return out
 
     def _tracking_hyps(self, step) -> list[dict]:
+        """Tracking loss: one event type vanishes (< 20 % of its usual share of page views)
+        while the steps next to it hold (>= 50 %). A data-quality problem, not a business one."""
         s = self.start
         df = (
             self.con.execute(
@@ -327,33 +627,29 @@ class _Hypotheses:
         if "page_view" not in df.index or not df.loc["page_view", "hist"]:
             return []
         scale = df.loc["page_view", "cur"] / df.loc["page_view", "hist"]
-        ratio = {}
+        ratio = {"page_view": 1.0}
         for et in TRACKED_EVENTS:
             if et in df.index and df.loc[et, "hist"] > 0:
                 ratio[et] = df.loc[et, "cur"] / (df.loc[et, "hist"] * scale)
+        order = ("page_view", *TRACKED_EVENTS)
         out = []
-        for i, et in enumerate(TRACKED_EVENTS):
+        for i, et in enumerate(TRACKED_EVENTS, start=1):
             if et not in ratio or ratio[et] >= 0.2:
                 continue
-            later = [e for e in TRACKED_EVENTS[i + 1 :] if ratio.get(e, 0) >= 0.5]
-            if not later:
+            before = next((e for e in reversed(order[:i]) if e in ratio), None)
+            later = [e for e in order[i + 1:] if ratio.get(e, 0) >= 0.5]
+            if not later or before is None or ratio[before] < 0.5:
                 continue
-            match = 1.0 if step in (None, EVENT_STAGE[et]) else 0.5
-            out.append(
-                {
-                    "kind": "tracking",
-                    "ref": et,
-                    "service": None,
-                    "title": f"{et} tracking stopped",
-                    "contribution": 1.0 if match >= 1.0 else 0.5,
-                    "evidence": (
-                        f"{et} events at {ratio[et]:.0%} of their usual share of page views while "
-                        f"{', '.join(later)} continue ({ratio[later[0]]:.0%})"
-                    ),
-                    "at": self.start.isoformat(),
-                    "_score": match,
-                }
-            )
+            stage = EVENT_STAGE[et]
+            reasons = [] if step in (None, stage) else [
+                f"{et} events vanished, but the loss is at the {step} step"]
+            out.append(self._hyp(
+                "tracking", et, f"tracking loss: {et} events (data quality)",
+                f"{et} events at {ratio[et]:.0%} of their usual share of page views while "
+                f"{before} ({ratio[before]:.0%}) and {', '.join(later)} ({ratio[later[0]]:.0%}) "
+                "hold: the events are not recorded, customers still go through the step",
+                self.start, 1.0 - ratio[et], 1.0, reasons=reasons, data_quality=True,
+            ))
         return out
 
     def prefer_campaign(self, where, hypotheses) -> list[dict]:

@@ -1,0 +1,242 @@
+"""Which causes can explain a change (funnelwatch/incidents/rca/hypotheses.py), on the synthetic
+warehouse of tests/test_rca.py with one change made per test: compatibility in time, cohort and
+mechanism; "no known cause"; the signatures (bot traffic, tracking loss); planned traffic."""
+
+from __future__ import annotations
+
+import shutil
+from datetime import timedelta
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from funnelwatch.incidents.rca import (
+    CUBE_COLUMNS,
+    analyse_incident,
+    deploy_platform,
+    explained_by_planned,
+)
+from tests.test_rca import DAY8, INC_END, INC_START, _build
+
+WINDOW = {"metric": "checkout_conversion_rate", "cohort": "all", "start": INC_START, "end": INC_END}
+
+
+@pytest.fixture(scope="module")
+def base_warehouse(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("causes") / "base.duckdb"
+    _build(path)
+    return path
+
+
+@pytest.fixture
+def warehouse(base_warehouse, tmp_path):
+    """A writable copy: the test changes it with `sql`, then analyses it read-only."""
+    path = tmp_path / "w.duckdb"
+    shutil.copy(base_warehouse, path)
+
+    def analyse(*statements: tuple[str, list], **kwargs) -> dict:
+        con = duckdb.connect(str(path))
+        try:
+            for sql, params in statements:
+                con.execute(sql, params)
+        finally:
+            con.close()
+        con = duckdb.connect(str(path), read_only=True)
+        try:
+            return analyse_incident(con, **{**WINDOW, **kwargs})
+        finally:
+            con.close()
+
+    return analyse
+
+
+def _deploy(service: str, version: str, at, description: str = "") -> tuple[str, list]:
+    return (
+        (
+            "insert into marts.dim_deploys (deploy_id, deploy_time, service, version, description, "
+            "deploy_hour) values (?, ?, ?, ?, ?, ?)"
+        ),
+        [f"{service}{version}", at, service, version, description, at.replace(minute=0, second=0)],
+    )
+
+
+def _kinds(result) -> list[tuple[str, str | None]]:
+    return [(h["kind"], h["ref"]) for h in result["hypotheses"]]
+
+
+def test_deploy_platform_reads_service_and_description():
+    assert deploy_platform("ios-app", "5.2: new checkout") == {"os": {"iOS"}}
+    assert deploy_platform("web", "fix Android WebView and iPad layout") == {
+        "os": {"Android", "iOS"}
+    }
+    assert deploy_platform("payment-widget", "new wallet button layout") == {}
+
+
+def test_a_deploy_of_another_platform_cannot_explain_the_cohort(warehouse):
+    # an Android app deploy 2 min before the iOS Safari drop: nearer in time, wrong platform
+    result = warehouse(_deploy("android-app", "2.0.0", INC_START - timedelta(minutes=2)))
+    assert _kinds(result)[0] == ("deploy", "9.9.0")
+    assert ("deploy", "2.0.0") not in _kinds(result)
+    rejected = next(r for r in result["rejected_causes"] if r["ref"] == "2.0.0")
+    assert "os=Android" in rejected["reason"] and "0% of" in rejected["reason"]
+    assert result["explained_by_planned"] is False
+
+
+def test_yesterdays_deploy_is_no_cause_and_nothing_else_gives_no_known_cause(warehouse):
+    moved = (
+        "update marts.dim_deploys set deploy_time = ? where version = '9.9.0'",
+        [INC_START - timedelta(hours=20)],
+    )
+    result = warehouse(moved)
+    assert result["onset"] == INC_START.isoformat()  # the data say the loss began at 12:00
+    first = result["hypotheses"][0]
+    assert (first["kind"], first["title"], first["contribution"]) == ("none", "no known cause", 0.0)
+    assert len(result["hypotheses"]) == 1 and "ruled out" in first["evidence"]
+    old = next(r for r in result["rejected_causes"] if r["ref"] == "9.9.0")
+    assert "20.0 h before the change began" in old["reason"]
+
+
+def test_a_campaign_start_explains_its_cohort_ahead_of_yesterdays_deploy(warehouse):
+    result = warehouse(
+        (
+            "update marts.dim_deploys set deploy_time = ? where version = '9.9.0'",
+            [INC_START - timedelta(hours=20)],
+        ),
+        ("delete from marts.dim_campaigns", []),
+        (
+            (
+                "insert into marts.dim_campaigns (campaign_id, campaign_name, start_time, end_time, "
+                "channel, duration_hours, start_hour) values ('c2', 'ig_sale', ?, ?, 'social', 48, ?)"
+            ),
+            [
+                INC_START - timedelta(minutes=30),
+                INC_START + timedelta(days=2),
+                INC_START - timedelta(hours=1),
+            ],
+        ),
+    )
+    first = result["hypotheses"][0]
+    assert (first["kind"], first["ref"]) == ("campaign", "ig_sale")  # a loss, not a surge
+    assert first["contribution"] > 0.5
+    assert "deploy" not in [h["kind"] for h in result["hypotheses"]]
+
+
+def test_bot_traffic_is_named_with_its_cohort_and_only_explains_what_bots_do(warehouse):
+    start, end = INC_START, INC_START + timedelta(hours=6)
+    # brand_search sessions x4 in the window, the bots do nothing after landing; in raw.events
+    # 2000 one-event sessions of 5 users, against 100 three-event sessions of 100 users the day
+    # before
+    surge = (
+        (
+            "update marts.fct_funnel_hourly set sessions = sessions * 4, events = events * 2 "
+            "where utm_campaign = 'brand_search' and event_hour >= ? and event_hour < ?"
+        ),
+        [start, end],
+    )
+    raw_cols = (
+        "event_time, event_hour, event_type, user_id, session_id, device_type, os, "
+        "browser, country, utm_source, utm_medium, utm_campaign"
+    )
+    bots = (
+        (
+            f"insert into raw.events ({raw_cols}) select ? + to_minutes(i % 360), "
+            "date_trunc('hour', ? + to_minutes(i % 360)), 'page_view', 'bot' || (i % 5), "
+            "'bs' || i, 'desktop', 'Windows', 'Chrome', 'US', 'google', 'cpc', 'brand_search' "
+            "from range(2000) t(i)"
+        ),
+        [start, start],
+    )
+    humans = (
+        (
+            f"insert into raw.events ({raw_cols}) select ? + to_minutes(i // 3 * 10), "
+            "date_trunc('hour', ? + to_minutes(i // 3 * 10)), 'page_view', "
+            "'h' || (i // 3), 'hs' || (i // 3), 'desktop', 'Windows', 'Chrome', 'US', "
+            "'google', 'cpc', 'brand_search' from range(300) t(i)"
+        ),
+        [start - timedelta(days=1), start - timedelta(days=1)],
+    )
+    result = warehouse(surge, bots, humans, metric="sessions", start=start, end=end)
+    first = result["hypotheses"][0]
+    assert (first["kind"], first["ref"]) == ("bot_traffic", "brand_search")
+    assert first["title"] == "bot traffic on utm_campaign=brand_search"
+    assert first["cohort"] == "utm_campaign=brand_search" and first["contribution"] > 0.8
+    assert "sessions per user" in first["evidence"] and "events per session" in first["evidence"]
+    assert result["where"][0]["cohort"] == "utm_campaign=brand_search"
+    assert result["explained_by_planned"] is False
+
+
+def test_tracking_loss_is_a_data_quality_cause(warehouse):
+    start, end = DAY8 + timedelta(hours=6), DAY8 + timedelta(hours=10)
+    gone = (
+        (
+            "delete from raw.events where event_type = 'add_to_cart' and event_time >= ? "
+            "and event_time < ?"
+        ),
+        [start, end],
+    )
+    result = warehouse(gone, metric="add_to_cart_rate", start=start, end=end)
+    first = result["hypotheses"][0]
+    assert (first["kind"], first["ref"]) == ("tracking", "add_to_cart")
+    assert first["data_quality"] is True and "data quality" in first["title"]
+    assert "product_view" in first["evidence"] and "checkout_start" in first["evidence"]
+
+
+def _newsletter_sends(campaign: str, *days) -> list[tuple[str, list]]:
+    """A running campaign's traffic x3 (every count) at the same hours on the given days."""
+    sets = ", ".join(f"{c} = {c} * 3" for c in CUBE_COLUMNS)
+    return [
+        (
+            (
+                f"update marts.fct_funnel_hourly set {sets} where utm_campaign = ? "
+                "and event_hour >= ? and event_hour < ?"
+            ),
+            [campaign, day, day + timedelta(hours=12)],
+        )
+        for day in days
+    ]
+
+
+@pytest.mark.parametrize("sent_last_week", [True, False])
+def test_a_weekly_send_of_a_running_campaign_is_planned_traffic(warehouse, sent_last_week):
+    start = DAY8 + timedelta(hours=12)
+    days = (start, start - timedelta(days=7)) if sent_last_week else (start,)
+    result = warehouse(
+        *_newsletter_sends("ig_sale", *days),
+        metric="sessions",
+        cohort="utm_campaign=ig_sale",
+        start=start,
+        end=start + timedelta(hours=12),
+    )
+    assert result["planned_context"][0]["ref"] == "ig_sale"
+    # the same surge without last week's send is not explained by the campaign running
+    assert result["planned_context"][0]["explains"] is sent_last_week
+    assert result["explained_by_planned"] is sent_last_week
+    assert explained_by_planned(result) is sent_last_week
+    if sent_last_week:
+        first = result["hypotheses"][0]
+        assert (first["kind"], first["ref"]) == ("planned_traffic", "ig_sale")
+        assert "a week before" in first["evidence"]
+
+
+def test_a_real_problem_during_planned_traffic_is_still_found(warehouse):
+    # the same weekly send, while the iOS Safari x ig_sale payment step breaks
+    result = warehouse(*_newsletter_sends("ig_sale", INC_START, INC_START - timedelta(days=7)))
+    assert _kinds(result)[0] == ("deploy", "9.9.0")
+    assert "planned_traffic" not in [h["kind"] for h in result["hypotheses"]]
+    assert result["explained_by_planned"] is False
+    assert [c["ref"] for c in result["planned_context"]] == ["ig_sale"]
+
+
+def test_a_cause_window_that_is_not_a_number_of_hours_is_refused(warehouse):
+    with pytest.raises(ValueError, match="cause_window_hours"):
+        warehouse(cause_window_hours=-3)
+
+
+def test_a_wider_cause_window_accepts_an_older_deploy(warehouse):
+    moved = (
+        "update marts.dim_deploys set deploy_time = ? where version = '9.9.0'",
+        [INC_START - timedelta(hours=8)],
+    )
+    assert warehouse(moved)["hypotheses"][0]["kind"] == "none"
+    assert _kinds(warehouse(cause_window_hours=12))[0] == ("deploy", "9.9.0")
