@@ -7,56 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from bench.sequential import HISTORY_HOURS, checkout_series, first_alarm_hours, split_at
 from detectors import Ensemble
 from detectors.sequential import WINDOW_GRID, SequentialTest, alarm_pvalue
-
-HISTORY_HOURS = 24 * 28
-# the simulated store's ratios (docs/evaluation.md): checkout starts per session, conversion
-STARTS_PER_SESSION = 84.5 / 1500
-CHECKOUT_CONVERSION = 0.55
-
-
-def checkout_series(n_series, sessions_per_hour, drop=0.0, drop_hours=0, extra_hours=48,
-                    seed=0, rho=0.002, start="2024-01-01"):
-    """Checkout conversion (k of n checkout starts) per series: daily seasonality of volume,
-    beta-binomial noise (intra-class correlation rho) and a relative drop over the last
-    `drop_hours` hours of the `extra_hours` after the 4-week history."""
-    rng = np.random.default_rng(seed)
-    hours = HISTORY_HOURS + extra_hours
-    ts = pd.date_range(start, periods=hours, freq="h")
-    season = 1 + 0.5 * np.sin(2 * np.pi * (ts.hour.to_numpy() - 9) / 24)
-    n = rng.poisson(sessions_per_hour * STARTS_PER_SESSION * np.tile(season, (n_series, 1)))
-    p = np.full(n.shape, CHECKOUT_CONVERSION)
-    if drop_hours:
-        p[:, hours - drop_hours:] *= 1 - drop
-    p = rng.beta(p * (1 - rho) / rho, (1 - p) * (1 - rho) / rho)
-    k = rng.binomial(n, p).astype(float)
-    n = n.astype(float)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        value = np.where(n > 0, k / n, np.nan)
-    return pd.DataFrame({
-        "series_id": np.repeat([f"checkout_conversion_rate|c{i}" for i in range(n_series)], hours),
-        "ts": np.tile(ts.to_numpy(), n_series),
-        "value": value.ravel(), "numerator": k.ravel(), "denominator": n.ravel(),
-    })
-
-
-def split_at(frame, hours_after):
-    cut = frame["ts"].min() + pd.Timedelta(hours=HISTORY_HOURS)
-    hist = frame[frame["ts"] < cut]
-    cur = frame[(frame["ts"] >= cut) & (frame["ts"] < cut + pd.Timedelta(hours=hours_after))]
-    return hist, cur
-
-
-def first_alarm_hours(frame, det, drop_start):
-    """Hours from the drop's start to each series' first alarm (inf: never)."""
-    hist, cur = split_at(frame, 48)
-    r = cur.join(det.fit(hist).score(cur)[["is_anomaly"]])
-    h = (r["ts"] - drop_start) / pd.Timedelta(hours=1)
-    flagged = r[r["is_anomaly"] & (h >= 0)]
-    first = flagged.groupby("series_id")["ts"].min()
-    delay = ((first - drop_start) / pd.Timedelta(hours=1)).reindex(r["series_id"].unique())
-    return delay.fillna(np.inf).to_numpy()
 
 
 @pytest.mark.parametrize(
