@@ -202,7 +202,7 @@ class SequentialTest(Detector):
             cum[c] = np.cumsum(g, axis=1)
         first_row = pd.Series(np.arange(len(f))).groupby(codes).first().to_numpy()
         is_rate = rows["is_rate"].to_numpy()[first_row]
-        allowed = self._allowed(uniques.to_numpy() if hasattr(uniques, "to_numpy") else uniques)
+        allowed = self._allowed(np.asarray(uniques))
         m = len(self.windows) * np.where(allowed == "both", 2, 1)
         res = {name: np.full((n_s, n_h), np.nan) for name in ("p", "w", "K", "N", "E")}
         # Replay hour by hour from t0 so that, as in a textbook CUSUM, the statistic restarts
@@ -231,8 +231,8 @@ class SequentialTest(Detector):
                     best[name] = np.where(better, val, best[name])
             p_seq = np.where(np.isfinite(best_p), np.minimum(1.0, m * best_p), np.nan)
             res["p"][:, hh - 1] = p_seq
-            for name in best:
-                res[name][:, hh - 1] = best[name]
+            for name, value in best.items():
+                res[name][:, hh - 1] = value
             restart = np.where(p_seq <= self.threshold_, hh, restart)
         cur_pos = np.flatnonzero(labels >= len(tail))  # current rows (all survive the dedup)
         orig = labels[cur_pos] - len(tail)  # their position in current
@@ -247,7 +247,7 @@ class SequentialTest(Detector):
         out = pd.DataFrame(index=current.index[orig])
         with np.errstate(divide="ignore", invalid="ignore"):
             expected = np.where(rate_row, here["e"] / here["n"], here["e"])
-            ratio = np.where(rate_row, got["K"] / got["E"], got["K"] / got["E"])
+            ratio = got["K"] / got["E"]  # observed / expected, of the best window
         out["expected"] = np.where(here["ok"], expected, np.nan)
         out["lower"], out["upper"] = np.nan, np.nan
         out["score"] = evidence
