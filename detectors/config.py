@@ -84,6 +84,10 @@ MIN_COUNT_DROP = 0.25
 # Sustained shifts: the rate test is also run on the last RATE_WINDOW_HOURS hours pooled.
 RATE_WINDOW_HOURS = 3
 
+# The sequential test's false-alarm budget: alerts per day over ALL monitored series (issue 15's
+# aim), split over the series by Bonferroni (detectors/sequential.py, alarm_pvalue).
+FALSE_ALARMS_PER_DAY = 0.3
+
 SENSITIVITY_LEVELS = {"low": 0.25, "medium": 0.5, "high": 0.75}
 
 
@@ -162,6 +166,7 @@ __all__ = [
     "COLD_START_HOURS",
     "COUNT_METRICS",
     "DEFAULT_DIRECTION",
+    "FALSE_ALARMS_PER_DAY",
     "METRIC_DIRECTIONS",
     "MIN_COUNT",
     "MIN_COUNT_DROP",

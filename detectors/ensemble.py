@@ -6,15 +6,18 @@ Rules (see docs/detectors.md):
   highest-volume series, cached models). Each gives a normalised score e = score / threshold
   (1 = at its own threshold); only deviations in the metric's alerting direction
   (``config.METRIC_DIRECTIONS``) count. E_shape = max of those.
-* Gate (``mode='rate'``): the rate-aware test on the point's volume (beta-binomial for rates,
-  negative binomial for counts) must agree: E_stat = -log10(p) / -log10(alpha), counted only in the
-  alerting direction. raw = min(E_shape, E_stat), so a point is an anomaly (raw > 1) only if the
-  test's p < alpha AND at least one shape detector is beyond its band, both in the alerting
-  direction. ``mode='univariate'`` (plain value series, e.g. NAB): no volume test, so the gate is
-  agreement of two shape detectors: raw = the second-largest normalised shape score.
+* Verdict (``mode='rate'``): the sequential test on counts (``detectors/sequential.py``: a
+  window-limited one-sided binomial / Poisson GLR over the last 1..48 hours against the seasonal
+  expectation, overdispersion from history, thresholds from a false-alarm budget per day over
+  all monitored series) gives E_seq = -log10(p_seq) / -log10(p*); raw = E_seq, on its own. The
+  shape detectors and the point test (beta-binomial / negative binomial on the hour alone,
+  E_stat = -log10(p) / -log10(alpha)) are context: they appear in ``detectors_fired`` / ``why``
+  but no longer veto. ``mode='univariate'`` (plain value series, e.g. NAB): no volume test, so
+  the gate is agreement of two shape detectors: raw = the second-largest normalised shape score.
 * severity = 100 * raw / (1 + raw): 50 is the alert threshold, it approaches 100 as evidence grows.
-* Minimum volume: rate with denominator < ``min_denominator``, or count with max(observed,
-  expected) < ``min_count`` -> severity 0, not an anomaly, reason 'low volume'.
+* Minimum volume: a sequential window counts only if its pooled denominator >= ``min_denominator``
+  (rates) or max(observed, expected) >= ``min_count`` (counts); a row with no such window ->
+  severity 0, not an anomaly, reason 'low volume'.
 * Cold start: a series with less than ``cold_start_hours`` of history -> severity 0, reason
   'cold start'; under ``warm_up_hours``: baselines only (no Prophet), normalised scores divided by
   ``WARM_UP_BAND_FACTOR`` (bands 1.5x wider).
@@ -41,7 +44,8 @@ from detectors.changepoint import CUSUMDetector
 from detectors.config import log10p
 from detectors.multivariate import MultivariateDetector
 from detectors.prophet_detector import ProphetDetector
-from detectors.stats import CountTest, RateTest, betabinomial_pvalue
+from detectors.sequential import SequentialTest
+from detectors.stats import CountTest, RateTest
 
 ENSEMBLE_COLUMNS = SCORE_COLUMNS + ["severity", "detectors_fired", "why", "run_start"]
 
@@ -72,7 +76,8 @@ class Ensemble(Detector):
         calendar_lift: float = cfg.CALENDAR_LIFT,
         min_count_rise: float = cfg.MIN_COUNT_RISE,
         min_count_drop: float = cfg.MIN_COUNT_DROP,
-        window_hours: int = cfg.RATE_WINDOW_HOURS,
+        false_alarms_per_day: float = cfg.FALSE_ALARMS_PER_DAY,
+        n_series: int | None = None,
     ):
         super().__init__(sensitivity)
         if mode not in ("rate", "univariate"):
@@ -92,7 +97,7 @@ class Ensemble(Detector):
         self.requires_counts = False
         self.calendar_lift = calendar_lift
         self.min_count_rise, self.min_count_drop = min_count_rise, min_count_drop
-        self.window_hours = window_hours
+        self.false_alarms_per_day, self.n_series = false_alarms_per_day, n_series
         self.calendar_days_ = _calendar_days(holidays)
         # persistent across fits: the Prophet model cache and when each series was first seen
         self.prophet_ = ProphetDetector(
@@ -114,58 +119,18 @@ class Ensemble(Detector):
             [self.directions.get(m, cfg.DEFAULT_DIRECTION) for m in metrics], dtype=object
         )
 
-    def _window_evidence(self, current, is_rate, allowed) -> tuple[np.ndarray, np.ndarray]:
-        """Normalised evidence of the pooled `window_hours` test per current row (0 where it
-        does not apply) and its text."""
-        n = len(current)
-        evidence, text = np.zeros(n), np.full(n, "", dtype=object)
-        test = getattr(self, "rate_test_", None)
-        if self.window_hours <= 1 or not is_rate.any() or not getattr(test, "fitted_", False):
-            return evidence, text
-        rows = np.flatnonzero(is_rate)
-        cols = ["series_id", "ts", "value", "numerator", "denominator"]
-        cur = current.iloc[rows][cols].assign(_row=rows)
-        tail = getattr(self, "rate_tail_", None)
-        parts = [cur]
-        if tail is not None and len(tail):
-            parts.insert(0, tail[tail["series_id"].isin(set(cur["series_id"]))].assign(_row=-1))
-        f = pd.concat(parts, ignore_index=True).sort_values(["series_id", "ts"], kind="stable")
-        f = f[(f["denominator"] >= 1) & f["numerator"].notna()].reset_index(drop=True)
-        if f.empty:
-            return evidence, text
-        pool = self.hod_pool_.reindex(
-            pd.MultiIndex.from_arrays([f["series_id"], f["ts"].dt.hour], names=["series_id", "hod"]))
-        trials = pool["denominator"].to_numpy()
-        with np.errstate(divide="ignore", invalid="ignore"):
-            p_hod = pool["numerator"].to_numpy() / trials
-        usable = np.isfinite(p_hod) & (trials >= 1)
-        p_row = np.clip(np.where(usable, p_hod, np.nan), 1e-6, 1 - 1e-6)
-        f["np"] = f["denominator"] * p_row
-        sums = (f.groupby("series_id")[["numerator", "denominator", "np"]]
-                .rolling(self.window_hours, min_periods=2).sum()
-                .reset_index(level=0, drop=True).reindex(f.index))
-        # overdispersion of the series, plus the uncertainty of the pooled expectation itself
-        # (Var(N p_hat) = N^2 p(1-p)/T is an intra-class correlation of 1/T)
-        rho = (test.rho_inflation * test.rho_.reindex(f["series_id"].to_numpy()).fillna(0.0).to_numpy()
-               + np.where(usable, 1.0 / np.maximum(trials, 1.0), 1.0))
-        k, nn, np_ = (sums[c].to_numpy() for c in ("numerator", "denominator", "np"))
-        ok = np.isfinite(k) & (f["_row"].to_numpy() >= 0) & (nn >= 1)
-        if not ok.any():
-            return evidence, text
-        pw = np.full(len(f), np.nan)
-        pw[ok] = betabinomial_pvalue(k[ok], nn[ok], np.clip(np_[ok] / nn[ok], 1e-6, 1 - 1e-6),
-                                     rho[ok], test.exact_max_n)
-        direction = direction_of(np.where(ok, k - np_, np.nan))
-        target = f["_row"].to_numpy()[ok]
-        want = allowed[target]
-        good = ((want == "both") & (direction[ok] != "none")) | (direction[ok] == want)
-        e = np.where(good, log10p(pw[ok]) / -np.log10(self.thresholds_.alpha), 0.0)
-        evidence[target] = e
-        text[target] = [
-            f"{self.window_hours} h pooled p={q:.2g}: {kk:.0f}/{m:.0f} vs expected {e_:.3g}"
-            for q, kk, m, e_ in zip(pw[ok], k[ok], nn[ok], np_[ok] / nn[ok])
-        ]
-        return evidence, text
+    def _near_calendar(self, ts: pd.Series) -> np.ndarray:
+        """True for hours on or near a holiday / promotion day: a local calendar day D in the
+        store's time zones (UTC-5 .. UTC+11, rounded out) is [D - 12 h, D + 30 h) in UTC, so
+        ts + 12 h, ts or ts - 6 h falls on D."""
+        near = np.zeros(len(ts), dtype=bool)
+        if not self.calendar_days_.size:
+            return near
+        ts_naive = normalize_ts(ts)
+        for shift in (12, 0, -6):
+            days = (ts_naive + pd.Timedelta(hours=shift)).dt.normalize().to_numpy()
+            near |= np.isin(days, self.calendar_days_)
+        return near
 
     @staticmethod
     def _store_lift(sids, metrics, current, x, expected) -> np.ndarray:
@@ -231,18 +196,15 @@ class Ensemble(Detector):
                 self.rate_test_.fit(history[is_rate_row])
             if (~is_rate_row).any():
                 self.count_test_.fit(history[~is_rate_row])
-            # the last hours of each rate series and its pooled rate per hour of day (every
-            # trial of the history at that hour: a far steadier expectation than a median of
-            # four hourly rates), for the sustained-shift window test
-            rates = history[is_rate_row]
-            valid = rates[rates["denominator"] >= 1]
-            self.hod_pool_ = valid.groupby(
-                [valid["series_id"], valid["ts"].dt.hour.rename("hod")]
-            )[["numerator", "denominator"]].sum()
-            last = rates.groupby("series_id")["ts"].transform("max")
-            self.rate_tail_ = rates[
-                rates["ts"] > last - pd.Timedelta(hours=max(self.window_hours - 1, 0))
-            ][["series_id", "ts", "value", "numerator", "denominator"]]
+            self.seq_ = SequentialTest(
+                self.sensitivity, baseline=self.how_,
+                false_alarms_per_day=self.false_alarms_per_day, n_series=self.n_series,
+                directions=self.directions, min_denominator=self.min_denominator,
+                min_count=self.min_count, min_count_rise=self.min_count_rise,
+                min_count_drop=self.min_count_drop,
+            )
+            self.seq_._fit(history)
+            self.seq_.fitted_ = True
             t["stats"] = time.perf_counter() - t0
         if self.use_prophet and self.prophet_top_n > 0:
             t0 = time.perf_counter()
@@ -382,29 +344,25 @@ class Ensemble(Detector):
             # an immature baseline (warm-up) is less reliable for the test too
             e_stat = e_stat / band
             fired["stats"] = e_stat > 1.0
-            raw = np.minimum(e_shape, e_stat)
-            # Sustained shifts: the same test on the last `window_hours` hours pooled (k and n
-            # summed), so four hours of 12/47 against 0.55 add up to the evidence that no single
-            # hour has. It counts only while the current hour itself moves the alerting way.
-            e_window, window_text = self._window_evidence(current, is_rate, allowed)
-            e_window = np.where(ok_dir(sdir), e_window / band, 0.0)
-            fired["window"] = e_window > 1.0
-            raw = np.maximum(raw, np.minimum(e_shape, e_window))
-            stat_reason = np.where(fired["window"], stat_reason + "; " + window_text, stat_reason)
+            # The verdict: the sequential test's evidence on its own (detectors/sequential.py).
+            # Window 1 is this hour alone; longer windows add up a sustained shift that no
+            # single hour shows. The volume floor and the counts' practical-effect rule apply
+            # per window there; the shape detectors and the point test above are context
+            # (detectors_fired, why), no longer a veto.
+            seq = self.seq_._score(current)
+            p_value = seq["p_value"].to_numpy(dtype=float)
+            e_seq = np.nan_to_num(seq["score"].to_numpy(dtype=float)) / band
+            norm["sequential"] = e_seq
+            fired["sequential"] = e_seq > 1.0
+            raw = e_seq
+            stat_reason = np.where(
+                seq["qualified"].to_numpy(dtype=bool),
+                seq["reason"].to_numpy(dtype=object) + "; point " + stat_reason, stat_reason)
             den = current["denominator"].to_numpy()
             exp_h = parts["hour_of_week"]["expected"].to_numpy()
-            # Practical significance for counts: traffic 20% above a weekday-heavy baseline on
-            # a Saturday is significant but nobody's problem. A count alerts only when it is at
-            # least `min_count_rise` above or `min_count_drop` below its expected level.
-            with np.errstate(divide="ignore", invalid="ignore"):
-                rel = (x - exp_h) / np.abs(exp_h)
-            small_effect = ~is_rate & (
-                ((rel > 0) & (rel < self.min_count_rise))
-                | ((rel < 0) & (rel > -self.min_count_drop))
-            )
-            raw = np.where(small_effect, np.minimum(raw, 1.0), raw)
             vol_count = np.fmax(np.abs(x), np.abs(exp_h))
-            low_volume = np.where(
+            # 'low volume' only when no window of the series reaches the volume floor
+            low_volume = ~seq["qualified"].to_numpy(dtype=bool) & np.where(
                 is_rate, ~(den >= self.min_denominator), ~(vol_count >= self.min_count)
             )
             t["stats"] = time.perf_counter() - t0
@@ -425,13 +383,7 @@ class Ensemble(Detector):
             expected_count = parts["hour_of_week"]["expected"].to_numpy()
             allowance = (self.calendar_lift * np.abs(expected_count)
                          * self._store_lift(sids, metrics, current, x, expected_count))
-            ts_naive = normalize_ts(current["ts"])
-            # a local calendar day D in the store's time zones (UTC-5 .. UTC+11, rounded out)
-            # is [D - 12 h, D + 30 h) in UTC: ts + 12 h, ts or ts - 6 h falls on D
-            near = np.zeros(n, dtype=bool)
-            for shift in (12, 0, -6):
-                days = (ts_naive + pd.Timedelta(hours=shift)).dt.normalize().to_numpy()
-                near |= np.isin(days, self.calendar_days_)
+            near = self._near_calendar(current["ts"])
             calendar_rise = (
                 near & ~is_rate & (x > expected_count) & (x <= allowance)
             )
@@ -496,7 +448,8 @@ class Ensemble(Detector):
             bits = []
             if self.mode == "rate":
                 bits.append(str(stat_reason[i]))
-            shape = [k for k in fl if k in reasons] or [max(norm, key=lambda k: norm[k][i])]
+            shape = [k for k in fl if k in reasons] or [
+                max(reasons, key=lambda k: norm[k][i] if k in norm else 0.0)]
             bits += [f"{k}: {reasons[k][i]}" for k in shape]
             why.append(
                 f"{'ANOMALY' if is_anom[i] else 'ok'} ({allowed[i]} alerts); " + "; ".join(bits)
