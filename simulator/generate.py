@@ -426,35 +426,53 @@ def _session_arrays(
 
 
 def _bot_sessions(ctx: _Ctx, inc: Incident, index: int) -> dict[str, np.ndarray] | None:
-    """Extra sessions of a bot spike: (1 + magnitude) x the campaign's normal traffic."""
+    """Extra sessions of a bot spike: (1 + magnitude) x the campaign's normal traffic, or,
+    with params.campaigns, magnitude x each listed campaign's traffic in the bots' country
+    (one scraper behind several campaigns' landing pages)."""
     rng = np.random.default_rng([ctx.salt & 0xFFFFFFFF, 2000 + index])
-    campaign = inc.cohort.get("utm_campaign", "fb_retarget")
-    chan = [i for i, c in enumerate(store.CHANNELS) if c.campaign == campaign]
-    if not chan:
-        raise ValueError(f"bot_spike {inc.id}: unknown campaign {campaign!r}")
-    ch = chan[0]
+    campaigns = inc.params.get("campaigns")
+    names = list(campaigns) if campaigns else [inc.cohort.get("utm_campaign", "fb_retarget")]
+    chans = []
+    for campaign in names:
+        chan = [i for i, c in enumerate(store.CHANNELS) if c.campaign == campaign]
+        if not chan:
+            raise ValueError(f"bot_spike {inc.id}: unknown campaign {campaign!r}")
+        chans.append(chan[0])
     t0, t1 = inc.seconds(ctx.window.start)
     h0, h1 = int(t0 // 3600), int(np.ceil(t1 / 3600))
     hrs = np.arange(h0, min(h1, ctx.n_hours))
     lo = np.maximum(hrs * 3600.0, t0)
     hi = np.minimum((hrs + 1) * 3600.0, t1)
-    expected = (
-        ctx.lam[hrs].sum(1) * ctx.chan_p[hrs, ch] * float(inc.magnitude or 0) * (hi - lo) / 3600.0
-    )
-    counts = rng.poisson(expected)
+    country_code = inc.params.get("country", "US")
+    if not campaigns:  # one campaign: the campaign's whole traffic (kept as first written)
+        expected = (ctx.lam[hrs].sum(1) * ctx.chan_p[hrs, chans[0]] * float(inc.magnitude or 0)
+                    * (hi - lo) / 3600.0)
+        counts = rng.poisson(expected)
+        channel_of_slot = np.full(len(hrs), chans[0])
+    else:
+        c = store.COUNTRY_CODES.index(country_code)
+        expected = np.concatenate([ctx.lam[hrs, c] * ctx.chan_p[hrs, ch] * float(inc.magnitude or 0)
+                                   * (hi - lo) / 3600.0 for ch in chans])
+        counts = rng.poisson(expected)
+        channel_of_slot = np.repeat(chans, len(hrs))
+        hrs, lo, hi = np.tile(hrs, len(chans)), np.tile(lo, len(chans)), np.tile(hi, len(chans))
     if counts.sum() == 0:
         return None
     which = np.repeat(np.arange(len(hrs)), counts)
     n = len(which)
-    country_code = inc.params.get("country", "US")
     country = np.full(n, store.COUNTRY_CODES.index(country_code))
     s = _session_arrays(ctx, rng, hrs[which], country, (lo[which], hi[which]))
-    s["channel"][:] = ch
-    s["device"][:] = store.DEVICES.index("desktop")
-    s["os"][:] = store.OSES.index("Linux")
-    s["os_version"][:] = OS_VERSION_VOCAB.index("6.8")
-    s["browser"][:] = store.BROWSERS.index("Chrome")
-    s["browser_version"][:] = BROWSER_VERSION_VOCAB.index("120.0")
+    s["channel"][:] = channel_of_slot[which]
+    # the scraper's user agent (params device_type/os/browser; default a Linux Chrome desktop)
+    os_name = inc.params.get("os", "Linux")
+    browser_name = inc.params.get("browser", "Chrome")
+    s["device"][:] = store.DEVICES.index(inc.params.get("device_type", "desktop"))
+    s["os"][:] = store.OSES.index(os_name)
+    s["os_version"][:] = OS_VERSION_VOCAB.index(
+        "6.8" if os_name == "Linux" else store.OS_VERSIONS[os_name][0][0])
+    s["browser"][:] = store.BROWSERS.index(browser_name)
+    s["browser_version"][:] = BROWSER_VERSION_VOCAB.index(
+        "120.0" if browser_name == "Chrome" else store.BROWSER_VERSIONS[browser_name][0][0])
     s["region"][:] = store.REGIONS.index(store.COUNTRIES[country[0]][4][0])
     n_users = int(inc.params["n_users"])
     s["user"] = ctx.pool_total + 1000 * index + rng.integers(0, n_users, n)
@@ -928,6 +946,13 @@ def prepare(cfg: SimulationConfig) -> PreparedStore:
     seed = int(cfg.seed)
     holidays = store.build_holidays(window)
     campaigns = store.campaign_windows(window)
+    for inc in incidents:  # a campaign whose launch is the incident: its traffic starts then
+        if inc.type == "campaign_loss" and inc.params.get("starts_campaign"):
+            launched = campaigns["campaign_name"] == inc.cohort["utm_campaign"]
+            if not launched.any():
+                raise ValueError(f"campaign_loss {inc.id}: unknown campaign "
+                                 f"{inc.cohort['utm_campaign']!r}")
+            campaigns.loc[launched, "start_time"] = inc.start
     routine = store.build_deploys(window, np.random.default_rng([seed, 2]))
     extra = incident_deploys(incidents)
     deploys = store.assign_versions(
