@@ -206,14 +206,46 @@ def summarise(label: dict, hours: pd.DataFrame, threshold: float = VISIBLE_Z) ->
     }
 
 
-def oracle(cfg: SimulationConfig, threshold: float = VISIBLE_Z) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(hours, incidents) of the oracle for every business incident of `cfg`.
+PLANNED_COLUMNS = ["start", "end", "cohort", "name"]
+
+
+def planned_traffic(prepared: PreparedStore) -> pd.DataFrame:
+    """The store's planned traffic changes, as the reference data announces them: newsletter
+    send days (UTC), campaign launches and ends inside the window (their first / last day),
+    holidays and promotions (their day, widened by 12 h for the countries' local time).
+    Columns PLANNED_COLUMNS; cohort is a marts cohort key ('all' for store-wide)."""
+    window = prepared.window
+    rows = []
+    for day in pd.date_range(window.start.normalize(), window.end, freq="D", inclusive="left"):
+        if day.weekday() == store.NEWSLETTER_SEND_WEEKDAY:
+            rows.append((day, day + pd.Timedelta(days=1), "utm_campaign=weekly_newsletter",
+                         "newsletter send"))
+    for c in prepared.campaigns.itertuples():
+        for edge, name in ((c.start_time, "launch"), (c.end_time, "end")):
+            if window.start < edge < window.end:
+                edge = pd.Timestamp(edge)
+                rows.append((edge, edge + pd.Timedelta(days=1), f"utm_campaign={c.campaign_name}",
+                             f"campaign {c.campaign_name} {name}"))
+    for h in prepared.holidays.itertuples():
+        day = pd.Timestamp(h.holiday_date, tz="UTC")
+        cohort = "all" if h.country == "ALL" else f"country={h.country}"
+        rows.append((day - pd.Timedelta(hours=12), day + pd.Timedelta(hours=36), cohort, h.name))
+    frame = pd.DataFrame(rows, columns=PLANNED_COLUMNS)
+    for column in ("start", "end"):
+        frame[column] = pd.to_datetime(frame[column], utc=True)
+    return frame
+
+
+def oracle(cfg: SimulationConfig | PreparedStore,
+           threshold: float = VISIBLE_Z) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(hours, incidents) of the oracle for every business incident of `cfg` (a config, or
+    the store `prepare(cfg)` already built).
 
     A label the oracle has no model for (a metric or cohort dimension it cannot give an
     expectation for) gets visible=False and the reason in `oracle_note`, not an exception."""
     from simulator.incidents import ground_truth  # labels as the run writes them
 
-    prepared = prepare(cfg)
+    prepared = cfg if isinstance(cfg, PreparedStore) else prepare(cfg)
     empty = (pd.DataFrame(columns=HOUR_COLUMNS), pd.DataFrame(columns=INCIDENT_COLUMNS))
     business = [i for i in prepared.incidents if i.kind == "business"]
     if not business:

@@ -32,17 +32,20 @@ PER_INCIDENT_COLUMNS = ["run", "id", "type", "cohort", "magnitude", "units", "or
                         "delay_partitions"]
 
 
-def run_oracle(spec) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(hours, incidents) of `simulator.oracle` for one evaluation run (RunSpec): the same
-    store the run's `funnelwatch simulate` wrote, rebuilt in memory up to its sessions."""
+def run_oracle(spec) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(hours, incidents, planned traffic) of `simulator.oracle` for one evaluation run
+    (RunSpec): the same store the run's `funnelwatch simulate` wrote, rebuilt in memory up to
+    its sessions (seconds; no events are built)."""
     from simulator import SimulationConfig, load_incidents
-    from simulator.oracle import oracle
+    from simulator.generate import prepare
+    from simulator.oracle import oracle, planned_traffic
 
     incidents = [] if spec.scenario == "none" else load_incidents(spec.scenario)
-    config = SimulationConfig(start=spec.start, end=spec.end,
-                              sessions_per_hour=spec.sessions_per_hour, seed=spec.seed,
-                              incidents=incidents)
-    return oracle(config)
+    prepared = prepare(SimulationConfig(start=spec.start, end=spec.end,
+                                        sessions_per_hour=spec.sessions_per_hour,
+                                        seed=spec.seed, incidents=incidents))
+    hours, per_incident = oracle(prepared)
+    return hours, per_incident, planned_traffic(prepared)
 
 
 def _cohort_text(cohort) -> str:
