@@ -68,7 +68,7 @@ def per_incident(oracle_incidents: pd.DataFrame, scored: pd.DataFrame,
     oracle_hour = pd.to_datetime(joined["oracle_hour"], utc=True)
     first = pd.to_datetime(joined["first_alert_hour"], utc=True)
     out = pd.DataFrame({
-        "run": joined["run"] if "run" in joined else run,
+        "run": joined.get("run", run),
         "id": joined["id"],
         "type": joined["type"],
         "cohort": joined["cohort"].map(_cohort_text),

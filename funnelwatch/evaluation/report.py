@@ -205,9 +205,10 @@ def oracle_section(outcomes) -> list[str]:
         oracle_hour=rows["oracle_hour"].dt.strftime("%m-%d %H:%M").fillna("–"),
         first_alert_hour=rows["first_alert_hour"].dt.strftime("%m-%d %H:%M").fillna("–"),
     )
-    lines += ["Every business incident (units: the cohort's sessions at the metric's denominator "
-              "stage over the window, or its sessions for counts; oracle z: cumulative z at the "
-              "window's end):", "", _table(shown)]
+    caption = ("Every business incident (units: the cohort's sessions at the metric's "
+               "denominator stage over the window, or its sessions for counts; oracle z: "
+               "cumulative z at the window's end):")
+    lines += [caption, "", _table(shown)]
     return lines
 
 
