@@ -591,20 +591,24 @@ def _iso(ts: pd.Timestamp) -> str:
     return ts.tz_convert("UTC").strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _expected_answers(inc: Incident, cause: dict[str, Any]) -> dict[str, Any]:
-    """What the root cause of this business incident should say: where (the cohort, as the
-    marts key it), the funnel step that breaks, and the first cause (kind, ref; ref None =
-    any ref of that kind; kind "none" = "no known cause"). params.expected_where /
-    expected_step / expected_cause override them."""
-    where = "&".join(f"{k}={inc.cohort[k]}" for k in sorted(inc.cohort)) or "all"
-    step = (DROP_STEP.get(inc.params.get("drop_after")) if inc.type in CHECKOUT_DROP_TYPES
-            else EXPECTED_STEP.get(inc.type))
-    kind = CAUSE_KIND.get(cause["type"], cause["type"])
+def expected_answers(label: dict[str, Any]) -> dict[str, Any]:
+    """What the root cause of a business label should say, from its type, cohort, drop_after
+    and cause: where (the cohort as the marts key it), the funnel step that breaks (None when
+    the type has none) and the first cause (kind, ref; ref None = any ref of that kind; kind
+    "none" = "no known cause"). Works on labels written before these fields existed; a label's
+    own expected_where / expected_step / expected_cause (scenario params) win."""
+    cohort = label.get("cohort") or {}
+    where = "&".join(f"{k}={cohort[k]}" for k in sorted(cohort)) or "all"
+    kind_of = label.get("type")
+    step = (DROP_STEP.get(label.get("drop_after")) if kind_of in CHECKOUT_DROP_TYPES
+            else EXPECTED_STEP.get(kind_of))
+    cause = label.get("cause") or {}
+    kind = CAUSE_KIND.get(cause.get("type"), cause.get("type") or "none")
     ref = None if kind == "none" else cause.get("ref")
     return {
-        "expected_where": inc.params.get("expected_where", where),
-        "expected_step": inc.params.get("expected_step", step),
-        "expected_cause": inc.params.get("expected_cause", {"kind": kind, "ref": ref}),
+        "expected_where": label.get("expected_where", where),
+        "expected_step": label.get("expected_step", step),
+        "expected_cause": label.get("expected_cause", {"kind": kind, "ref": ref}),
     }
 
 
@@ -673,8 +677,8 @@ def ground_truth(
             label["fraction"] = float(inc.params["fraction"])
         if inc.type in CHECKOUT_DROP_TYPES:
             label["drop_after"] = inc.params["drop_after"]
-        if inc.kind == "business":
-            label.update(_expected_answers(inc, cause))
+        overrides = {k: inc.params[k] for k in ("expected_where", "expected_step",
+                                                 "expected_cause") if k in inc.params}
         labels.append(
             {
                 "id": inc.id,
@@ -689,8 +693,11 @@ def ground_truth(
                 **({"description": inc.description} if inc.description else {}),
                 **label,
                 **((extra or {}).get(inc.id, {})),
+                **overrides,
             }
         )
+        if inc.kind == "business":
+            labels[-1].update(expected_answers(labels[-1]))
     return labels
 
 

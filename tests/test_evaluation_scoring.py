@@ -253,3 +253,19 @@ def test_no_hypothesis_is_no_known_cause_and_a_missed_problem_has_no_answer():
     assert not incident_eval.cause_ok({"kind": "deploy", "ref": "1.2.0"}, "deploy", "1.3.0")
     rows = incident_eval.end_to_end(pd.DataFrame(), LABELS, "r1")
     assert len(rows) == 3 and rows["incident"].isna().all() and (rows["opened"] == 0).all()
+
+
+def test_labels_written_before_the_expected_fields_get_them_from_type_and_cause():
+    from simulator.incidents import expected_answers
+
+    old = {"id": "x", "type": "cohort_checkout_drop", "kind": "business", "drop_after": "payment",
+           "cohort": {"os": "iOS", "browser": "Safari"}, "cause": {"type": "deploy", "ref": "1.13.0"}}
+    assert expected_answers(old) == {"expected_where": "browser=Safari&os=iOS",
+                                     "expected_step": "review_step",
+                                     "expected_cause": {"kind": "deploy", "ref": "1.13.0"}}
+    no_cause = {"type": "checkout_conversion_drop", "drop_after": "checkout_start", "cohort": {},
+                "cause": {"type": "unknown", "ref": None}}
+    assert expected_answers(no_cause)["expected_cause"] == {"kind": "none", "ref": None}
+    assert expected_answers({"type": "stock_out", "cohort": {"category": "electronics"},
+                             "cause": {"type": "stock", "ref": "electronics"}})["expected_step"] \
+        == "add_to_cart"

@@ -29,6 +29,7 @@ import pandas as pd
 
 from funnelwatch.evaluation.rca_accuracy import cohort_string
 from funnelwatch.incidents.lifecycle import compatible
+from simulator.incidents import expected_answers
 
 
 def _span(frame: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
@@ -115,10 +116,6 @@ def _cause_text(kind: str, ref) -> str:
     return "no known cause" if kind == NO_CAUSE else f"{kind}:{ref}" if ref is not None else kind
 
 
-def _expected_where(label: dict) -> str:
-    return label.get("expected_where") or cohort_string(label.get("cohort"))
-
-
 def end_to_end(incidents: pd.DataFrame, labels: list[dict], run: str = "") -> pd.DataFrame:
     """One row per labelled business problem (columns E2E_COLUMNS), see the module doc."""
     rows = []
@@ -135,12 +132,13 @@ def end_to_end(incidents: pd.DataFrame, labels: list[dict], run: str = "") -> pd
         first_hour = int((in_window.dt.floor("h") == in_window.min().floor("h")).sum()) \
             if len(in_window) else 0
         top = found.iloc[0].to_dict() if len(found) else None
-        expected_cause = label.get("expected_cause") or {"kind": NO_CAUSE, "ref": None}
-        step_truth = label.get("expected_step")
+        expected = expected_answers(label)  # labels of older runs lack the fields
+        expected_cause = expected["expected_cause"] or {"kind": NO_CAUSE, "ref": None}
+        step_truth = expected["expected_step"]
         row = {"run": run, "id": label["id"], "type": label.get("type"),
                "incident": top.get("incident_id") if top else None,
                "opened": len(in_window), "opened_first_hour": first_hour,
-               "where_truth": _expected_where(label), "step_truth": step_truth,
+               "where_truth": expected["expected_where"], "step_truth": step_truth,
                "cause_truth": _cause_text(expected_cause.get("kind", NO_CAUSE),
                                           expected_cause.get("ref")),
                "where_answer": None, "where_ok": None, "step_answer": None, "step_ok": None,
