@@ -34,6 +34,19 @@ def test_evaluate_smoke_suite_finds_the_labelled_break(tmp_path, dbt_manifest):
     assert incident["hours_to_detect"] <= 2.0
     against = outcome.oracle.set_index("id").loc["checkout-break"]
     assert against["visible"] and against["detected"] and against["delay_partitions"] <= 1
+    # The oracle counts what the marts count: its checkout starts and purchases over the
+    # break's hours are the mart's within a few percent (the mart counts session-hours, so a
+    # session that spans two hours counts in both).
+    oracle_hours = outcome.oracle_hours[outcome.oracle_hours["id"] == "checkout-break"]
+    with duckdb.connect(str(out / runs[0].key / "warehouse" / "funnelwatch.duckdb"),
+                        read_only=True) as con:
+        purchases, starts = con.execute(
+            """SELECT sum(numerator), sum(denominator) FROM marts.fct_cohort_metrics_hourly
+               WHERE metric = 'checkout_conversion_rate' AND cohort = 'all'
+                 AND event_hour >= '2026-11-19 12:00+00' AND event_hour < '2026-11-19 16:00+00'
+            """).fetchone()
+    assert oracle_hours["units"].sum() == pytest.approx(starts, rel=0.08)
+    assert oracle_hours["observed"].sum() == pytest.approx(purchases, rel=0.08)
     from funnelwatch.evaluation.incident_eval import end_to_end
 
     e2e = end_to_end(outcome.incident_rows, outcome.labels, outcome.spec.key).set_index("id")
