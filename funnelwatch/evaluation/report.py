@@ -177,6 +177,9 @@ def _oracle_headline(outcomes) -> pd.DataFrame:
         oracle_eval.headline(rows, events, sum(o.days for o in outcomes)))
 
 
+HOURLY_Z_SHOWN = 6
+
+
 def oracle_section(outcomes) -> list[str]:
     """Detection against what the data allows (simulator.oracle): headline over all runs and
     over the held-out runs, then every business incident."""
@@ -201,13 +204,21 @@ def oracle_section(outcomes) -> list[str]:
         lines += [f"Held-out runs only (not {', '.join(calibrated)}):", "",
                   _table(_oracle_headline(held_out))]
     rows = pd.concat([o.oracle for o in with_oracle], ignore_index=True)
+    hourly = pd.concat([o.oracle_hours for o in with_oracle if len(o.oracle_hours)],
+                       ignore_index=True) if any(len(o.oracle_hours) for o in with_oracle) else None
+    first_hours = {}
+    if hourly is not None:
+        for (run, ident), group in hourly.groupby(["run", "id"], sort=False):
+            z = group["z"].head(HOURLY_Z_SHOWN)
+            first_hours[(run, ident)] = " ".join(_fmt(float(v), 1) for v in z)
     shown = rows.assign(
         oracle_hour=rows["oracle_hour"].dt.strftime("%m-%d %H:%M").fillna("–"),
         first_alert_hour=rows["first_alert_hour"].dt.strftime("%m-%d %H:%M").fillna("–"),
+        hourly_z=[first_hours.get((r, i), "") for r, i in zip(rows["run"], rows["id"], strict=True)],
     )
     caption = ("Every business incident (units: the cohort's sessions at the metric's "
                "denominator stage over the window, or its sessions for counts; oracle z: "
-               "cumulative z at the window's end):")
+               f"cumulative z at the window's end; hourly z: the first {HOURLY_Z_SHOWN} hours' own z):")
     lines += [caption, "", _table(shown)]
     return lines
 
