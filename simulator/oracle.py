@@ -133,9 +133,10 @@ def _direction(label: dict) -> int:
     return -1 if magnitude is not None and float(magnitude) < 0 else 1
 
 
-def _window_hours(label: dict) -> pd.DatetimeIndex:
+def _window_bins(label: dict, bin_minutes: int) -> pd.DatetimeIndex:
     start, end = pd.Timestamp(label["start"]), pd.Timestamp(label["end"])
-    return pd.date_range(start.floor("h"), end, freq="h", inclusive="left")
+    freq = f"{bin_minutes}min"
+    return pd.date_range(start.floor(freq), end, freq=freq, inclusive="left")
 
 
 def cumulative_z(observed, expected, variance) -> np.ndarray:
@@ -153,18 +154,26 @@ def first_visible(hours, cum_z, direction: int, threshold: float = VISIBLE_Z):
     return pd.Timestamp(hours[hits[0]]) if len(hits) else pd.NaT
 
 
-def incident_hours(prepared: PreparedStore, funnel, label: dict) -> pd.DataFrame:
-    """The oracle's per-hour table of one business label (columns HOUR_COLUMNS)."""
-    window = _window_hours(label)
+def incident_hours(prepared: PreparedStore, funnel, label: dict,
+                   bin_minutes: int = 60) -> pd.DataFrame:
+    """The oracle's per-hour table of one business label (columns HOUR_COLUMNS; `hour` is
+    the start of each bin). `bin_minutes` < 60 (a divisor of 60) gives the fast lane's slots:
+    a count's hourly mean is spread evenly over the hour's slots."""
+    if bin_minutes <= 0 or 60 % bin_minutes:
+        raise ValueError(f"bin_minutes must divide 60, got {bin_minutes}")
+    window = _window_bins(label, bin_minutes)
     origin = prepared.window.start
-    hour_index = ((window - origin) / pd.Timedelta(hours=1)).astype(int).to_numpy()
+    bin_s = 60.0 * bin_minutes
+    hour_index = ((window - origin) / pd.Timedelta(minutes=bin_minutes)).astype(int).to_numpy()
     cohort = {k: str(v) for k, v in (label.get("cohort") or {}).items()}
     metric = label["metric"]
     if metric in COUNT_METRICS:
         s = prepared.sessions
         mask = funnel.cohort_mask(cohort)
-        units = np.bincount(s["hour"][mask], minlength=prepared.ctx.n_hours)[hour_index]
-        expected = cohort_traffic_share(prepared, cohort)[hour_index]
+        per_hour = 60 // bin_minutes
+        units = np.bincount(np.floor(s["start_s"][mask] / bin_s).astype(int),
+                            minlength=prepared.ctx.n_hours * per_hour)[hour_index]
+        expected = cohort_traffic_share(prepared, cohort)[hour_index // per_hour] / per_hour
         observed, variance = units.astype(float), expected
     else:
         if metric == "payment_failure_rate":
@@ -177,7 +186,7 @@ def incident_hours(prepared: PreparedStore, funnel, label: dict) -> pd.DataFrame
             outcome, q = _reach(funnel, stop), _continue_probability(funnel, stage, stop)
         else:
             raise ValueError(f"the oracle has no model for metric {metric!r}")
-        unit_hour = np.floor(_stage_time(funnel, stage)[members] / 3600).astype(int)
+        unit_hour = np.floor(_stage_time(funnel, stage)[members] / bin_s).astype(int)
         units, observed, expected, variance = _unit_sums(
             unit_hour, outcome[members], q[members], hour_index)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -236,10 +245,11 @@ def planned_traffic(prepared: PreparedStore) -> pd.DataFrame:
     return frame
 
 
-def oracle(cfg: SimulationConfig | PreparedStore,
-           threshold: float = VISIBLE_Z) -> tuple[pd.DataFrame, pd.DataFrame]:
+def oracle(cfg: SimulationConfig | PreparedStore, threshold: float = VISIBLE_Z,
+           bin_minutes: int = 60) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(hours, incidents) of the oracle for every business incident of `cfg` (a config, or
-    the store `prepare(cfg)` already built).
+    the store `prepare(cfg)` already built); `bin_minutes=5` gives the fast lane's slots
+    (then `hour` / `oracle_hour` are slot starts).
 
     A label the oracle has no model for (a metric or cohort dimension it cannot give an
     expectation for) gets visible=False and the reason in `oracle_note`, not an exception."""
@@ -257,7 +267,7 @@ def oracle(cfg: SimulationConfig | PreparedStore,
     hour_frames, rows = [], []
     for label in labels:
         try:
-            hours = incident_hours(prepared, funnel, label)
+            hours = incident_hours(prepared, funnel, label, bin_minutes)
         except ValueError as exc:
             rows.append({**dict.fromkeys(INCIDENT_COLUMNS), "id": label["id"],
                          "metric": label["metric"], "direction": _direction(label),

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import dagster as dg
 import duckdb
+import pandas as pd
 import pytest
 
 from funnelwatch.evaluation.runner import ROOT, collect, load_suite
@@ -129,11 +130,16 @@ def test_the_oracle_of_a_suite_run_rebuilds_its_store():
     from funnelwatch.evaluation.oracle_eval import run_oracle
 
     _, runs = load_suite("smoke")
-    hours, incidents, planned = run_oracle(runs[0])
-    row = incidents.set_index("id").loc["checkout-break"]
+    seen = run_oracle(runs[0])
+    row = seen.incidents.set_index("id").loc["checkout-break"]
     assert row["visible"] and str(row["oracle_hour"]) == "2026-11-19 12:00:00+00:00"
-    assert row["oracle_z"] < -10 and len(hours) == 4
-    assert "newsletter send" in set(planned["name"])
+    assert row["oracle_z"] < -10 and len(seen.hours) == 4
+    assert "newsletter send" in set(seen.planned["name"])
+    # by the fast lane's 5-minute slot the same break shows later than its first slot (a few
+    # checkouts per slot) but inside its first hour
+    slot = seen.slots.set_index("id").loc["checkout-break"]
+    assert slot["visible"] and slot["hours"] == 48
+    assert pd.Timestamp("2026-11-19 12:05+00") <= slot["oracle_hour"] < pd.Timestamp("2026-11-19 13:00+00")
 
 
 def test_default_suite_runs_the_explain_scenario_in_its_window():
@@ -143,8 +149,6 @@ def test_default_suite_runs_the_explain_scenario_in_its_window():
     _, runs = load_suite("default")
     explain = [r for r in runs if r.scenario == "explain"]
     assert len(explain) == 1 and explain[0].days == 14
-    import pandas as pd
-
     resolved = resolve_incidents(load_incidents("explain"), pd.Timestamp(explain[0].start),
                                  pd.Timestamp(explain[0].end))
     assert {i.type for i in resolved} >= {"campaign_loss", "bot_spike", "checkout_conversion_drop"}

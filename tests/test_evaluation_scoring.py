@@ -269,3 +269,16 @@ def test_labels_written_before_the_expected_fields_get_them_from_type_and_cause(
     assert expected_answers({"type": "stock_out", "cohort": {"category": "electronics"},
                              "cause": {"type": "stock", "ref": "electronics"}})["expected_step"] \
         == "add_to_cart"
+
+
+def test_fast_lane_delay_against_the_oracle_minute():
+    from funnelwatch.evaluation.oracle_eval import oracle_minutes
+
+    timing = pd.DataFrame({"id": ["a", "b"], "start": [hour(10), hour(20)],
+                           "fast_lane_min": [25.0, None]})
+    slots = pd.DataFrame({"id": ["a", "b"], "oracle_hour": [hour(10) + pd.Timedelta(minutes=15),
+                                                            pd.NaT]})
+    out = oracle_minutes(timing, slots).set_index("id")
+    assert out.loc["a", "oracle_min"] == 20.0 and out.loc["a", "fast_vs_oracle_min"] == 5.0
+    assert pd.isna(out.loc["b", "oracle_min"]) and pd.isna(out.loc["b", "fast_vs_oracle_min"])
+    assert oracle_minutes(timing, pd.DataFrame())["oracle_min"].isna().all()

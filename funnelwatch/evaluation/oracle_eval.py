@@ -18,6 +18,8 @@ frames, apart from `run_oracle`).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import pandas as pd
 
@@ -32,10 +34,20 @@ PER_INCIDENT_COLUMNS = ["run", "id", "type", "cohort", "magnitude", "units", "or
                         "delay_partitions"]
 
 
-def run_oracle(spec) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """(hours, incidents, planned traffic) of `simulator.oracle` for one evaluation run
-    (RunSpec): the same store the run's `funnelwatch simulate` wrote, rebuilt in memory up to
-    its sessions (seconds; no events are built)."""
+class OracleRun(NamedTuple):
+    hours: pd.DataFrame  # simulator.oracle per-hour table
+    incidents: pd.DataFrame  # one row per business label, hourly bins
+    slots: pd.DataFrame  # the same with the fast lane's 5-minute slots
+    planned: pd.DataFrame  # simulator.oracle.planned_traffic
+
+
+FAST_LANE_SLOT_MINUTES = 5
+
+
+def run_oracle(spec) -> OracleRun:
+    """`simulator.oracle` for one evaluation run (RunSpec), by the hour and by the fast lane's
+    5-minute slot, with the run's planned traffic: the same store the run's `funnelwatch
+    simulate` wrote, rebuilt in memory up to its sessions (seconds; no events are built)."""
     from simulator import SimulationConfig, load_incidents
     from simulator.generate import prepare
     from simulator.oracle import oracle, planned_traffic
@@ -45,7 +57,23 @@ def run_oracle(spec) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
                                         sessions_per_hour=spec.sessions_per_hour,
                                         seed=spec.seed, incidents=incidents))
     hours, per_incident = oracle(prepared)
-    return hours, per_incident, planned_traffic(prepared)
+    _, per_slot = oracle(prepared, bin_minutes=FAST_LANE_SLOT_MINUTES)
+    return OracleRun(hours, per_incident, per_slot, planned_traffic(prepared))
+
+
+def oracle_minutes(timing: pd.DataFrame, slots: pd.DataFrame) -> pd.DataFrame:
+    """The fast lane's timing (fastlane_eval.time_to_alert: id, start, fast_lane_min) with
+    the oracle minute: minutes from the label's start to the end of the first 5-minute slot
+    in which the oracle's cumulative z reaches 4 (NaN when it never does), and the fast
+    lane's delay against it (aim <= 5 minutes)."""
+    if slots is None or slots.empty or timing.empty:
+        return timing.assign(oracle_min=float("nan"), fast_vs_oracle_min=float("nan"))
+    at = slots.set_index("id")["oracle_hour"]
+    first = pd.to_datetime(timing["id"].map(at), utc=True)
+    oracle_min = ((first + pd.Timedelta(minutes=FAST_LANE_SLOT_MINUTES)
+                   - pd.to_datetime(timing["start"], utc=True)) / pd.Timedelta(minutes=1))
+    return timing.assign(oracle_min=oracle_min.astype(float),
+                         fast_vs_oracle_min=(timing["fast_lane_min"].astype(float) - oracle_min))
 
 
 def _cohort_text(cohort) -> str:

@@ -208,6 +208,7 @@ class RunOutcome:
     oracle_hours: pd.DataFrame = field(default_factory=pd.DataFrame)  # simulator.oracle, per hour
     oracle: pd.DataFrame = field(default_factory=pd.DataFrame)  # oracle_eval.per_incident
     planned: pd.DataFrame = field(default_factory=pd.DataFrame)  # simulator.oracle.planned_traffic
+    oracle_slots: pd.DataFrame = field(default_factory=pd.DataFrame)  # the oracle by 5-min slot
 
 
 def collect(spec: RunSpec, folder: Path, rules: scoring.MatchingRules = scoring.DEFAULT_RULES,
@@ -251,9 +252,10 @@ def collect(spec: RunSpec, folder: Path, rules: scoring.MatchingRules = scoring.
     days = max(0.0, ((last - first) / pd.Timedelta(hours=1) + 1 - cold_start_hours) / 24)
     for frame in (events, incidents):
         frame.insert(0, "run", spec.key)
-    oracle_hours, oracle_incidents, planned = oracle_eval.run_oracle(spec)
-    oracle_hours.insert(0, "run", spec.key)
+    seen = oracle_eval.run_oracle(spec)
+    seen.hours.insert(0, "run", spec.key)
     return RunOutcome(spec, events, incidents, flagged, days, cohort_sessions,
                       (starts / sessions, purchases / starts), folder, labels, incident_rows,
-                      members, oracle_hours,
-                      oracle_eval.per_incident(oracle_incidents, incidents, spec.key), planned)
+                      members, seen.hours,
+                      oracle_eval.per_incident(seen.incidents, incidents, spec.key),
+                      seen.planned, seen.slots)
