@@ -426,35 +426,53 @@ def _session_arrays(
 
 
 def _bot_sessions(ctx: _Ctx, inc: Incident, index: int) -> dict[str, np.ndarray] | None:
-    """Extra sessions of a bot spike: (1 + magnitude) x the campaign's normal traffic."""
+    """Extra sessions of a bot spike: (1 + magnitude) x the campaign's normal traffic, or,
+    with params.campaigns, magnitude x each listed campaign's traffic in the bots' country
+    (one scraper behind several campaigns' landing pages)."""
     rng = np.random.default_rng([ctx.salt & 0xFFFFFFFF, 2000 + index])
-    campaign = inc.cohort.get("utm_campaign", "fb_retarget")
-    chan = [i for i, c in enumerate(store.CHANNELS) if c.campaign == campaign]
-    if not chan:
-        raise ValueError(f"bot_spike {inc.id}: unknown campaign {campaign!r}")
-    ch = chan[0]
+    campaigns = inc.params.get("campaigns")
+    names = list(campaigns) if campaigns else [inc.cohort.get("utm_campaign", "fb_retarget")]
+    chans = []
+    for campaign in names:
+        chan = [i for i, c in enumerate(store.CHANNELS) if c.campaign == campaign]
+        if not chan:
+            raise ValueError(f"bot_spike {inc.id}: unknown campaign {campaign!r}")
+        chans.append(chan[0])
     t0, t1 = inc.seconds(ctx.window.start)
     h0, h1 = int(t0 // 3600), int(np.ceil(t1 / 3600))
     hrs = np.arange(h0, min(h1, ctx.n_hours))
     lo = np.maximum(hrs * 3600.0, t0)
     hi = np.minimum((hrs + 1) * 3600.0, t1)
-    expected = (
-        ctx.lam[hrs].sum(1) * ctx.chan_p[hrs, ch] * float(inc.magnitude or 0) * (hi - lo) / 3600.0
-    )
-    counts = rng.poisson(expected)
+    country_code = inc.params.get("country", "US")
+    if not campaigns:  # one campaign: the campaign's whole traffic (kept as first written)
+        expected = (ctx.lam[hrs].sum(1) * ctx.chan_p[hrs, chans[0]] * float(inc.magnitude or 0)
+                    * (hi - lo) / 3600.0)
+        counts = rng.poisson(expected)
+        channel_of_slot = np.full(len(hrs), chans[0])
+    else:
+        c = store.COUNTRY_CODES.index(country_code)
+        expected = np.concatenate([ctx.lam[hrs, c] * ctx.chan_p[hrs, ch] * float(inc.magnitude or 0)
+                                   * (hi - lo) / 3600.0 for ch in chans])
+        counts = rng.poisson(expected)
+        channel_of_slot = np.repeat(chans, len(hrs))
+        hrs, lo, hi = np.tile(hrs, len(chans)), np.tile(lo, len(chans)), np.tile(hi, len(chans))
     if counts.sum() == 0:
         return None
     which = np.repeat(np.arange(len(hrs)), counts)
     n = len(which)
-    country_code = inc.params.get("country", "US")
     country = np.full(n, store.COUNTRY_CODES.index(country_code))
     s = _session_arrays(ctx, rng, hrs[which], country, (lo[which], hi[which]))
-    s["channel"][:] = ch
-    s["device"][:] = store.DEVICES.index("desktop")
-    s["os"][:] = store.OSES.index("Linux")
-    s["os_version"][:] = OS_VERSION_VOCAB.index("6.8")
-    s["browser"][:] = store.BROWSERS.index("Chrome")
-    s["browser_version"][:] = BROWSER_VERSION_VOCAB.index("120.0")
+    s["channel"][:] = channel_of_slot[which]
+    # the scraper's user agent (params device_type/os/browser; default a Linux Chrome desktop)
+    os_name = inc.params.get("os", "Linux")
+    browser_name = inc.params.get("browser", "Chrome")
+    s["device"][:] = store.DEVICES.index(inc.params.get("device_type", "desktop"))
+    s["os"][:] = store.OSES.index(os_name)
+    s["os_version"][:] = OS_VERSION_VOCAB.index(
+        "6.8" if os_name == "Linux" else store.OS_VERSIONS[os_name][0][0])
+    s["browser"][:] = store.BROWSERS.index(browser_name)
+    s["browser_version"][:] = BROWSER_VERSION_VOCAB.index(
+        "120.0" if browser_name == "Chrome" else store.BROWSER_VERSIONS[browser_name][0][0])
     s["region"][:] = store.REGIONS.index(store.COUNTRIES[country[0]][4][0])
     n_users = int(inc.params["n_users"])
     s["user"] = ctx.pool_total + 1000 * index + rng.integers(0, n_users, n)
@@ -525,11 +543,41 @@ def _take(vocab: list, codes: np.ndarray) -> pa.Array:
     return pc.take(pa.array(vocab, type=pa.large_string()), pa.array(codes, mask=codes < 0))
 
 
-def _build_events(
-    s: dict[str, np.ndarray], ctx: _Ctx, incidents: list[Incident], seed: int
-) -> pa.Table:
+@dataclass
+class FunnelOutcome:
+    """How far every session gets, with and without the business incidents' effects.
+
+    times/ends[S, 8]: when each session reaches / leaves each stage (seconds from the window
+    start); p_base[S, 7]: the store's continuation probabilities (no incident), p: with the
+    incidents' multipliers; stage[S]: 0..7, the deepest stage reached (7 = payment attempt);
+    fail_base/fail_p[S]: payment failure probability without / with the incidents;
+    first_failed, n_att, bought: the realised payment outcome. cohort_mask(cohort) -> bool[S].
+    """
+
+    times: np.ndarray
+    ends: np.ndarray
+    cohort_mask: Any
+    p_base: np.ndarray
+    p: np.ndarray
+    stage: np.ndarray
+    fail_base: np.ndarray
+    fail_p: np.ndarray
+    first_failed: np.ndarray
+    n_att: np.ndarray
+    bought: np.ndarray
+    latency_factor: np.ndarray
+
+
+def purchase_probability(fail: np.ndarray) -> np.ndarray:
+    """P(a session that reaches the payment attempt buys) with failure probability `fail`
+    per attempt and the store's retry probabilities (up to three attempts)."""
+    r0, r1 = store.P_RETRY
+    return (1 - fail) * (1 + fail * r0 + fail * r0 * fail * r1)
+
+
+def funnel_outcome(s: dict[str, np.ndarray], ctx: _Ctx, incidents: list[Incident]) -> FunnelOutcome:
+    """The funnel of every session of `s` under `incidents` (adds s["app_version"])."""
     n = len(s["hour"])
-    origin = ctx.window.start
     dwell = s["dwell"]
     times = s["start_s"][:, None] + np.concatenate(
         [np.zeros((n, 1)), np.cumsum(dwell[:, :-1], 1)], 1
@@ -545,10 +593,11 @@ def _build_events(
             mask &= np.isin(codes, [i for i, v in enumerate(vocab) if v == value])
         return mask
 
-    fx = stage_effects(incidents, cohort_mask, times, ends, origin)
+    fx = stage_effects(incidents, cohort_mask, times, ends, ctx.window.start)
     p = np.clip(s["p"] * fx.multiplier, 0.0, 1.0)
     stage = np.cumprod(s["u_stage"] < p, axis=1).sum(1)  # 0..7 (7 = reached payment attempt)
-    fail_p = np.where(np.isnan(fx.failure_rate), PROVIDER_FAIL[s["provider"]], fx.failure_rate)
+    fail_base = PROVIDER_FAIL[s["provider"]]
+    fail_p = np.where(np.isnan(fx.failure_rate), fail_base, fx.failure_rate)
     up = s["u_pay"]
     f0, f1, f2 = (up[:, 0] < fail_p), (up[:, 1] < fail_p), (up[:, 2] < fail_p)
     r0, r1 = up[:, 3] < store.P_RETRY[0], up[:, 4] < store.P_RETRY[1]
@@ -557,6 +606,19 @@ def _build_events(
     third = second & f1 & r1
     n_att = attempts.astype(np.int64) + second + third
     bought = attempts & (~f0 | (second & ~f1) | (third & ~f2))
+    return FunnelOutcome(times, ends, cohort_mask, np.clip(s["p"], 0.0, 1.0), p, stage,
+                         fail_base, fail_p, attempts & f0, n_att, bought, fx.latency_factor)
+
+
+def _build_events(
+    s: dict[str, np.ndarray], ctx: _Ctx, incidents: list[Incident], seed: int
+) -> pa.Table:
+    n = len(s["hour"])
+    origin = ctx.window.start
+    dwell = s["dwell"]
+    funnel = funnel_outcome(s, ctx, incidents)
+    times, ends, cohort_mask = funnel.times, funnel.ends, funnel.cohort_mask
+    stage, fail_p, n_att, bought = funnel.stage, funnel.fail_p, funnel.n_att, funnel.bought
 
     count = {
         K_PAGE: s["n_pv"],
@@ -667,7 +729,7 @@ def _build_events(
                 PROVIDER_LATENCY[prov]
                 * np.exp(0.35 * z)
                 * np.where(ok, 1.0, 1.3)
-                * fx.latency_factor[sess],
+                * funnel.latency_factor[sess],
                 1,
             )
             base_f = PROVIDER_FAIL[prov]
@@ -859,13 +921,38 @@ def _rank_in_hour(hour: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------------------
 
 
-def simulate(cfg: SimulationConfig) -> SimulationResult:
-    """Generate the store's events, reference tables and incident labels for `cfg`."""
+@dataclass
+class PreparedStore:
+    """Everything `simulate` decides before building events: the resolved incidents, the
+    reference tables, the traffic model (`ctx.lam`: expected sessions per hour and country,
+    `ctx.chan_p`: channel shares per hour) and every session's attributes and uniforms."""
+
+    window: store.Window
+    incidents: list[Incident]
+    deploys: pd.DataFrame
+    holidays: pd.DataFrame
+    campaigns: pd.DataFrame
+    ctx: _Ctx
+    sessions: dict[str, np.ndarray]
+    extra_labels: dict[str, dict[str, Any]]
+    seed: int
+
+
+def prepare(cfg: SimulationConfig) -> PreparedStore:
+    """The store of `cfg` up to its sessions (no events): shared by `simulate` and the
+    evaluation's oracle (simulator.oracle), which needs the same sessions' probabilities."""
     window = cfg.window()
     incidents = resolve_incidents(cfg.incident_specs(), window.start, window.end)
     seed = int(cfg.seed)
     holidays = store.build_holidays(window)
     campaigns = store.campaign_windows(window)
+    for inc in incidents:  # a campaign whose launch is the incident: its traffic starts then
+        if inc.type == "campaign_loss" and inc.params.get("starts_campaign"):
+            launched = campaigns["campaign_name"] == inc.cohort["utm_campaign"]
+            if not launched.any():
+                raise ValueError(f"campaign_loss {inc.id}: unknown campaign "
+                                 f"{inc.cohort['utm_campaign']!r}")
+            campaigns.loc[launched, "start_time"] = inc.start
     routine = store.build_deploys(window, np.random.default_rng([seed, 2]))
     extra = incident_deploys(incidents)
     deploys = store.assign_versions(
@@ -909,7 +996,16 @@ def simulate(cfg: SimulationConfig) -> SimulationResult:
             if bots is not None:
                 parts.append(bots)
     sessions = _concat(parts) if len(parts) > 1 else parts[0]
-    table = _build_events(sessions, ctx, incidents, seed)
+    return PreparedStore(window, incidents, deploys, holidays, campaigns, ctx, sessions,
+                         extra_labels, seed)
+
+
+def simulate(cfg: SimulationConfig) -> SimulationResult:
+    """Generate the store's events, reference tables and incident labels for `cfg`."""
+    prepared = prepare(cfg)
+    incidents, deploys, seed = prepared.incidents, prepared.deploys, prepared.seed
+    extra_labels = prepared.extra_labels
+    table = _build_events(prepared.sessions, prepared.ctx, incidents, seed)
     events = table.to_pandas(types_mapper={pa.int32(): pd.Int32Dtype()}.get)
     late = late_deliveries(events, incidents, seed)
     for d in late:
@@ -917,7 +1013,8 @@ def simulate(cfg: SimulationConfig) -> SimulationResult:
     labels = ground_truth(
         incidents, deploys, dict(zip(store.PROVIDERS, PROVIDER_FAIL.tolist())), extra_labels
     )
-    reference = {"deploys": deploys, "campaigns": campaigns, "holidays": holidays}
+    reference = {"deploys": deploys, "campaigns": prepared.campaigns,
+                 "holidays": prepared.holidays}
     return SimulationResult(events, reference, labels, late, cfg)
 
 

@@ -63,6 +63,14 @@ INCIDENT_TYPES: dict[str, tuple[str, str, str, float, dict[str, Any]]] = {
         {"event_type": "add_to_cart"},
     ),
     "bot_spike": ("business", "sessions", "bot", 4.0, {"n_users": 5, "country": "US"}),
+    # a campaign starts and its visitors abandon checkout (the campaign is the cause)
+    "campaign_loss": (
+        "business",
+        "checkout_conversion_rate",
+        "campaign",
+        -0.3,
+        {"drop_after": "checkout_start", "starts_campaign": True},
+    ),
     "stock_out": ("business", "add_to_cart_rate", "stock", -1.0, {}),
     "payment_provider_errors": (
         "business",
@@ -89,6 +97,15 @@ INCIDENT_TYPES: dict[str, tuple[str, str, str, float, dict[str, Any]]] = {
     ),
 }
 DRIFT_STEPS = ("checkout_start", "shipping", "payment", "review")  # drop_after values
+CHECKOUT_DROP_TYPES = ("cohort_checkout_drop", "checkout_conversion_drop", "campaign_loss")
+# the funnel step a drop_after value breaks (the numerator stage of the rate that falls)
+DROP_STEP = {"checkout_start": "shipping_step", "shipping": "payment_step",
+             "payment": "review_step", "review": "payment_attempt"}
+EXPECTED_STEP = {"stock_out": "add_to_cart", "payment_provider_errors": "purchase"}
+# ground-truth cause type -> the hypothesis kind the root cause should name first
+CAUSE_KIND = {"deploy": "deploy", "stock": "stock_out", "payment_provider": "payment_provider",
+              "bot": "bot_traffic", "campaign": "campaign", "tracking": "tracking",
+              "unknown": "none"}
 STAGE_DROP_COLUMN = {"checkout_start": 3, "shipping": 4, "payment": 5, "review": 6}
 EVENT_TYPE_METRIC = {
     "product_view": "product_view_rate",
@@ -249,6 +266,11 @@ class Incident:
 
 
 _RELATIVE = re.compile(r"^\s*day\s+([+-]?\d+)(?:\s+(\d{1,2}):(\d{2}))?\s*$", re.IGNORECASE)
+WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+# "last tuesday 10:00": that time on the last such weekday that is a full day of the window
+# (the newsletter goes out on Tuesdays: store.NEWSLETTER_SEND_WEEKDAY)
+_LAST_WEEKDAY = re.compile(r"^\s*last\s+(" + "|".join(WEEKDAYS) + r")(?:\s+(\d{1,2}):(\d{2}))?\s*$",
+                           re.IGNORECASE)
 
 
 def resolve_time(value: Any, start: pd.Timestamp, end: pd.Timestamp) -> pd.Timestamp:
@@ -263,6 +285,14 @@ def resolve_time(value: Any, start: pd.Timestamp, end: pd.Timestamp) -> pd.Times
                 days=day, hours=int(m.group(2) or 0), minutes=int(m.group(3) or 0)
             )
             return t
+        m = _LAST_WEEKDAY.match(value)
+        if m:
+            last_full_day = (end - pd.Timedelta(days=1)).normalize()
+            if end.normalize() != end:
+                last_full_day = end.normalize() - pd.Timedelta(days=1)
+            back = (last_full_day.weekday() - WEEKDAYS.index(m.group(1).lower())) % 7
+            return last_full_day - pd.Timedelta(days=back) + pd.Timedelta(
+                hours=int(m.group(2) or 0), minutes=int(m.group(3) or 0))
     ts = pd.Timestamp(value)
     return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
 
@@ -305,10 +335,16 @@ def resolve_incidents(
             raise ValueError(
                 f"incident {ident}: payment_provider_errors needs cohort.payment_provider"
             )
-        if spec.type == "bot_spike" and "utm_campaign" not in cohort:
+        if spec.type == "bot_spike" and params.get("campaigns"):
+            if "utm_campaign" in cohort:
+                raise ValueError(f"incident {ident}: a bot spike over params.campaigns has the "
+                                 "bots' own cohort (e.g. country x device), not utm_campaign")
+        elif spec.type == "bot_spike" and "utm_campaign" not in cohort:
             cohort["utm_campaign"] = "fb_retarget"
+        if spec.type == "campaign_loss" and "utm_campaign" not in cohort:
+            raise ValueError(f"incident {ident}: campaign_loss needs cohort.utm_campaign")
         if (
-            spec.type in ("cohort_checkout_drop", "checkout_conversion_drop")
+            spec.type in CHECKOUT_DROP_TYPES
             and params["drop_after"] not in STAGE_DROP_COLUMN
         ):
             raise ValueError(f"incident {ident}: drop_after must be one of {DRIFT_STEPS}")
@@ -354,6 +390,11 @@ def incident_deploys(incidents: list[Incident]) -> pd.DataFrame:
     """Deploy rows the incidents bring with them (merged into the deploys table)."""
     rows = []
     for inc in incidents:
+        decoy = inc.params.get("decoy_deploy")
+        if decoy:  # a deploy that is not the cause (e.g. yesterday's web release)
+            rows.append((inc.start - pd.Timedelta(hours=float(decoy.get("hours_before", 20))),
+                         decoy.get("service", "web"), decoy.get("bump", "minor"),
+                         decoy.get("description", f"{decoy.get('service', 'web')} {{version}}")))
         if inc.deploy_time is None:
             continue
         d = inc.params["deploy"]
@@ -409,7 +450,7 @@ def stage_effects(
     for inc in incidents:
         t0, t1 = inc.seconds(origin)
         factor = 1.0 + float(inc.magnitude or 0.0)
-        if inc.type in ("cohort_checkout_drop", "checkout_conversion_drop"):
+        if inc.type in CHECKOUT_DROP_TYPES:
             col = STAGE_DROP_COLUMN[inc.params["drop_after"]]
             at = stage_times[:, col]
             hit = cohort_mask(inc.cohort) & (at >= t0) & (at < t1)
@@ -550,6 +591,27 @@ def _iso(ts: pd.Timestamp) -> str:
     return ts.tz_convert("UTC").strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def expected_answers(label: dict[str, Any]) -> dict[str, Any]:
+    """What the root cause of a business label should say, from its type, cohort, drop_after
+    and cause: where (the cohort as the marts key it), the funnel step that breaks (None when
+    the type has none) and the first cause (kind, ref; ref None = any ref of that kind; kind
+    "none" = "no known cause"). Works on labels written before these fields existed; a label's
+    own expected_where / expected_step / expected_cause (scenario params) win."""
+    cohort = label.get("cohort") or {}
+    where = "&".join(f"{k}={cohort[k]}" for k in sorted(cohort)) or "all"
+    kind_of = label.get("type")
+    step = (DROP_STEP.get(label.get("drop_after")) if kind_of in CHECKOUT_DROP_TYPES
+            else EXPECTED_STEP.get(kind_of))
+    cause = label.get("cause") or {}
+    kind = CAUSE_KIND.get(cause.get("type"), cause.get("type") or "none")
+    ref = None if kind == "none" else cause.get("ref")
+    return {
+        "expected_where": label.get("expected_where", where),
+        "expected_step": label.get("expected_step", step),
+        "expected_cause": label.get("expected_cause", {"kind": kind, "ref": ref}),
+    }
+
+
 def ground_truth(
     incidents: list[Incident],
     deploys: pd.DataFrame,
@@ -580,6 +642,10 @@ def ground_truth(
         elif inc.type == "bot_spike":
             cause["ref"] = inc.cohort.get("utm_campaign")
             label["bot_users"] = int(inc.params["n_users"])
+            if inc.params.get("campaigns"):
+                label["bot_campaigns"] = list(inc.params["campaigns"])
+        elif inc.type == "campaign_loss":
+            cause["ref"] = inc.cohort["utm_campaign"]
         elif inc.type == "stock_out":
             cause["ref"] = inc.cohort["category"]
         elif inc.type == "payment_provider_errors":
@@ -609,8 +675,10 @@ def ground_truth(
             cause["ref"] = inc.params["event_type"]
             label["event_type"] = inc.params["event_type"]
             label["fraction"] = float(inc.params["fraction"])
-        if inc.type in ("cohort_checkout_drop", "checkout_conversion_drop"):
+        if inc.type in CHECKOUT_DROP_TYPES:
             label["drop_after"] = inc.params["drop_after"]
+        overrides = {k: inc.params[k] for k in ("expected_where", "expected_step",
+                                                 "expected_cause") if k in inc.params}
         labels.append(
             {
                 "id": inc.id,
@@ -625,8 +693,11 @@ def ground_truth(
                 **({"description": inc.description} if inc.description else {}),
                 **label,
                 **((extra or {}).get(inc.id, {})),
+                **overrides,
             }
         )
+        if inc.kind == "business":
+            labels[-1].update(expected_answers(labels[-1]))
     return labels
 
 

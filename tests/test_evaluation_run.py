@@ -9,6 +9,7 @@ from pathlib import Path
 
 import dagster as dg
 import duckdb
+import pandas as pd
 import pytest
 
 from funnelwatch.evaluation.runner import ROOT, collect, load_suite
@@ -24,12 +25,34 @@ def test_evaluate_smoke_suite_finds_the_labelled_break(tmp_path, dbt_manifest):
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     text = report.read_text()
     assert "## Headline" in text and "checkout-break" in text
+    # against the oracle: the 50% store-wide break is visible in its first hour and caught
+    assert "## Against the oracle" in text and "## End to end" in text
 
     _, runs = load_suite("smoke")
     outcome = collect(runs[0], out / runs[0].key)
     incident = outcome.incidents.set_index("id").loc["checkout-break"]
     assert incident["detected"], outcome.flagged.head(20).to_string()
     assert incident["hours_to_detect"] <= 2.0
+    against = outcome.oracle.set_index("id").loc["checkout-break"]
+    assert against["visible"] and against["detected"] and against["delay_partitions"] <= 1
+    # The oracle counts what the marts count: its checkout starts and purchases over the
+    # break's hours are the mart's within a few percent (the mart counts session-hours, so a
+    # session that spans two hours counts in both).
+    oracle_hours = outcome.oracle_hours[outcome.oracle_hours["id"] == "checkout-break"]
+    with duckdb.connect(str(out / runs[0].key / "warehouse" / "funnelwatch.duckdb"),
+                        read_only=True) as con:
+        purchases, starts = con.execute(
+            """SELECT sum(numerator), sum(denominator) FROM marts.fct_cohort_metrics_hourly
+               WHERE metric = 'checkout_conversion_rate' AND cohort = 'all'
+                 AND event_hour >= '2026-11-19 12:00+00' AND event_hour < '2026-11-19 16:00+00'
+            """).fetchone()
+    assert oracle_hours["units"].sum() == pytest.approx(starts, rel=0.08)
+    assert oracle_hours["observed"].sum() == pytest.approx(purchases, rel=0.08)
+    from funnelwatch.evaluation.incident_eval import end_to_end
+
+    e2e = end_to_end(outcome.incident_rows, outcome.labels, outcome.spec.key).set_index("id")
+    assert e2e.loc["checkout-break", "opened"] >= 1
+    assert e2e.loc["checkout-break", "where_answer"] == "all"
     assert outcome.days == pytest.approx(2.0, abs=0.05)  # 4 days minus the 48 h cold start
 
     # The checkout fast lane over the same run: the break alerts within the incident (a 50%
@@ -99,3 +122,33 @@ def test_unknown_suite_is_a_clear_error(tmp_path):
          str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
     assert completed.returncode == 2
     assert "no evaluation suite 'nope'" in completed.stderr
+
+
+def test_the_oracle_of_a_suite_run_rebuilds_its_store():
+    """oracle_eval.run_oracle rebuilds a run's store from its RunSpec (no pipeline): the smoke
+    suite's 50% store-wide break is visible from its first hour; planned traffic is listed."""
+    from funnelwatch.evaluation.oracle_eval import run_oracle
+
+    _, runs = load_suite("smoke")
+    seen = run_oracle(runs[0])
+    row = seen.incidents.set_index("id").loc["checkout-break"]
+    assert row["visible"] and str(row["oracle_hour"]) == "2026-11-19 12:00:00+00:00"
+    assert row["oracle_z"] < -10 and len(seen.hours) == 4
+    assert "newsletter send" in set(seen.planned["name"])
+    # by the fast lane's 5-minute slot the same break shows later than its first slot (a few
+    # checkouts per slot) but inside its first hour
+    slot = seen.slots.set_index("id").loc["checkout-break"]
+    assert slot["visible"] and slot["hours"] == 48
+    assert pd.Timestamp("2026-11-19 12:05+00") <= slot["oracle_hour"] < pd.Timestamp("2026-11-19 13:00+00")
+
+
+def test_default_suite_runs_the_explain_scenario_in_its_window():
+    from simulator import load_incidents
+    from simulator.incidents import resolve_incidents
+
+    _, runs = load_suite("default")
+    explain = [r for r in runs if r.scenario == "explain"]
+    assert len(explain) == 1 and explain[0].days == 14
+    resolved = resolve_incidents(load_incidents("explain"), pd.Timestamp(explain[0].start),
+                                 pd.Timestamp(explain[0].end))
+    assert {i.type for i in resolved} >= {"campaign_loss", "bot_spike", "checkout_conversion_drop"}

@@ -83,6 +83,8 @@ TEST_INCIDENTS = [
         magnitude=4.0,
         id="bots",
     ),
+    IncidentSpec("campaign_loss", "day 1 16:00", 1, cohort={"utm_campaign": "brand_search"},
+                 params={"starts_campaign": False}, id="campaign"),
     IncidentSpec("late_hour", "day 1 17:00", 1, params={"arrives_after_hours": 6}, id="late"),
     IncidentSpec("duplicate_events", "day 1 18:00", 1, params={"fraction": 0.05}, id="dups"),
     IncidentSpec("null_field", "day 1 19:00", 2, params={"field": "country"}, id="nulls"),
@@ -498,7 +500,11 @@ def test_unknown_event_type(noisy):
 
 def test_default_scenario_fits_any_window_of_14_days_or_more():
     specs = load_incidents("default")
-    assert {s.type for s in specs} == set(INCIDENT_TYPES) and len(specs) == len(INCIDENT_TYPES)
+    # campaign_loss launches a campaign (it moves the store's campaign calendar, and with it
+    # the default scenario's ig_sale case): it lives in the explain scenario
+    assert {s.type for s in specs} == set(INCIDENT_TYPES) - {"campaign_loss"}
+    assert len(specs) == len(INCIDENT_TYPES) - 1
+    assert "campaign_loss" in {s.type for s in load_incidents("explain")}
     for days in (14, 21, 30):
         start = ts("2026-11-01")
         resolved = resolve_incidents(specs, start, start + pd.Timedelta(days=days))
@@ -524,7 +530,7 @@ def test_default_scenario_end_to_end(tmp_path):
         incidents=load_incidents("default"),
     )
     result = simulate(cfg)
-    assert len(result.incidents) == len(INCIDENT_TYPES)
+    assert len(result.incidents) == len(INCIDENT_TYPES) - 1  # all but campaign_loss
     paths = write_simulation(result, tmp_path / "landing", tmp_path / "truth.json")
     truth = json.loads(paths["ground_truth"].read_text())
     assert truth == result.incidents
@@ -559,3 +565,137 @@ def test_single_hour_of_about_a_million_events():
     result = simulate(cfg)
     assert 900_000 <= len(result.events) <= 1_100_000
     assert (result.events["event_time"].dt.floor("h") == ts("2026-11-10T19:00")).all()
+
+
+# --------------------------------------------------------------------------------------
+# The oracle (simulator/oracle.py) and the scenarios of issue 14 §5
+# --------------------------------------------------------------------------------------
+
+
+def _oracle_label(ident, metric, cohort, start, hours, magnitude=-0.5, type_="checkout_conversion_drop"):
+    t0 = ts(start)
+    return {"id": ident, "type": type_, "metric": metric, "cohort": cohort, "magnitude": magnitude,
+            "start": t0.isoformat(), "end": (t0 + pd.Timedelta(hours=hours)).isoformat()}
+
+
+def test_oracle_z_is_standard_normal_where_nothing_happens():
+    """On a quiet store the per-hour z of a rate (k of n against the sessions' own
+    probabilities) and of a count (against the traffic model's Poisson mean) is N(0, 1): the
+    expectation is the simulator's truth, not a fit."""
+    from simulator.generate import funnel_outcome, prepare
+    from simulator.oracle import incident_hours
+
+    prepared = prepare(SimulationConfig(start=START, end=END, sessions_per_hour=SPH, seed=5))
+    funnel = funnel_outcome(prepared.sessions, prepared.ctx, prepared.incidents)
+    zs = []
+    for metric, cohort in (("checkout_conversion_rate", {}), ("add_to_cart_rate", {"device_type": "mobile"}),
+                           ("sessions", {"utm_campaign": "fb_retarget"}),
+                           ("sessions", {"country": "US", "device_type": "desktop", "os": "Windows"}),
+                           ("payment_failure_rate", {})):
+        hours = incident_hours(prepared, funnel, _oracle_label("q", metric, cohort, START, 47))
+        assert len(hours) == 47 and (hours["units"] > 0).all(), metric
+        zs.append(hours["z"].to_numpy())
+    z = np.concatenate(zs)
+    assert abs(z.mean()) < 0.2 and 0.8 < z.std() < 1.2, (z.mean(), z.std())
+
+
+def test_oracle_sees_a_large_drop_in_its_first_hour_and_not_a_tiny_one():
+    from simulator.oracle import oracle
+
+    incidents = [
+        IncidentSpec("checkout_conversion_drop", "day 0 12:00", 4, magnitude=-0.5, id="big",
+                     params={"deploy": None}),
+        IncidentSpec("checkout_conversion_drop", "day 1 12:00", 4, cohort={"country": "GB"},
+                     magnitude=-0.01, id="tiny", params={"deploy": None}),
+        IncidentSpec("bot_spike", "day 1 02:00", 2, magnitude=4.0, id="bots"),
+        IncidentSpec("payment_provider_errors", "day 1 18:00", 3,
+                     cohort={"payment_provider": "adyen"}, id="adyen"),
+    ]
+    hours, found = oracle(SimulationConfig(start=START, end=END, sessions_per_hour=SPH, seed=5,
+                                           incidents=incidents))
+    found = found.set_index("id")
+    assert found.loc["big", "visible"] and found.loc["big", "oracle_hour"] == ts("2026-11-02 12:00")
+    assert found.loc["big", "oracle_z"] < -10
+    assert not found.loc["tiny", "visible"] and abs(found.loc["tiny", "oracle_z"]) < 4
+    assert found.loc["bots", "visible"] and found.loc["bots", "oracle_z"] > 10
+    assert found.loc["adyen", "visible"] and found.loc["adyen", "direction"] == 1
+    big = hours[hours["id"] == "big"]
+    assert list(big["hour"]) == list(pd.date_range(ts("2026-11-02 12:00"), periods=4, freq="h"))
+    # the cumulative z is the count z of the hours so far
+    diff = (big["observed"] - big["expected"]).cumsum()
+    assert np.allclose(big["cum_z"], diff / np.sqrt(big["variance"].cumsum()))
+
+
+def test_oracle_names_what_it_cannot_model_instead_of_failing():
+    from simulator.oracle import oracle
+
+    incidents = [IncidentSpec("bot_spike", "day 1 02:00", 2, cohort={"utm_campaign": "fb_retarget"},
+                              params={"campaigns": None}, metric="revenue", id="odd")]
+    _, found = oracle(SimulationConfig(start=START, end=END, sessions_per_hour=300, seed=5,
+                                       incidents=incidents))
+    row = found.set_index("id").loc["odd"]
+    assert not row["visible"] and "revenue" in row["oracle_note"]
+
+
+def test_last_weekday_start_and_planned_traffic():
+    from simulator.generate import prepare
+    from simulator.oracle import planned_traffic
+
+    start, end = ts("2026-11-17"), ts("2026-12-01")  # 12-01 is a Tuesday (exclusive)
+    assert resolve_time("last tuesday 11:00", start, end) == ts("2026-11-24 11:00")
+    assert resolve_time("last monday", start, end) == ts("2026-11-30 00:00")
+    planned = planned_traffic(prepare(SimulationConfig(start=start, end=end, sessions_per_hour=50)))
+    sends = planned[planned["name"] == "newsletter send"]
+    assert list(sends["start"]) == [ts("2026-11-17"), ts("2026-11-24")]
+    assert {"campaign ig_sale launch", "campaign ig_sale end", "Black Friday"} <= set(planned["name"])
+
+
+@pytest.fixture(scope="module")
+def explain():
+    return simulate(SimulationConfig(start="2026-11-17", end="2026-12-01", sessions_per_hour=400,
+                                     seed=13, incidents="explain"))
+
+
+def test_explain_scenario_labels_say_what_the_answer_should_be(explain):
+    labels = {lab["id"]: lab for lab in explain.incidents}
+    assert labels["store-wide-drop"]["expected_where"] == "all"
+    assert labels["store-wide-drop"]["expected_cause"] == {"kind": "none", "ref": None}
+    assert labels["two-causes-ios-safari"]["expected_step"] == "review_step"
+    assert labels["two-causes-gb"]["expected_step"] == "shipping_step"
+    assert labels["two-causes-gb"]["expected_cause"]["kind"] == "deploy"
+    assert labels["newsletter-day-mobile-drop"]["start"] == "2026-11-24T11:00:00Z"
+    assert labels["ig-sale-launch-loss"]["expected_cause"] == {"kind": "campaign", "ref": "ig_sale"}
+    bots = labels["bots-over-campaigns"]
+    assert bots["expected_where"] == "country=US&device_type=desktop"
+    assert bots["expected_cause"] == {"kind": "bot_traffic", "ref": None}
+
+
+def test_campaign_loss_launches_the_campaign_beside_a_decoy_deploy(explain):
+    lab = label(explain, "ig-sale-launch-loss")
+    campaigns = explain.reference["campaigns"].set_index("campaign_name")
+    assert campaigns.loc["ig_sale", "start_time"] == ts(lab["start"])
+    ev = explain.events
+    ig = ev[ev["utm_campaign"] == "ig_sale"]
+    assert ig["event_time"].min() >= ts(lab["start"])  # no ig_sale traffic before its launch
+    deploys = explain.reference["deploys"]
+    decoy = deploys[(deploys["service"] == "web")
+                    & (deploys["deploy_time"] == ts(lab["start"]) - pd.Timedelta(hours=20))]
+    assert len(decoy) == 1
+    inside = window_mask(ig, lab)
+    starts = sessions_with(ig[inside], "checkout_start")
+    bought = sessions_with(ig[inside], "purchase") & starts
+    later = ig[(ig["event_time"] >= ts(lab["end"]))]
+    later_rate = len(sessions_with(later, "purchase")) / len(sessions_with(later, "checkout_start"))
+    assert len(bought) / len(starts) < 0.8 * later_rate
+
+
+def test_bot_spike_over_several_campaigns(explain):
+    lab = label(explain, "bots-over-campaigns")
+    ev = explain.events[window_mask(explain.events, lab)]
+    bots = ev[ev["browser_version"] == "120.0"]
+    assert set(bots["utm_campaign"]) == {"fb_retarget", "brand_search", "weekly_newsletter"}
+    assert set(bots["country"]) == {"US"} and set(bots["os"]) == {"Windows"}
+    assert set(bots["device_type"]) == {"desktop"} and lab["bot_sessions"] > 100
+    with pytest.raises(ValueError, match="not utm_campaign"):
+        resolve_incidents([IncidentSpec("bot_spike", "day 0 01:00", 1, cohort={"utm_campaign": "ig_sale"},
+                                        params={"campaigns": ["ig_sale"]})], ts(START), ts(END))

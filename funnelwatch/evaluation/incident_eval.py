@@ -4,6 +4,21 @@ answers which labelled incident (for root-cause accuracy), and false incidents p
 An incident answers a labelled business incident when its span [started_at, last anomaly
 + 1 h) overlaps the label's window and its cohort (or its localised cohort) is compatible
 with the label's cohort; the most severe such incident is taken.
+
+End to end (issue 14 §5, `end_to_end`), per labelled business problem:
+
+* **opened**: incidents answering it that were opened in its window [start floored to the
+  hour, end + 2 h); **opened in the first hour**: of those, the ones opened in the hour the
+  first of them opened (aim: 1 and never more than 1);
+* **where / step / cause top-1**, on the most severe answering incident: `where_cohort`
+  equals the label's `expected_where`; `funnel_step` equals `expected_step` (labels without
+  one are not scored on step); the first hypothesis of its `rca` has the label's
+  `expected_cause` kind (and ref, when the label gives one); no hypothesis, or a first one of
+  kind "none", is "no known cause", right when the label expects kind "none";
+* **false incidents**: incidents that overlap no labelled incident of any kind; **from
+  planned traffic**: false incidents that overlap a planned change the reference data
+  announces (newsletter send day, campaign launch or end, holiday, promotion) in a
+  compatible cohort (aim 0).
 """
 
 from __future__ import annotations
@@ -14,6 +29,7 @@ import pandas as pd
 
 from funnelwatch.evaluation.rca_accuracy import cohort_string
 from funnelwatch.incidents.lifecycle import compatible
+from simulator.incidents import expected_answers
 
 
 def _span(frame: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
@@ -22,23 +38,29 @@ def _span(frame: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
     return start, end
 
 
+def answering(incidents: pd.DataFrame, label: dict) -> pd.DataFrame:
+    """The incidents that answer one label (overlap its window, compatible cohort), most
+    severe first."""
+    if incidents.empty:
+        return incidents
+    start, end = _span(incidents)
+    t0, t1 = pd.Timestamp(label["start"]), pd.Timestamp(label["end"])
+    truth = cohort_string({k: v for k, v in (label.get("cohort") or {}).items()
+                           if k != "payment_provider"})
+    overlaps = (start < t1) & (end > t0)
+    fits = [compatible(truth, c) or compatible(truth, w or "all")
+            for c, w in zip(incidents["cohort"], incidents["where_cohort"], strict=True)]
+    ok = overlaps & pd.Series(fits, index=incidents.index)
+    return incidents[ok].sort_values("severity", ascending=False)
+
+
 def match_incidents(incidents: pd.DataFrame, labels: list[dict]) -> list[tuple[dict, dict | None]]:
     """(label, incident row as dict or None) for every business label."""
     pairs = []
-    if incidents.empty:
-        return [(label, None) for label in labels if label.get("kind") == "business"]
-    start, end = _span(incidents)
     for label in labels:
         if label.get("kind") != "business":
             continue
-        t0, t1 = pd.Timestamp(label["start"]), pd.Timestamp(label["end"])
-        truth = cohort_string({k: v for k, v in (label.get("cohort") or {}).items()
-                               if k != "payment_provider"})
-        overlaps = (start < t1) & (end > t0)
-        fits = [compatible(truth, c) or compatible(truth, w or "all")
-                for c, w in zip(incidents["cohort"], incidents["where_cohort"], strict=True)]
-        ok = overlaps & pd.Series(fits, index=incidents.index)
-        found = incidents[ok].sort_values("severity", ascending=False)
+        found = answering(incidents, label)
         pairs.append((label, found.iloc[0].to_dict() if len(found) else None))
     return pairs
 
@@ -61,3 +83,123 @@ def rca_of(incident: dict | None) -> dict | None:
         return None
     rca = incident["rca"]
     return json.loads(rca) if isinstance(rca, str) else rca
+
+
+NO_CAUSE = "none"
+OPEN_GRACE = pd.Timedelta(hours=2)
+E2E_COLUMNS = ["run", "id", "type", "incident", "opened", "opened_first_hour", "where_truth",
+               "where_answer", "where_ok", "step_truth", "step_answer", "step_ok",
+               "cause_truth", "cause_answer", "cause_ok"]
+
+
+def first_cause(incident: dict | None) -> tuple[str, str | None]:
+    """(kind, ref) of the incident's first hypothesis; ("none", None) = no known cause."""
+    rca = rca_of(incident) or {}
+    hypotheses = rca.get("hypotheses") or []
+    if not hypotheses:
+        return NO_CAUSE, None
+    top = hypotheses[0]
+    ref = top.get("ref")
+    return str(top.get("kind") or NO_CAUSE), None if ref is None else str(ref)
+
+
+def cause_ok(expected: dict | None, kind: str, ref: str | None) -> bool:
+    """A first cause is right when its kind is the expected one and, if the label names a
+    ref (a deploy's version, a campaign, a category), the ref too."""
+    expected = expected or {"kind": NO_CAUSE, "ref": None}
+    if kind != expected.get("kind"):
+        return False
+    return expected.get("ref") is None or str(expected["ref"]) == str(ref)
+
+
+def _cause_text(kind: str, ref) -> str:
+    return "no known cause" if kind == NO_CAUSE else f"{kind}:{ref}" if ref is not None else kind
+
+
+def end_to_end(incidents: pd.DataFrame, labels: list[dict], run: str = "") -> pd.DataFrame:
+    """One row per labelled business problem (columns E2E_COLUMNS), see the module doc."""
+    rows = []
+    opened_at = (pd.to_datetime(incidents["started_at"], utc=True) if len(incidents)
+                 else pd.Series([], dtype="datetime64[ns, UTC]"))
+    for label in labels:
+        if label.get("kind") != "business":
+            continue
+        found = answering(incidents, label)
+        t0 = pd.Timestamp(label["start"]).floor("h")
+        t1 = pd.Timestamp(label["end"]) + OPEN_GRACE
+        at = opened_at.loc[found.index] if len(found) else opened_at.iloc[:0]
+        in_window = at[(at >= t0) & (at < t1)]
+        first_hour = int((in_window.dt.floor("h") == in_window.min().floor("h")).sum()) \
+            if len(in_window) else 0
+        top = found.iloc[0].to_dict() if len(found) else None
+        expected = expected_answers(label)  # labels of older runs lack the fields
+        expected_cause = expected["expected_cause"] or {"kind": NO_CAUSE, "ref": None}
+        step_truth = expected["expected_step"]
+        row = {"run": run, "id": label["id"], "type": label.get("type"),
+               "incident": top.get("incident_id") if top else None,
+               "opened": len(in_window), "opened_first_hour": first_hour,
+               "where_truth": expected["expected_where"], "step_truth": step_truth,
+               "cause_truth": _cause_text(expected_cause.get("kind", NO_CAUSE),
+                                          expected_cause.get("ref")),
+               "where_answer": None, "where_ok": None, "step_answer": None, "step_ok": None,
+               "cause_answer": None, "cause_ok": None}
+        if top is not None:
+            kind, ref = first_cause(top)
+            row.update({
+                "where_answer": top.get("where_cohort"),
+                "where_ok": top.get("where_cohort") == row["where_truth"],
+                "step_answer": top.get("funnel_step"),
+                "step_ok": (top.get("funnel_step") == step_truth) if step_truth else None,
+                "cause_answer": _cause_text(kind, ref),
+                "cause_ok": cause_ok(expected_cause, kind, ref),
+            })
+        rows.append(row)
+    return pd.DataFrame(rows, columns=E2E_COLUMNS)
+
+
+def from_planned_traffic(false: pd.DataFrame, planned: pd.DataFrame) -> pd.DataFrame:
+    """The false incidents that overlap a planned traffic change (start, end, cohort) in a
+    compatible cohort: what the reference data explains and should not have paged."""
+    if false.empty or planned is None or planned.empty:
+        return false.iloc[:0]
+    start, end = _span(false)
+    hit = pd.Series(False, index=false.index)
+    cohorts = [w or c for w, c in zip(false["where_cohort"], false["cohort"], strict=True)]
+    for p in planned.itertuples():
+        overlaps = (start < p.end) & (end > p.start)
+        fits = pd.Series([compatible(p.cohort, c) for c in cohorts], index=false.index)
+        hit |= overlaps & fits
+    return false[hit]
+
+
+def _share(values: pd.Series) -> float:
+    values = values.dropna()
+    return float(values.astype(bool).mean()) if len(values) else float("nan")
+
+
+def end_to_end_summary(rows: pd.DataFrame, false_count: int, planned_count: int,
+                       days: float, visible_ids: set | None = None) -> dict[str, float]:
+    """Headline of `end_to_end` rows over one or more runs. `visible_ids`: (run, id) pairs the
+    oracle calls visible; the where/step/cause aims are on those."""
+    answered = rows[rows["incident"].notna()]
+    if visible_ids is not None:
+        keys = list(zip(answered["run"], answered["id"], strict=True))
+        on_visible = answered[[k in visible_ids for k in keys]]
+    else:
+        on_visible = answered
+    return {
+        "problems": len(rows),
+        "with_incident": len(answered),
+        "incidents_per_problem": float(answered["opened"].mean()) if len(answered) else float("nan"),
+        "problems_with_several_in_first_hour": int((rows["opened_first_hour"] > 1).sum()),
+        "visible_with_incident": len(on_visible),
+        "where_top1": _share(on_visible["where_ok"]),
+        "step_top1": _share(on_visible["step_ok"]),
+        "cause_top1": _share(on_visible["cause_ok"]),
+        "where_top1_all": _share(answered["where_ok"]),
+        "step_top1_all": _share(answered["step_ok"]),
+        "cause_top1_all": _share(answered["cause_ok"]),
+        "false_incidents": false_count,
+        "false_incidents_per_day": false_count / days if days else float("nan"),
+        "false_from_planned_traffic": planned_count,
+    }

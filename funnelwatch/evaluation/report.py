@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from funnelwatch.evaluation import fastlane_eval, scoring
+from funnelwatch.evaluation import fastlane_eval, oracle_eval, scoring
 
 AIM_FALSE_PER_DAY = 1.0
 AIM_RECALL = 0.95
@@ -108,10 +108,10 @@ def write_report(suite: str, outcomes, path: Path, elapsed_s: float | None = Non
         "detection) in its own folder; one detector configuration for every run. Definitions "
         "are in `funnelwatch/evaluation/scoring.py` and at the end of this page.",
         "",
-        "## Headline",
-        "",
     ]
     calibrated = [o.spec.key for o in outcomes if o.spec.calibration]
+    lines += oracle_section(outcomes)
+    lines += ["## Headline (recall, context)", ""]
     lines += [f"All {len(outcomes)} runs:", "", _table(_headline(outcomes))]
     if calibrated and held_out:
         lines += [(f"Held-out runs only (the configuration was calibrated on {', '.join(calibrated)}: "
@@ -170,6 +170,128 @@ def write_report(suite: str, outcomes, path: Path, elapsed_s: float | None = Non
     return text
 
 
+def _oracle_headline(outcomes) -> pd.DataFrame:
+    rows = pd.concat([o.oracle for o in outcomes], ignore_index=True)
+    events = pd.concat([o.events for o in outcomes], ignore_index=True)
+    return oracle_eval.headline_table(
+        oracle_eval.headline(rows, events, sum(o.days for o in outcomes)))
+
+
+HOURLY_Z_SHOWN = 6
+
+
+def oracle_section(outcomes) -> list[str]:
+    """Detection against what the data allows (simulator.oracle): headline over all runs and
+    over the held-out runs, then every business incident."""
+    with_oracle = [o for o in outcomes if len(o.oracle)]
+    if not with_oracle:
+        return []
+    intro = (
+        "What the data allows, not what our detector finds: for every labelled business "
+        "incident the oracle (`simulator/oracle.py`) compares the true cohort's metric, hour by "
+        "hour, with its true expectation (the simulator's own probabilities and traffic means "
+        "without the incident, not an estimate from history) and cumulates the count z from the "
+        "incident's start. An incident is visible when that z reaches 4 in its window; the "
+        "oracle hour is the first hour it does. Efficiency = visible incidents detected; delay = "
+        "our first alert hour - the oracle hour, in hourly partitions. Definitions: "
+        "`funnelwatch/evaluation/oracle_eval.py`."
+    )
+    lines = ["## Against the oracle", "", intro, "", f"All {len(outcomes)} runs:", "",
+             _table(_oracle_headline(outcomes))]
+    held_out = [o for o in outcomes if not o.spec.calibration]
+    calibrated = [o.spec.key for o in outcomes if o.spec.calibration]
+    if calibrated and held_out:
+        lines += [f"Held-out runs only (not {', '.join(calibrated)}):", "",
+                  _table(_oracle_headline(held_out))]
+    rows = pd.concat([o.oracle for o in with_oracle], ignore_index=True)
+    hourly = pd.concat([o.oracle_hours for o in with_oracle if len(o.oracle_hours)],
+                       ignore_index=True) if any(len(o.oracle_hours) for o in with_oracle) else None
+    first_hours = {}
+    if hourly is not None:
+        for (run, ident), group in hourly.groupby(["run", "id"], sort=False):
+            z = group["z"].head(HOURLY_Z_SHOWN)
+            first_hours[(run, ident)] = " ".join(_fmt(float(v), 1) for v in z)
+    shown = rows.assign(
+        oracle_hour=rows["oracle_hour"].dt.strftime("%m-%d %H:%M").fillna("–"),
+        first_alert_hour=rows["first_alert_hour"].dt.strftime("%m-%d %H:%M").fillna("–"),
+        hourly_z=[first_hours.get((r, i), "") for r, i in zip(rows["run"], rows["id"], strict=True)],
+    )
+    caption = ("Every business incident (units: the cohort's sessions at the metric's "
+               "denominator stage over the window, or its sessions for counts; oracle z: "
+               f"cumulative z at the window's end; hourly z: the first {HOURLY_Z_SHOWN} hours' own z):")
+    lines += [caption, "", _table(shown)]
+    return lines
+
+
+AIM_TOP1 = 0.9
+
+
+def _end_to_end_table(outcomes) -> pd.DataFrame:
+    from funnelwatch.evaluation import incident_eval
+
+    rows = pd.concat([incident_eval.end_to_end(o.incident_rows, o.labels, o.spec.key)
+                      for o in outcomes], ignore_index=True)
+    false = [incident_eval.false_incidents(o.incident_rows, o.labels) for o in outcomes]
+    planned = sum(len(incident_eval.from_planned_traffic(f, o.planned))
+                  for f, o in zip(false, outcomes, strict=True))
+    visible = {(r.run, r.id) for o in outcomes if len(o.oracle)
+               for r in o.oracle[o.oracle["visible"]].itertuples()}
+    head = incident_eval.end_to_end_summary(rows, sum(len(f) for f in false), planned,
+                                            sum(o.days for o in outcomes), visible)
+
+    def met(value, ok):
+        return "" if not np.isfinite(value) else ("yes" if ok(value) else "no")
+
+    top1 = [("where top-1 exact", "where_top1"), ("funnel step top-1", "step_top1"),
+            ("cause top-1 (\"no known cause\" included)", "cause_top1")]
+    measures = [
+        ("labelled business problems with an incident",
+         f"{head['with_incident']} of {head['problems']}", "", ""),
+        ("incidents opened per problem (problems with an incident)",
+         head["incidents_per_problem"], "1", met(head["incidents_per_problem"], lambda v: v <= 1.0)),
+        ("problems with more than one incident opened in their first hour",
+         float(head["problems_with_several_in_first_hour"]), "0",
+         met(float(head["problems_with_several_in_first_hour"]), lambda v: v == 0)),
+    ]
+    measures += [(f"{name}, visible problems ({head['visible_with_incident']} with an incident)",
+                  head[key], f">= {AIM_TOP1:g}", met(head[key], lambda v: v >= AIM_TOP1))
+                 for name, key in top1]
+    measures += [(f"{name}, every problem with an incident", head[f"{key}_all"], "", "")
+                 for name, key in top1]
+    measures += [
+        ("false incidents per day", head["false_incidents_per_day"], "", ""),
+        ("false incidents from planned traffic", float(head["false_from_planned_traffic"]), "0",
+         met(float(head["false_from_planned_traffic"]), lambda v: v == 0)),
+    ]
+    return pd.DataFrame([{"measure": m, "value": v, "aim": a, "met": ok}
+                         for m, v, a, ok in measures]), rows
+
+
+def end_to_end_section(outcomes) -> list[str]:
+    """One problem, one incident, the right place, step and cause (issue 14 §5), from the
+    pipeline's own incidents table (definitions: funnelwatch/evaluation/incident_eval.py)."""
+    if not outcomes:
+        return []
+    intro = (
+        "Measured on the pipeline's own incidents (`incidents.incidents`: where_cohort, "
+        "funnel_step, the first hypothesis of its rca), per labelled business problem: how many "
+        "incidents it opened, and whether the most severe of them names the label's cohort, "
+        "step and cause (`expected_where`, `expected_step`, `expected_cause` in the ground "
+        "truth). The where/step/cause aims are on the problems the oracle calls visible. A false "
+        "incident overlaps no label; one from planned traffic overlaps a newsletter send, a "
+        "campaign launch or end, a holiday or a promotion in a compatible cohort. Definitions: "
+        "`funnelwatch/evaluation/incident_eval.py`."
+    )
+    table, rows = _end_to_end_table(outcomes)
+    lines = ["## End to end: one problem, one incident, the right answer", "", intro, "",
+             f"All {len(outcomes)} runs:", "", _table(table)]
+    held_out = [o for o in outcomes if not o.spec.calibration]
+    if held_out and len(held_out) < len(outcomes):
+        lines += ["Held-out runs only:", "", _table(_end_to_end_table(held_out)[0])]
+    lines += ["Every labelled business problem:", "", _table(rows.drop(columns=["incident"]))]
+    return lines
+
+
 def _power_section(outcomes) -> list[str]:
     """What one hour of data can show at all, from the runs' own volumes."""
     if not outcomes:
@@ -223,6 +345,7 @@ def incident_sections(outcomes) -> list[str]:
     intro = ("Anomaly points grouped into incidents (`funnelwatch/incidents/lifecycle.py`). A "
              "false incident overlaps no labelled incident of any kind.")
     lines = ["## Incidents", "", intro, "", _table(pd.DataFrame(runs))]
+    lines += end_to_end_section([o for o in outcomes if o.folder is not None])
     end_to_end = (
         "**On the incidents the pipeline opened** (detection, grouping and root cause end to "
         "end; each labelled business incident is paired with the most severe incident that "

@@ -24,7 +24,7 @@ import pandas as pd
 from pydantic import BeforeValidator, Field, StrictInt
 
 from funnelwatch.config_files import ConfigError, ConfigModel, display_path, load_yaml_model
-from funnelwatch.evaluation import scoring
+from funnelwatch.evaluation import oracle_eval, scoring
 
 ROOT = Path(__file__).resolve().parents[2]
 SUITE_DIR = Path(__file__).parent / "suites"
@@ -204,6 +204,11 @@ class RunOutcome:
     folder: Path | None = None
     labels: list = field(default_factory=list)  # ground_truth.json
     incident_rows: pd.DataFrame = field(default_factory=pd.DataFrame)  # incidents.incidents
+    members: pd.DataFrame = field(default_factory=pd.DataFrame)  # incidents.members
+    oracle_hours: pd.DataFrame = field(default_factory=pd.DataFrame)  # simulator.oracle, per hour
+    oracle: pd.DataFrame = field(default_factory=pd.DataFrame)  # oracle_eval.per_incident
+    planned: pd.DataFrame = field(default_factory=pd.DataFrame)  # simulator.oracle.planned_traffic
+    oracle_slots: pd.DataFrame = field(default_factory=pd.DataFrame)  # the oracle by 5-min slot
 
 
 def collect(spec: RunSpec, folder: Path, rules: scoring.MatchingRules = scoring.DEFAULT_RULES,
@@ -236,14 +241,21 @@ def collect(spec: RunSpec, folder: Path, rules: scoring.MatchingRules = scoring.
             "WHERE c.metric = 'checkout_conversion_rate' AND c.cohort = 'all'"
         ).fetchone()
     events, incidents = scoring.match(flagged, truth, dq_hours, special, rules)
-    incident_rows = pd.DataFrame()
+    incident_rows = members = pd.DataFrame()
     if _has_table(folder, "incidents", "incidents"):
         with duckdb.connect(str(_warehouse(folder)), read_only=True) as con:
             incident_rows = con.execute(
                 "SELECT * FROM incidents.incidents ORDER BY started_at").df()
+            if _has_table(folder, "incidents", "members"):
+                members = con.execute("SELECT * FROM incidents.members").df()
     first, last = (pd.Timestamp(v) for v in scored)
     days = max(0.0, ((last - first) / pd.Timedelta(hours=1) + 1 - cold_start_hours) / 24)
     for frame in (events, incidents):
         frame.insert(0, "run", spec.key)
+    seen = oracle_eval.run_oracle(spec)
+    seen.hours.insert(0, "run", spec.key)
     return RunOutcome(spec, events, incidents, flagged, days, cohort_sessions,
-                      (starts / sessions, purchases / starts), folder, labels, incident_rows)
+                      (starts / sessions, purchases / starts), folder, labels, incident_rows,
+                      members, seen.hours,
+                      oracle_eval.per_incident(seen.incidents, incidents, spec.key),
+                      seen.planned, seen.slots)

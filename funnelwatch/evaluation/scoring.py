@@ -61,6 +61,7 @@ TYPE_MOVES = {
     "payment_provider_errors": {"payments", "checkout"},
     "bot_spike": {"traffic", "checkout", "catalog", "errors"},
     "stock_out": {"catalog", "checkout"},
+    "campaign_loss": {"checkout"},
 }
 TYPE_CATEGORY = {
     "cohort_checkout_drop": "checkout",
@@ -68,6 +69,7 @@ TYPE_CATEGORY = {
     "payment_provider_errors": "payments",
     "bot_spike": "traffic",
     "stock_out": "catalog",
+    "campaign_loss": "checkout",
 }
 
 
