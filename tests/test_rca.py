@@ -55,7 +55,7 @@ CAMPAIGNS = {
 CATEGORIES = ["electronics", "books", "home", "toys"]
 
 
-def _build(path: Path, seed: int = 3) -> None:
+def _build(path: Path, seed: int = 3, review_factor: float = 0.5) -> None:
     rng = np.random.default_rng(seed)
     hours = [T0 + timedelta(hours=h) for h in range(24 * 8)]
     rows = []
@@ -85,7 +85,7 @@ def _build(path: Path, seed: int = 3) -> None:
                             and camp == "ig_sale"
                             and INC_START <= h < INC_END
                         ):
-                            rate *= 0.5
+                            rate *= review_factor
                         prev = int(rng.binomial(prev, rate))
                         row[col] = prev
                     row["payment_attempts"] = row["payment_attempt_sessions"]
@@ -530,3 +530,52 @@ def test_localised_cohorts_below_the_minimum_size_are_masked(warehouse):
     assert first["filters"] == {} and first["actual"] is None and first["masked"]
     assert "ig_sale" not in json.dumps(masked["where"][0]) + json.dumps(masked["funnel"])
     assert cohort_sessions(warehouse, {"category": "electronics"}, INC_START, INC_END) is None
+
+
+def test_one_problem_seen_through_many_series_is_one_incident(tmp_path):
+    """Localise, then group: the iOS Safari x ig_sale review-step break flagged as five
+    series (the store's checkout conversion, iOS, the campaign, a country inside the cohort)
+    is one incident at the localised cohort with the others as its symptoms; an Android point
+    of the same hour, which the localisation does not explain, is a second incident. Grouped
+    by compatible cohorts alone (no localiser), the store-wide point would have pulled the
+    Android point into the same incident."""
+    from funnelwatch.detection.store import replace_window
+    from funnelwatch.incidents.lifecycle import process_window
+    from funnelwatch.incidents.rca import localise_change
+
+    path = tmp_path / "funnelwatch.duckdb"
+    _build(path, review_factor=0.1)
+    flagged = [("checkout_conversion_rate", "utm_campaign=ig_sale", 80.0),
+               ("review_step_rate", "os=iOS", 70.0),
+               ("review_step_rate", "browser=Safari&country=US&os=iOS&utm_campaign=ig_sale", 65.0),
+               ("checkout_conversion_rate", "all", 60.0),
+               ("checkout_conversion_rate", "os=Android", 55.0)]
+    con = duckdb.connect(str(path))
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        for h in range(2):
+            hour = INC_START + timedelta(hours=h)
+            replace_window(con, hour, hour + timedelta(hours=1), pd.DataFrame([
+                {"event_hour": hour, "metric": m, "cohort": c, "value": 0.3, "expected": 0.5,
+                 "lower": 0.45, "upper": 0.55, "severity": sev, "direction": "down",
+                 "is_anomaly": True} for m, c, sev in flagged]))
+        process_window(con, INC_START, INC_START + timedelta(hours=2),
+                       localise=localise_change)
+        incidents = con.execute(
+            "SELECT incident_id, localised_cohort, cohort, anomaly_count, title "
+            "FROM incidents.incidents ORDER BY anomaly_count DESC").fetchall()
+        assert len(incidents) == 2, incidents
+        main, other = incidents
+        assert main[1] == "browser=Safari&os=iOS&utm_campaign=ig_sale"
+        assert main[3] == 8 and "browser=Safari&os=iOS&utm_campaign=ig_sale" in main[4]
+        symptoms = {tuple(r) for r in con.execute(
+            "SELECT DISTINCT metric, cohort FROM incidents.members WHERE incident_id = $i",
+            {"i": main[0]}).fetchall()}
+        assert symptoms == {(m, c) for m, c, _ in flagged[:4]}
+        assert other[2] == "os=Android" and other[1] is None and other[3] == 2
+        # the same points grouped without a localiser: one incident, Android included
+        con.execute("DROP SCHEMA incidents CASCADE")
+        process_window(con, INC_START, INC_START + timedelta(hours=2))
+        assert con.execute("SELECT count(*) FROM incidents.incidents").fetchone()[0] == 1
+    finally:
+        con.close()

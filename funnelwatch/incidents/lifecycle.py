@@ -110,12 +110,16 @@ def contains(outer: str, inner: str) -> bool:
     return all(fi.get(k) == v for k, v in fo.items())
 
 
-def _absorb_fragments(members: list[tuple], fresh: dict[str, dict]) -> list[tuple]:
-    """Merge an incident opened this hour into another one that has, this hour, a point on
-    the same metric in a cohort containing the new incident's cohort. Points are grouped
-    most severe first, so a store-wide drop whose `all` point is less severe than some of its
-    cohorts would otherwise open one incident per cohort incompatible with the first one
-    (`os=iOS`, `os=Android`). Members are (incident, hour, metric, cohort, severity, dir)."""
+def _absorb_fragments(members: list[tuple], fresh: dict[str, dict],
+                      localised: set[str]) -> list[tuple]:
+    """Merge an unlocalised incident opened this hour into another unlocalised one that has,
+    this hour, a point on the same metric in a cohort containing the new incident's cohort.
+    Without a localisation, points are grouped most severe first, so a store-wide drop whose
+    `all` point is less severe than some of its cohorts would otherwise open one incident per
+    cohort incompatible with the first one (`os=iOS`, `os=Android`). Incidents in `localised`
+    (ids) take no part: the localiser already said where their points belong, and a
+    store-wide point it explained as a cohort's symptom does not make every other cohort's
+    problem part of it. Members are (incident, hour, metric, cohort, severity, dir)."""
     changed = True
     while changed:
         changed = False
@@ -123,10 +127,10 @@ def _absorb_fragments(members: list[tuple], fresh: dict[str, dict]) -> list[tupl
         for m in members:
             anchors.setdefault(m[0], set()).add((m[2], m[3]))
         for new_id, inc in list(fresh.items()):
-            if new_id not in anchors:
+            if new_id not in anchors or new_id in localised:
                 continue
             host = next((other for other, points in anchors.items()
-                         if other != new_id
+                         if other != new_id and other not in localised
                          and any(metric == inc["metric"] and contains(cohort, inc["cohort"])
                                  for metric, cohort in points)), None)
             if host is None:
@@ -366,7 +370,9 @@ def process_hour(
             members.append((target["incident_id"], hour, point.metric, point.cohort,
                             float(point.severity), point.direction))
 
-        members = _absorb_fragments(members, fresh)
+        localised_ids = {i for i, inc in {**incidents, **fresh}.items()
+                         if inc["localised_cohort"] is not None}
+        members = _absorb_fragments(members, fresh, localised_ids)
 
         touched: dict[str, list[tuple]] = {}
         for m in members:
