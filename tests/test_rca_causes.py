@@ -9,6 +9,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import duckdb
+import pandas as pd
 import pytest
 
 from funnelwatch.incidents.rca import (
@@ -240,3 +241,54 @@ def test_a_wider_cause_window_accepts_an_older_deploy(warehouse):
     )
     assert warehouse(moved)["hypotheses"][0]["kind"] == "none"
     assert _kinds(warehouse(cause_window_hours=12))[0] == ("deploy", "9.9.0")
+
+
+def test_planned_traffic_opens_no_incident_and_a_real_problem_inside_it_does(base_warehouse,
+                                                                              tmp_path,
+                                                                              monkeypatch):
+    """Through the lifecycle: the weekly send's sessions surge, flagged by detection, is kept
+    as context (not paged, not listed); the iOS Safari x ig_sale break in the same hours,
+    flagged on checkout conversion, is a business incident."""
+    from funnelwatch.alerting import parse_routing
+    from funnelwatch.detection.store import replace_window
+    from funnelwatch.incidents.alerts import enqueue_incident_alerts
+    from funnelwatch.incidents.commands import list_incidents
+    from funnelwatch.incidents.lifecycle import process_window
+    from funnelwatch.incidents.rca import localise_change
+
+    path = tmp_path / "w.duckdb"
+    shutil.copy(base_warehouse, path)
+    con = duckdb.connect(str(path))
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        for sql, params in _newsletter_sends("ig_sale", INC_START, INC_START - timedelta(days=7)):
+            con.execute(sql, params)
+        rows = [("sessions", "utm_campaign=ig_sale", 90.0, "up"),
+                ("checkout_conversion_rate", "browser=Safari&os=iOS&utm_campaign=ig_sale", 70.0,
+                 "down")]
+        hours = [INC_START + timedelta(hours=h) for h in range(3)]
+        for hour in hours:
+            replace_window(con, hour, hour + timedelta(hours=1), pd.DataFrame([
+                {"event_hour": hour, "metric": m, "cohort": c, "value": 1.0, "expected": 0.5,
+                 "lower": 0.4, "upper": 0.6, "severity": sev, "direction": d,
+                 "is_anomaly": True} for m, c, sev, d in rows]))
+        process_window(con, hours[0], hours[-1] + timedelta(hours=1), analyse=analyse_incident,
+                       localise=localise_change)
+        by_metric = dict(con.execute(
+            "SELECT metric, category FROM incidents.incidents").fetchall())
+        assert by_metric == {"sessions": "context", "checkout_conversion_rate": "business"}
+        # enqueued only (nothing is delivered here), so the URL need not listen
+        monkeypatch.setenv("FW_TEST_HOOK_URL", "http://127.0.0.1:9/hook")
+        routing = parse_routing({
+            "channels": {"hook": {"type": "webhook", "url_env": "FW_TEST_HOOK_URL"}},
+            "rules": [{"name": "all", "min_severity": 0, "channels": ["hook"]}]})
+        run = enqueue_incident_alerts(con, routing, now=hours[-1] + timedelta(hours=1))
+        paged = {inc for inc, _action, _channel in run.enqueued}
+        assert len(paged) == 1
+        listed, _hidden = list_incidents(con, None, days=30, limit=50,
+                                         now=hours[-1] + timedelta(hours=1))
+        assert [r["metric"] for r in listed] == ["checkout_conversion_rate"]
+        everything, _ = list_incidents(con, "all", days=30, limit=50)
+        assert sorted(r["state"] for r in everything) == ["context", "open"]
+    finally:
+        con.close()

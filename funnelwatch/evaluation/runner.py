@@ -244,8 +244,10 @@ def collect(spec: RunSpec, folder: Path, rules: scoring.MatchingRules = scoring.
     incident_rows = members = pd.DataFrame()
     if _has_table(folder, "incidents", "incidents"):
         with duckdb.connect(str(_warehouse(folder)), read_only=True) as con:
+            # changes explained by planned traffic are context, never incidents: not counted
             incident_rows = con.execute(
-                "SELECT * FROM incidents.incidents ORDER BY started_at").df()
+                "SELECT * FROM incidents.incidents "
+                "WHERE coalesce(category, 'business') <> 'context' ORDER BY started_at").df()
             if _has_table(folder, "incidents", "members"):
                 members = con.execute("SELECT * FROM incidents.members").df()
     first, last = (pd.Timestamp(v) for v in scored)

@@ -117,7 +117,8 @@ def enqueue_incident_alerts(
     run = AlertRun()
     pending = con.execute(
         f"""SELECT * FROM {SCHEMA}.incidents
-            WHERE coalesce(alerted_version, 0) < alert_version ORDER BY started_at"""
+            WHERE coalesce(alerted_version, 0) < alert_version
+              AND coalesce(category, 'business') <> 'context' ORDER BY started_at"""
     ).df()
     for incident in pending.to_dict("records"):
         incident = {k: (None if _missing(v) else v) for k, v in incident.items()}

@@ -62,6 +62,13 @@ def list_incidents(con, state: str | None, days: int, limit: int,
                    now: datetime | None = None) -> tuple[list[dict[str, Any]], int]:
     """(ranked rows, how many resolved incidents older than `days` the default view hid)."""
     rows = _rows(con, "SELECT * EXCLUDE (rca) FROM incidents.incidents")
+    # changes explained by planned traffic are context, not problems: only `--state all`
+    # shows them (their state column says `context`)
+    if state != "all":
+        rows = [r for r in rows if r.get("category") != "context"]
+    for r in rows:
+        if r.get("category") == "context":
+            r["state"] = "context"
     hidden = 0
     if state in (None, ""):
         since = (now or datetime.now(UTC)) - timedelta(days=days)

@@ -46,12 +46,15 @@ import pandas as pd
 from funnelwatch.detection import store as detection_store
 from funnelwatch.fastlane import store as fastlane_store
 from funnelwatch.incidents.masking import mask_small_cohorts
+from funnelwatch.incidents.rca import explained_by_planned
 from funnelwatch.incidents.store import SCHEMA, add_timeline, ensure_incident_schema
 from funnelwatch.landing import as_utc_hour
 from rootcause import parse_cohort
 
 log = logging.getLogger(__name__)
 
+# The category of a change explained by planned traffic: kept for the record, never paged.
+CONTEXT = "context"
 # Timeline kinds written by this module (and removed again when an hour is re-processed).
 LIFECYCLE_KINDS = ("opened", "updated", "escalated", "resolved", "reopened")
 SEVERITY_BANDS = ((90.0, "critical"), (70.0, "major"), (50.0, "minor"))
@@ -254,18 +257,32 @@ def localise_points(con, points: pd.DataFrame, hour: datetime,
     return out
 
 
+TRAFFIC_METRICS = frozenset({"sessions", "events", "product_view_sessions"})
+
+
+def is_surge(metric: str, direction: str | None) -> bool:
+    """A rise of traffic (sessions, events): planned sends, bots, a viral post."""
+    return metric in TRAFFIC_METRICS and direction == "up"
+
+
 def same_problem(a: str, a_localised: bool, b: str, b_localised: bool,
-                 shared_metric: bool) -> bool:
+                 shared_metric: bool, same_mechanism: bool = True) -> bool:
     """Whether two localised cohorts are one problem (see the module docstring).
 
     Nothing localised: compatible cohorts (the best evidence there is). Otherwise the same or
     nested cohorts; but the whole store contains every cohort, so a cohort's problem joins a
     store-wide one (or the reverse) only when both are seen on the same metric: a bot
-    campaign during a store-wide payment outage is a second problem, not a symptom."""
+    campaign during a store-wide payment outage is a second problem, not a symptom.
+    `same_mechanism` False (a traffic surge on one side, anything else on the other): a surge
+    lowers conversion only through the sessions it adds, which is where the surge is, so it
+    explains a conversion drop localised to its own cohort (bots) but not one localised to
+    a smaller cohort inside it (a payment break among the newsletter's readers)."""
     if not (a_localised or b_localised):
         return compatible(a, b)
     if a == b:
         return True
+    if not same_mechanism:
+        return False
     if "all" in (a, b):
         return shared_metric
     return nested(a, b)
@@ -273,7 +290,8 @@ def same_problem(a: str, a_localised: bool, b: str, b_localised: bool,
 
 def _live_incidents(con, hour: datetime, policy: IncidentPolicy) -> pd.DataFrame:
     return con.execute(
-        f"""SELECT incident_id, state, metric, cohort, localised_cohort, metrics, severity,
+        f"""SELECT incident_id, state, metric, cohort, direction, localised_cohort, metrics,
+                   severity,
                    started_at, last_anomaly_at, resolved_at, alert_key
             FROM {SCHEMA}.incidents
             WHERE started_at <= $h
@@ -352,9 +370,11 @@ def process_hour(
                     or hour - inc["last_anomaly_at"] <= timedelta(hours=policy.merge_gap_hours)
                 )
                 inc_where = inc["localised_cohort"] or inc["cohort"]
-                if eligible and same_problem(point.where, bool(point.localised), inc_where,
-                                             inc["localised_cohort"] is not None,
-                                             point.metric in inc["metric_set"]):
+                if eligible and same_problem(
+                        point.where, bool(point.localised), inc_where,
+                        inc["localised_cohort"] is not None, point.metric in inc["metric_set"],
+                        is_surge(point.metric, point.direction)
+                        == is_surge(inc["metric"], inc["direction"])):
                     target = inc
                     break
             if target is None:
@@ -496,14 +516,21 @@ def update_root_cause(con, inc_id: str, hour: datetime, analyse: Analyse) -> Non
     where = (rca.get("where") or [{}])[0].get("cohort")
     hypotheses = rca.get("hypotheses") or []
     impact = rca.get("impact") or {}
+    # Planned traffic (a campaign send, a holiday) is context, never an incident: a change
+    # the analysis explains by it is kept as category 'context' (no page, not listed as a
+    # problem) until the analysis says otherwise: a real problem during the send turns it
+    # back into a business incident, which then pages. One already paged stays business.
+    category = CONTEXT if explained_by_planned(rca) else "business"
     con.execute(
         f"""UPDATE {SCHEMA}.incidents SET rca = $rca, where_cohort = $where, funnel_step = $step,
-              top_cause = $cause, lost_orders = $lost, revenue_at_risk = $risk
+              top_cause = $cause, lost_orders = $lost, revenue_at_risk = $risk,
+              category = CASE WHEN coalesce(alerted_version, 0) = 0 THEN $category
+                              ELSE category END
             WHERE incident_id = $id""",
         {"rca": json.dumps(rca, default=str), "where": where, "step": rca.get("funnel_step"),
          "cause": hypotheses[0].get("title") if hypotheses else None,
          "lost": impact.get("lost_orders"), "risk": impact.get("revenue_at_risk"),
-         "id": inc_id},
+         "category": category, "id": inc_id},
     )
 
 
