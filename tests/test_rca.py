@@ -572,6 +572,15 @@ def test_one_problem_seen_through_many_series_is_one_incident(tmp_path):
             "SELECT DISTINCT metric, cohort FROM incidents.members WHERE incident_id = $i",
             {"i": main[0]}).fetchall()}
         assert symptoms == {(m, c) for m, c, _ in flagged[:4]}
+        # the report (and so `funnelwatch incident ID` and the page) lists them under it
+        from funnelwatch.incidents.report import build_report
+
+        row = con.execute("SELECT * FROM incidents.incidents WHERE incident_id = $i",
+                          {"i": main[0]}).df().to_dict("records")[0]
+        section = next(x for x in build_report(con, row).sections
+                       if x.title.startswith("Symptoms"))
+        assert sorted((r[0], r[1], r[2]) for r in section.table.rows) == sorted(
+            (m, c, "2") for m, c, _ in flagged[:4])
         assert other[2] == "os=Android" and other[1] is None and other[3] == 2
         # the same points grouped without a localiser: one incident, Android included
         con.execute("DROP SCHEMA incidents CASCADE")

@@ -98,10 +98,11 @@ def incidents_table(rows: list[dict[str, Any]]) -> str:
         _when(r.get("started_at")).removesuffix(" UTC"), incident_duration(r),
         _short(r.get("metric"), 28),
         _short(r.get("where_cohort") or r.get("cohort"), 40) if r.get("cohort") else "-",
+        _short(r.get("funnel_step"), 18),
         _short(r.get("top_cause"), 36),
         _orders(r.get("lost_orders")), _money(r.get("revenue_at_risk")),
     ] for r in rows]
-    headers = ["id", "state", "sev", "started (UTC)", "duration", "metric", "where",
+    headers = ["id", "state", "sev", "started (UTC)", "duration", "metric", "where", "step",
                "top cause", "lost orders", "revenue at risk"]
     return tabulate(table, headers=headers, tablefmt="simple", disable_numparse=True)
 

@@ -631,6 +631,39 @@ def _impact(incident: Mapping[str, Any], rca: Mapping[str, Any]) -> Section:
     return section
 
 
+def symptom_rows(con: duckdb.DuckDBPyConnection, incident_id: str) -> list[tuple]:
+    """The incident's symptoms: every anomalous series grouped under it (metric, cohort,
+    anomalous hours, first and last, worst severity), worst first."""
+    has_members = con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'incidents' "
+        "AND table_name = 'members'").fetchone()[0]
+    if not has_members:
+        return []
+    return con.execute(
+        """SELECT metric, cohort, count(*) AS hours, min(event_hour), max(event_hour),
+                  max(severity) AS worst
+           FROM incidents.members WHERE incident_id = $i
+           GROUP BY metric, cohort ORDER BY worst DESC, metric, cohort""",
+        {"i": incident_id},
+    ).fetchall()
+
+
+def symptoms_section(rows: Sequence[tuple], show_cohorts: bool = True) -> Section:
+    section = Section("Symptoms: the series this problem moved")
+    if not rows:
+        section.paragraphs.append("No anomalous series recorded.")
+        return section
+    section.paragraphs.append(
+        f"{len(rows)} series, grouped into this one incident because their changes localise "
+        "to the same place (they are not incidents of their own).")
+    section.table = Table(
+        ["metric", "cohort", "anomalous hours", "first", "last", "worst severity"],
+        [[str(m), str(c) if show_cohorts else "(hidden)", str(n), _when(a), _when(b),
+          f"{w:.0f}" if w is not None else "-"] for m, c, n, a, b, w in rows],
+        code_columns=frozenset({0, 1}))
+    return section
+
+
 def timeline_section(rows: Sequence[tuple[Any, str, str]], title: str = "Timeline") -> Section:
     section = Section(title)
     if not rows:
@@ -789,6 +822,7 @@ def build_report(con: duckdb.DuckDBPyConnection, incident: Mapping[str, Any],
         _funnel_section(rca, png),
         _hypotheses(rca, incident),
         _impact(incident, rca),
+        symptoms_section(symptom_rows(con, incident_id), show_cohorts=cohort is not None),
         timeline_section(timeline_rows(con, incident_id)),
         _playbook(playbook),
     ]
