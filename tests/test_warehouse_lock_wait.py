@@ -13,7 +13,7 @@ import typer
 
 from funnelwatch import warehouse as warehouse_module
 from funnelwatch.cli import _top_anomalies_text
-from funnelwatch.incidents.commands import _read_only
+from funnelwatch.command_support import open_warehouse as open_for_command
 from funnelwatch.privacy.erasure import open_warehouse
 from funnelwatch.warehouse import WarehouseBusyError
 
@@ -38,7 +38,7 @@ def test_a_reader_waits_for_a_short_write_and_then_reads(tmp_path):
     path = tmp_path / "warehouse.duckdb"
     writer = hold_lock(path, 2.0)
     started = time.monotonic()
-    with _read_only(path, wait_seconds=30) as con:
+    with open_for_command(path, read_only=True, wait_seconds=30) as con:
         assert con.execute("SELECT count(*) FROM t").fetchone() == (0,)
     assert writer.wait(timeout=30) == 0
     assert time.monotonic() - started >= 1.0, "it did wait for the writer"
@@ -48,7 +48,7 @@ def test_a_reader_gives_up_with_a_clear_message_when_the_write_lasts(tmp_path, c
     path = tmp_path / "warehouse.duckdb"
     writer = hold_lock(path, 20.0)
     try:
-        with pytest.raises(typer.Exit) as exit_info, _read_only(path, wait_seconds=1):
+        with pytest.raises(typer.Exit) as exit_info, open_for_command(path, read_only=True, wait_seconds=1):
             pass
         assert exit_info.value.exit_code == 2
         assert "is busy" in capsys.readouterr().err
