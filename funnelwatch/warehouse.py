@@ -147,3 +147,13 @@ def ensure_raw_schema(con: duckdb.DuckDBPyConnection) -> None:
     for table in REFERENCE_TABLES:
         cols = ", ".join(f"{n} {t}" for n, t, _ in table.columns)
         con.execute(f"CREATE TABLE IF NOT EXISTS {RAW_SCHEMA}.{table.name} ({cols})")
+
+
+def has_table(con: duckdb.DuckDBPyConnection, qualified: str) -> bool:
+    """Whether `schema.table` exists. Readers ask first instead of catching the error: a
+    failed query inside a transaction aborts it (DuckDB has no savepoints), and a reader must
+    not create another layer's schema to be able to read it."""
+    schema, table = qualified.split(".")
+    return bool(con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_schema = ? "
+        "AND table_name = ?", [schema, table]).fetchone()[0])

@@ -9,6 +9,8 @@ from datetime import datetime
 import duckdb
 import pandas as pd
 
+from funnelwatch.warehouse import has_table
+
 SCHEMA = "detection"
 TABLE = f"{SCHEMA}.anomalies"
 COLUMNS = {
@@ -87,9 +89,7 @@ def replace_window(
 
 
 def _has_table(con: duckdb.DuckDBPyConnection) -> bool:
-    return bool(con.execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_schema = $s "
-        "AND table_name = 'anomalies'", {"s": SCHEMA}).fetchone()[0])
+    return has_table(con, TABLE)
 
 
 POINT_COLUMNS = ["metric", "cohort", "severity", "direction", "value", "expected"]

@@ -7,6 +7,7 @@ import duckdb
 import pandas as pd
 
 from funnelwatch.fastlane.quality import HELD_BACK
+from funnelwatch.warehouse import has_table
 
 SCHEMA = "fastlane"
 SLOT_METRICS = f"{SCHEMA}.slot_metrics"
@@ -33,9 +34,7 @@ def ensure_fastlane_schema(con: duckdb.DuckDBPyConnection) -> None:
 
 
 def _has_scores(con: duckdb.DuckDBPyConnection) -> bool:
-    return bool(con.execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_schema = $s "
-        "AND table_name = 'scores'", {"s": SCHEMA}).fetchone()[0])
+    return has_table(con, SCORES)
 
 
 def flagged_points(con: duckdb.DuckDBPyConnection, hour) -> pd.DataFrame:

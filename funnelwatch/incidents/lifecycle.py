@@ -36,6 +36,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -221,7 +222,7 @@ def anomalies_of_hour(con, hour: datetime) -> pd.DataFrame:
 
 def _text(value) -> str | None:
     """A VARCHAR read through pandas: None for NULL (which may arrive as NaN)."""
-    return None if value is None or (isinstance(value, float) and value != value) else value
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
 
 
 def nested(a: str, b: str) -> bool:

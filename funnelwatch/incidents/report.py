@@ -32,6 +32,8 @@ from typing import Any
 import duckdb
 import pandas as pd
 
+from funnelwatch.warehouse import has_table
+
 CHART_NAMES = ("band", "funnel", "revenue")
 BAND_BEFORE = timedelta(hours=48)
 BAND_AFTER = timedelta(hours=12)
@@ -266,10 +268,7 @@ def series_history(con: duckdb.DuckDBPyConnection, incident: Mapping[str, Any]) 
         return pd.DataFrame()
     # Checked, not caught: the alerts call this inside their transaction, which a failed
     # query would abort (a fast-lane-only warehouse has no detection table yet).
-    has_table = con.execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'detection' "
-        "AND table_name = 'anomalies'").fetchone()[0]
-    if not has_table:
+    if not has_table(con, "detection.anomalies"):
         return pd.DataFrame()
     frame = con.execute(
         """SELECT event_hour, value, expected, lower, upper, severity, is_anomaly
@@ -634,10 +633,7 @@ def _impact(incident: Mapping[str, Any], rca: Mapping[str, Any]) -> Section:
 def symptom_rows(con: duckdb.DuckDBPyConnection, incident_id: str) -> list[tuple]:
     """The incident's symptoms: every anomalous series grouped under it (metric, cohort,
     anomalous hours, first and last, worst severity), worst first."""
-    has_members = con.execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'incidents' "
-        "AND table_name = 'members'").fetchone()[0]
-    if not has_members:
+    if not has_table(con, "incidents.members"):
         return []
     return con.execute(
         """SELECT metric, cohort, count(*) AS hours, min(event_hour), max(event_hour),

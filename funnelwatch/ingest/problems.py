@@ -8,13 +8,7 @@ from datetime import datetime
 import duckdb
 
 from funnelwatch.warehouse import QUARANTINE_TABLE, REJECTED_FILES_TABLE
-
-
-def _has_table(con: duckdb.DuckDBPyConnection, qualified: str) -> bool:
-    schema, table = qualified.split(".")
-    return bool(con.execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_schema = ? "
-        "AND table_name = ?", [schema, table]).fetchone()[0])
+from funnelwatch.warehouse import has_table as _has_table
 
 
 def ingest_problem_lines(

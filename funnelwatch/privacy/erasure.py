@@ -49,6 +49,7 @@ from funnelwatch.warehouse import (
     QUARANTINE_TABLE,
     WarehouseBusyError,  # noqa: F401 - raised by open_warehouse; callers catch it from here
     connect_when_free,
+    has_table,
 )
 
 DBT_PROJECT_DIR = REPO_ROOT / "dbt_project"
@@ -121,11 +122,7 @@ def ensure_privacy_schema(con: duckdb.DuckDBPyConnection) -> None:
 
 
 def _exists(con, table: str) -> bool:
-    schema, name = table.split(".")
-    return bool(con.execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ?",
-        [schema, name],
-    ).fetchone()[0])
+    return has_table(con, table)
 
 
 def _find_sessions(con, hashes: list[str]) -> list[str]:

@@ -97,8 +97,8 @@ __all__ = [
     "UNKNOWN_LABEL",
     "analyse_incident",
     "cohort_deviation",
-    "localise_change",
     "deploy_platform",
     "explained_by_planned",
+    "localise_change",
     "stage_column",
 ]

@@ -18,6 +18,7 @@ from funnelwatch.incidents.rca.hypotheses import _Hypotheses
 from funnelwatch.incidents.rca.impact import _Impact
 from funnelwatch.incidents.rca.localise import _Localise
 from funnelwatch.incidents.rca.util import _utc
+from funnelwatch.warehouse import has_table
 from rootcause import parse_cohort
 
 
@@ -110,10 +111,7 @@ def localise_change(
     group), so it runs only the "where" part: no funnel, onset, hypotheses or impact."""
     if metric not in KNOWN_METRICS:
         raise ValueError(f"unknown metric {metric!r}; expected one of {sorted(KNOWN_METRICS)}")
-    has_marts = con.execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'marts' "
-        "AND table_name = 'fct_funnel_hourly'").fetchone()[0]
-    if not has_marts:  # before the first dbt build (the fast lane runs ahead of it)
+    if not has_table(con, "marts.fct_funnel_hourly"):  # before the first dbt build (the fast lane runs ahead of it)
         return []
     ctx = _Context(con, metric, "all", {}, _utc(start, "start"), _utc(end, "end"), history_days)
     cube = ctx.load_cube()
