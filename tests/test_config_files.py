@@ -226,7 +226,7 @@ SUITE_CASES = {
     "unknown calibration run": (
         ("calibrated_on: [incidents-seed42]", "calibrated_on: [incidents-seed4]"),
         ("suite.yaml: calibrated_on: names unknown runs ['incidents-seed4'] (known: "
-        "incidents-seed42, incidents-seed7, magnitudes-seed11, quiet-seed5)"),
+        "incidents-seed42, incidents-seed7, magnitudes-seed11, explain-seed13, quiet-seed5)"),
     ),
 }
 
@@ -263,8 +263,8 @@ SCENARIO_CASES = {
         ("    type: stock_out\n", "    type: stockout\n"),
         ("scenario.yaml: incidents[1].type: unknown incident type 'stockout'; known: "
         "cohort_checkout_drop, checkout_conversion_drop, tracking_outage, bot_spike, "
-        "stock_out, payment_provider_errors, late_hour, duplicate_events, null_field, "
-        "unknown_event_type"),
+        "campaign_loss, stock_out, payment_provider_errors, late_hour, duplicate_events, "
+        "null_field, unknown_event_type"),
     ),
     "YAML syntax": (
         ("  - id: adyen-errors", "  - id: adyen-errors:"),
