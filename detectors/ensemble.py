@@ -16,7 +16,8 @@ Rules (see docs/detectors.md):
   the gate is agreement of two shape detectors: raw = the second-largest normalised shape score.
 * severity = 100 * raw / (1 + raw): 50 is the alert threshold, it approaches 100 as evidence grows.
 * Minimum volume: a sequential window counts only if its pooled denominator >= ``min_denominator``
-  (rates) or max(observed, expected) >= ``min_count`` (counts); a row with no such window ->
+  (rates) or max(observed, expected) >= ``min_count`` (counts), and a count's own hour must
+  reach ``min_count`` too (tiny cohorts never page on traffic); a row with no such window ->
   severity 0, not an anomaly, reason 'low volume'.
 * Cold start: a series with less than ``cold_start_hours`` of history -> severity 0, reason
   'cold start'; under ``warm_up_hours``: baselines only (no Prophet), normalised scores divided by
@@ -361,9 +362,15 @@ class Ensemble(Detector):
             den = current["denominator"].to_numpy()
             exp_h = parts["hour_of_week"]["expected"].to_numpy()
             vol_count = np.fmax(np.abs(x), np.abs(exp_h))
-            # 'low volume' only when no window of the series reaches the volume floor
-            low_volume = ~seq["qualified"].to_numpy(dtype=bool) & np.where(
-                is_rate, ~(den >= self.min_denominator), ~(vol_count >= self.min_count)
+            # Rates: 'low volume' only when no window of the series reaches the volume floor
+            # (a cohort with a handful of checkouts an hour shows a lasting drop over hours).
+            # Counts: the hour itself must reach the floor: traffic rising from 1 to 5
+            # sessions an hour in a tiny cohort is evidence that piles up, and nobody's problem
+            # (the demo paged for cohorts of fewer than 20 sessions over 3-9 hours).
+            low_volume = np.where(
+                is_rate,
+                ~seq["qualified"].to_numpy(dtype=bool) & ~(den >= self.min_denominator),
+                ~(vol_count >= self.min_count),
             )
             t["stats"] = time.perf_counter() - t0
         else:

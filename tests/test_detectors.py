@@ -299,6 +299,18 @@ def test_ensemble_low_volume_and_cold_start():
     assert (r2["reason"] == "cold start").all() and not r2["is_anomaly"].any()
 
 
+def test_a_tiny_cohort_never_alerts_on_traffic_that_piles_up():
+    # ~1 session/h that becomes ~5 for a day: the pooled hours reach any floor and the
+    # evidence (a 5x rise) is overwhelming, but a count's own hour must reach the volume floor
+    hist, cur = split(funnel(n_cohorts=1, base_sessions=1.0, seed=5))
+    cur = cur.copy()
+    m = (cur["series_id"] == "sessions|c0").to_numpy()
+    cur.loc[m, "value"] = cur.loc[m, "value"] * 5 + 4
+    r = Ensemble(use_prophet=False).fit(hist).score(cur)
+    assert not r.loc[m, "is_anomaly"].any()
+    assert (r.loc[m, "reason"] == "low volume").all()
+
+
 def test_ensemble_sensitivity_knob_is_monotone():
     hist, cur = split(funnel(n_cohorts=2, seed=3))
     counts = [
