@@ -125,8 +125,15 @@ class SequentialTest(Detector):
         in_tail = h["ts"] > last - pd.Timedelta(hours=self._lead_hours())
         self.tail_ = h[in_tail]
         # the expectation of a rate: its pooled rate per hour of day over the history before
-        # the longest window (so the hours a window tests are not part of their own baseline)
-        rates = h[~in_tail & h["series_id"].isin(set(ids[self.is_rate_.to_numpy()]))]
+        # the replayed hours (so the hours a window tests are not part of their own baseline).
+        # A young series (a new store, the 4-day smoke run: less than the replay plus 3 days)
+        # pools the history before the longest window instead, else it would have no
+        # expectation at all and no rate of it would ever be tested.
+        first = h.groupby("series_id")["ts"].transform("min")
+        young = (last - first) < pd.Timedelta(hours=self._lead_hours() + 72)
+        in_pool = np.where(young, h["ts"] <= last - pd.Timedelta(hours=max(self.windows)),
+                           ~in_tail)
+        rates = h[in_pool & h["series_id"].isin(set(ids[self.is_rate_.to_numpy()]))]
         rates = rates[(rates["denominator"] >= 1) & rates["numerator"].notna()]
         pool = rates.groupby([rates["series_id"], rates["ts"].dt.hour.rename("hod")])[
             ["numerator", "denominator"]].agg(["sum", "count"])

@@ -299,6 +299,18 @@ def test_ensemble_low_volume_and_cold_start():
     assert (r2["reason"] == "cold start").all() and not r2["is_anomaly"].any()
 
 
+def test_a_young_store_still_tests_its_rates():
+    # 3 days of history (less than the sequential test's replay): a halved conversion at
+    # 2,000 sessions/h is flagged, as the 4-day smoke evaluation needs
+    hist, cur = split(funnel(n_cohorts=1, n_hours=72 + 6, seed=2), hours=6)
+    cur = cur.copy()
+    m = (cur["series_id"] == "session_conversion_rate|c0").to_numpy()
+    cur.loc[m, "numerator"] = (cur.loc[m, "numerator"] * 0.5).round()
+    cur.loc[m, "value"] = cur.loc[m, "numerator"] / cur.loc[m, "denominator"]
+    r = Ensemble(use_prophet=False).fit(hist).score(cur)
+    assert r.loc[m, "is_anomaly"].any(), r.loc[m, ["ts", "reason", "why"]].to_string()
+
+
 def test_a_tiny_cohort_never_alerts_on_traffic_that_piles_up():
     # ~1 session/h that becomes ~5 for a day: the pooled hours reach any floor and the
     # evidence (a 5x rise) is overwhelming, but a count's own hour must reach the volume floor

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 
 from funnelwatch.evaluation.rca_accuracy import cohort_string
@@ -184,7 +185,8 @@ def end_to_end_summary(rows: pd.DataFrame, false_count: int, planned_count: int,
     answered = rows[rows["incident"].notna()]
     if visible_ids is not None:
         keys = list(zip(answered["run"], answered["id"], strict=True))
-        on_visible = answered[[k in visible_ids for k in keys]]
+        # a boolean array, not a list: an empty list would select no columns
+        on_visible = answered.loc[np.array([k in visible_ids for k in keys], dtype=bool)]
     else:
         on_visible = answered
     return {
