@@ -282,3 +282,18 @@ def test_fast_lane_delay_against_the_oracle_minute():
     assert out.loc["a", "oracle_min"] == 20.0 and out.loc["a", "fast_vs_oracle_min"] == 5.0
     assert pd.isna(out.loc["b", "oracle_min"]) and pd.isna(out.loc["b", "fast_vs_oracle_min"])
     assert oracle_minutes(timing, pd.DataFrame())["oracle_min"].isna().all()
+
+
+def test_end_to_end_reads_incidents_without_a_root_cause_and_runs_with_none_visible():
+    from funnelwatch.evaluation import incident_eval
+
+    # where_cohort is NULL (NaN through pandas) before root cause ran
+    incidents = pd.DataFrame([_incident("g", 70, 72, "utm_campaign=weekly_newsletter",
+                                        float("nan"), None, [])])
+    false = incident_eval.false_incidents(incidents, LABELS)
+    planned = pd.DataFrame({"start": [hour(60)], "end": [hour(84)],
+                            "cohort": ["utm_campaign=weekly_newsletter"], "name": ["send"]})
+    assert list(incident_eval.from_planned_traffic(false, planned)["incident_id"]) == ["g"]
+    rows = incident_eval.end_to_end(incidents, LABELS, "r1")
+    summary = incident_eval.end_to_end_summary(rows, len(false), 1, days=4.0, visible_ids=set())
+    assert summary["visible_with_incident"] == 0 and summary["where_top1"] != summary["where_top1"]

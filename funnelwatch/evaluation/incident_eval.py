@@ -165,10 +165,14 @@ def from_planned_traffic(false: pd.DataFrame, planned: pd.DataFrame) -> pd.DataF
         return false.iloc[:0]
     start, end = _span(false)
     hit = pd.Series(False, index=false.index)
-    cohorts = [w or c for w, c in zip(false["where_cohort"], false["cohort"], strict=True)]
+    # a missing where (no root cause yet) reads as NaN from the warehouse: fall back to the
+    # incident's cohort, then to the whole store
+    cohorts = [w if isinstance(w, str) and w else (c if isinstance(c, str) and c else "all")
+               for w, c in zip(false["where_cohort"], false["cohort"], strict=True)]
     for p in planned.itertuples():
         overlaps = (start < p.end) & (end > p.start)
-        fits = pd.Series([compatible(p.cohort, c) for c in cohorts], index=false.index)
+        planned_cohort = p.cohort if isinstance(p.cohort, str) and p.cohort else "all"
+        fits = pd.Series([compatible(planned_cohort, c) for c in cohorts], index=false.index)
         hit |= overlaps & fits
     return false[hit]
 
