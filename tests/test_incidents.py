@@ -313,3 +313,14 @@ def test_a_store_wide_drop_is_one_incident_even_when_a_cohort_is_flagged_first(c
     write(con, [point(9, "sessions", "os=iOS", severity=80, direction="up"),
                 point(9, "sessions", "os=Android", severity=75, direction="up")])
     assert len(process_hour(con, hour(9)).opened) == 2
+
+
+def test_a_store_wide_change_joins_only_a_localised_problem_on_its_metric():
+    from funnelwatch.incidents.lifecycle import same_problem
+
+    # an unlocalised small-cohort incident (it collects many metrics) never absorbs `all`
+    assert not same_problem("all", True, "os=Android&utm_campaign=ig_sale", False, True)
+    assert same_problem("all", True, "device_type=mobile", True, True)
+    assert not same_problem("all", True, "device_type=mobile", True, False)
+    # nothing localised: compatible cohorts, as before
+    assert same_problem("all", False, "os=iOS", False, False)

@@ -285,7 +285,9 @@ def same_problem(a: str, a_localised: bool, b: str, b_localised: bool,
     if not same_mechanism:
         return False
     if "all" in (a, b):
-        return shared_metric
+        # a store-wide change joins only a localised problem seen on the same metric: an
+        # unlocalised small-cohort incident (which collects many metrics) never absorbs it
+        return shared_metric and a_localised and b_localised
     return nested(a, b)
 
 
