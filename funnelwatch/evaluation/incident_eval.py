@@ -39,6 +39,11 @@ def _span(frame: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
     return start, end
 
 
+def _cohort_text(value) -> str:
+    """A cohort read from the incidents table: NULL (NaN through pandas) or empty is `all`."""
+    return value if isinstance(value, str) and value else "all"
+
+
 def answering(incidents: pd.DataFrame, label: dict) -> pd.DataFrame:
     """The incidents that answer one label (overlap its window, compatible cohort), most
     severe first."""
@@ -49,7 +54,7 @@ def answering(incidents: pd.DataFrame, label: dict) -> pd.DataFrame:
     truth = cohort_string({k: v for k, v in (label.get("cohort") or {}).items()
                            if k != "payment_provider"})
     overlaps = (start < t1) & (end > t0)
-    fits = [compatible(truth, c) or compatible(truth, w or "all")
+    fits = [compatible(truth, _cohort_text(c)) or compatible(truth, _cohort_text(w))
             for c, w in zip(incidents["cohort"], incidents["where_cohort"], strict=True)]
     ok = overlaps & pd.Series(fits, index=incidents.index)
     return incidents[ok].sort_values("severity", ascending=False)
@@ -167,12 +172,12 @@ def from_planned_traffic(false: pd.DataFrame, planned: pd.DataFrame) -> pd.DataF
     hit = pd.Series(False, index=false.index)
     # a missing where (no root cause yet) reads as NaN from the warehouse: fall back to the
     # incident's cohort, then to the whole store
-    cohorts = [w if isinstance(w, str) and w else (c if isinstance(c, str) and c else "all")
+    cohorts = [w if isinstance(w, str) and w else _cohort_text(c)
                for w, c in zip(false["where_cohort"], false["cohort"], strict=True)]
     for p in planned.itertuples():
         overlaps = (start < p.end) & (end > p.start)
-        planned_cohort = p.cohort if isinstance(p.cohort, str) and p.cohort else "all"
-        fits = pd.Series([compatible(planned_cohort, c) for c in cohorts], index=false.index)
+        fits = pd.Series([compatible(_cohort_text(p.cohort), c) for c in cohorts],
+                         index=false.index)
         hit |= overlaps & fits
     return false[hit]
 
