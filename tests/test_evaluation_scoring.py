@@ -296,5 +296,7 @@ def test_end_to_end_reads_incidents_without_a_root_cause_and_runs_with_none_visi
     assert list(incident_eval.from_planned_traffic(false, planned)["incident_id"]) == ["g"]
     rows = incident_eval.end_to_end(incidents, LABELS, "r1")
     assert len(incident_eval.answering(incidents, LABELS[0])) <= 1  # NaN where: no crash
+    masked = incidents.assign(where_cohort="(cohort of fewer than 20 sessions)")
+    assert len(incident_eval.answering(masked, LABELS[0])) <= 1  # a masked where: no crash
     summary = incident_eval.end_to_end_summary(rows, len(false), 1, days=4.0, visible_ids=set())
     assert summary["visible_with_incident"] == 0 and summary["where_top1"] != summary["where_top1"]

@@ -39,9 +39,17 @@ def _span(frame: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
     return start, end
 
 
-def _cohort_text(value) -> str:
-    """A cohort read from the incidents table: NULL (NaN through pandas) or empty is `all`."""
-    return value if isinstance(value, str) and value else "all"
+def _cohort_text(value) -> str | None:
+    """A cohort read from the incidents table: NULL (NaN through pandas) or empty is `all`;
+    a masked one (`(cohort of fewer than 20 sessions)`, no `=`) is unknown: None."""
+    if not isinstance(value, str) or not value:
+        return "all"
+    return value if value == "all" or "=" in value else None
+
+
+def _fits(truth: str, cohort) -> bool:
+    text = _cohort_text(cohort)
+    return text is not None and compatible(truth, text)
 
 
 def answering(incidents: pd.DataFrame, label: dict) -> pd.DataFrame:
@@ -54,7 +62,7 @@ def answering(incidents: pd.DataFrame, label: dict) -> pd.DataFrame:
     truth = cohort_string({k: v for k, v in (label.get("cohort") or {}).items()
                            if k != "payment_provider"})
     overlaps = (start < t1) & (end > t0)
-    fits = [compatible(truth, _cohort_text(c)) or compatible(truth, _cohort_text(w))
+    fits = [_fits(truth, c) or _fits(truth, w)
             for c, w in zip(incidents["cohort"], incidents["where_cohort"], strict=True)]
     ok = overlaps & pd.Series(fits, index=incidents.index)
     return incidents[ok].sort_values("severity", ascending=False)
@@ -172,12 +180,12 @@ def from_planned_traffic(false: pd.DataFrame, planned: pd.DataFrame) -> pd.DataF
     hit = pd.Series(False, index=false.index)
     # a missing where (no root cause yet) reads as NaN from the warehouse: fall back to the
     # incident's cohort, then to the whole store
-    cohorts = [w if isinstance(w, str) and w else _cohort_text(c)
+    cohorts = [(w if isinstance(w, str) and _cohort_text(w) else None)
+               or _cohort_text(c) or "all"
                for w, c in zip(false["where_cohort"], false["cohort"], strict=True)]
     for p in planned.itertuples():
         overlaps = (start < p.end) & (end > p.start)
-        fits = pd.Series([compatible(_cohort_text(p.cohort), c) for c in cohorts],
-                         index=false.index)
+        fits = pd.Series([_fits(c, p.cohort) for c in cohorts], index=false.index)
         hit |= overlaps & fits
     return false[hit]
 
