@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import datetime, timedelta
 
 import duckdb
@@ -93,6 +94,8 @@ def cohort_deviation(
     if ctx.inside.empty:
         return None
     ctx._direction()
+    if not math.isfinite(ctx.metric_z):  # the cohort had no trials in the window or history
+        return None
     return {"z": ctx.metric_z}
 
 

@@ -139,6 +139,7 @@ class _Localise:
     def _direction(self) -> float:
         """+1 when the flagged metric rose, -1 when it fell (-1 if unclear: a loss)."""
         df = self.inside
+        self.metric_z = float("nan")  # no trials now or in history: no evidence either way
         if self.metric in RATE_METRICS or self.metric in OTHER_RATE_METRICS:
             if self.metric in RATE_METRICS:
                 num, den = (stage_column(x) for x in RATE_METRICS[self.metric])
