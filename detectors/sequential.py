@@ -6,14 +6,17 @@ For each scored hour t and each window length w of ``WINDOW_GRID`` (1 .. 48 h), 
 * **rates** (k of n): the binomial generalised likelihood ratio of the pooled K = sum k out of
   N = sum n against E = sum n p_t, p_t = the series' pooled rate at that hour of day over the
   history *before* the longest window (every trial of ~4 weeks at that hour: steady, and not
-  contaminated by the hours being tested);
+  contaminated by the hours being tested), shrunk towards the series' rate over all hours and
+  that towards the metric's rate over every cohort (``PRIOR_TRIALS`` pseudo-trials each: a
+  young or small series with no success at that hour does not expect a rate of 0);
 * **counts** (x): the Poisson GLR of K = sum x against E = sum mu_t, mu_t = the hour-of-week
   baseline's expectation.
 
 Overdispersion (quasi-likelihood): the deviance is divided by phi = V / V0, the variance the
 history says the pooled sum has under no change (V) over the binomial / Poisson variance (V0).
 For rates V = sum n p (1 - p) (1 + (n - 1) rho) + the variance of the expectation itself
-(n^2 p (1 - p) (1 + (n_bar - 1) rho) / T, T = the pooled trials at that hour of day), rho per
+(n^2 p (1 - p) (1 + (n_bar - 1) rho) / T, T = the pooled trials at that hour of day plus the
+prior's pseudo-trials), rho per
 series by moments on the history's residuals against the same expectation (the beta-binomial's
 intra-class correlation). For counts V = sum max(sigma_t^2, mu_t), sigma_t the baseline's
 out-of-sample residual sigma (it holds the negative-binomial excess and the error of the median).
@@ -58,6 +61,18 @@ from detectors.config import log10p
 # lasted w hours is always tested on a window within ~20% of w (and the Bonferroni factor
 # stays 11, not 48).
 WINDOW_GRID = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48)
+# The prior a rate's expectation is shrunk towards (empirical Bayes): the hour of day's pooled
+# rate towards the series' rate over all hours, and that towards the metric's rate over every
+# cohort. Without it a young or small series whose few trials at that hour had no success (a
+# JS-error rate: 0 of 40) or no failure (a payment step: 12 of 12) expects a rate of 0 or 1,
+# and the next single error or failure is "100,000x expected" (the 4-day smoke run paged 60
+# times a day on such hours). The prior's strength is set by how far a level may plausibly sit
+# from its parent, relative to the rarer outcome's rate q = min(p, 1 - p): an hour of day's
+# rate within ~30 % of its series' (a Beta prior with that sd has (1 - q) / (0.3^2 q)
+# pseudo-trials: ~1,100 for a 1 % error rate, ~11 for a 50 % step), a cohort's within ~50 %
+# of the metric's.
+HOUR_OF_DAY_REL_SD = 0.3
+COHORT_REL_SD = 0.5
 
 
 def alarm_pvalue(n_series: int, sensitivity: float | str = "medium",
@@ -86,6 +101,8 @@ class SequentialTest(Detector):
         min_count_rise: float = cfg.MIN_COUNT_RISE,
         min_count_drop: float = cfg.MIN_COUNT_DROP,
         max_rho: float = 0.2,
+        hour_of_day_rel_sd: float = HOUR_OF_DAY_REL_SD,
+        cohort_rel_sd: float = COHORT_REL_SD,
     ):
         super().__init__(sensitivity)
         windows = tuple(sorted({int(w) for w in windows}))
@@ -99,6 +116,9 @@ class SequentialTest(Detector):
         self.min_denominator, self.min_count = min_denominator, min_count
         self.min_count_rise, self.min_count_drop = min_count_rise, min_count_drop
         self.max_rho = max_rho
+        if hour_of_day_rel_sd < 0 or cohort_rel_sd < 0:
+            raise ValueError("hour_of_day_rel_sd and cohort_rel_sd must be >= 0 (0: no prior)")
+        self.hour_of_day_rel_sd, self.cohort_rel_sd = hour_of_day_rel_sd, cohort_rel_sd
 
     # ------------------------------------------------------------------------------------------
     def _allowed(self, sids: np.ndarray) -> np.ndarray:
@@ -137,12 +157,13 @@ class SequentialTest(Detector):
         rates = rates[(rates["denominator"] >= 1) & rates["numerator"].notna()]
         pool = rates.groupby([rates["series_id"], rates["ts"].dt.hour.rename("hod")])[
             ["numerator", "denominator"]].agg(["sum", "count"])
-        self.pool_ = pd.DataFrame({
+        self.pool_ = _shrunk_pool(pd.DataFrame({
             "k": pool[("numerator", "sum")], "n": pool[("denominator", "sum")],
-            "hours": pool[("denominator", "count")]})
+            "hours": pool[("denominator", "count")]}), self.hour_of_day_rel_sd,
+            self.cohort_rel_sd)
         # overdispersion of the rate around that expectation (method of moments)
         r = rates.join(self.pool_, on=["series_id", rates["ts"].dt.hour.rename("hod")])
-        p = np.clip(r["k"] / r["n"], 1e-6, 1 - 1e-6)
+        p = np.clip(r["p"], 1e-6, 1 - 1e-6)
         k, n = r["numerator"], r["denominator"]
         base = n * p * (1 - p)
         num = ((k - n * p) ** 2 - base).groupby(r["series_id"]).sum()
@@ -161,9 +182,10 @@ class SequentialTest(Detector):
         hod = f["ts"].dt.hour.to_numpy()
         pool = self.pool_.reindex(pd.MultiIndex.from_arrays([sids, hod]))
         with np.errstate(divide="ignore", invalid="ignore"):
-            p = np.clip(pool["k"].to_numpy() / pool["n"].to_numpy(), 1e-6, 1 - 1e-6)
+            p = np.clip(pool["p"].to_numpy(), 1e-6, 1 - 1e-6)
             nbar = pool["n"].to_numpy() / pool["hours"].to_numpy()
-        trials = pool["n"].to_numpy()
+        # the expectation's own error: a Beta posterior over the pooled trials and the prior's
+        trials = pool["n"].to_numpy() + pool["prior_n"].to_numpy()
         n = f["denominator"].to_numpy()
         k = f["numerator"].to_numpy()
         rho = self.rho_.reindex(sids).fillna(0.0).to_numpy()
@@ -298,3 +320,35 @@ class SequentialTest(Detector):
         p = np.where(allowed == "down", stats.norm.cdf(r),
                      np.where(allowed == "up", stats.norm.sf(r), stats.norm.sf(np.abs(r))))
         return np.where(usable & (allowed != "none"), np.minimum(p, 1.0), np.nan)
+
+
+def prior_trials(p: np.ndarray, rel_sd: float) -> np.ndarray:
+    """Pseudo-trials of a Beta prior with mean p whose sd is ``rel_sd`` x the rarer outcome's
+    rate q = min(p, 1 - p): (1 - q) / (rel_sd^2 q), at least 1 (0 trials for rel_sd 0: no
+    prior; none where p is unknown)."""
+    if rel_sd == 0:
+        return np.zeros_like(np.asarray(p, dtype=float))
+    q = np.clip(np.minimum(p, 1 - p), 1e-6, 0.5)
+    return np.where(np.isfinite(p), np.maximum(1.0, (1 - q) / (rel_sd**2 * q)), 0.0)
+
+
+def _shrunk_pool(pool: pd.DataFrame, hour_rel_sd: float, cohort_rel_sd: float) -> pd.DataFrame:
+    """The pooled (series, hour of day) trials with ``p``, the expected rate shrunk in two
+    levels (metric over every cohort and hour -> series over all hours -> hour of day, each
+    (k + m p_parent) / (n + m), m = ``prior_trials``), and ``prior_n``, the hour level's m."""
+    if pool.empty:
+        return pool.assign(p=pd.Series(dtype=float), prior_n=pd.Series(dtype=float))
+    sids = pool.index.get_level_values(0)
+    metric = pd.Index([cfg.split_series_id(s)[0] for s in sids])
+    per_series = pool.groupby(level=0)[["k", "n"]].sum()
+    per_metric = pool.groupby(metric.to_numpy())[["k", "n"]].sum()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p_metric = (per_metric["k"] / per_metric["n"]).reindex(metric).to_numpy()
+        m_series = prior_trials(p_metric, cohort_rel_sd)
+        k_s = per_series["k"].reindex(sids).to_numpy()
+        n_s = per_series["n"].reindex(sids).to_numpy()
+        p_series = (k_s + m_series * np.nan_to_num(p_metric)) / (n_s + m_series)
+        m_hour = prior_trials(p_series, hour_rel_sd)
+        p = (pool["k"].to_numpy() + m_hour * np.nan_to_num(p_series)) / (
+            pool["n"].to_numpy() + m_hour)
+    return pool.assign(p=p, prior_n=m_hour)

@@ -141,3 +141,44 @@ def test_ensemble_alerts_on_accumulated_evidence_without_a_shape_detector():
     assert all("sequential" in f for f in flagged["detectors_fired"])
     assert flagged["why"].str.contains(r"sequential \d+ h").all()
     assert any(list(f) == ["sequential"] for f in flagged["detectors_fired"])
+
+
+@pytest.mark.parametrize("rate", [0.01, 0.97])
+def test_rare_events_in_a_young_series_expect_a_shrunk_rate_not_zero_or_one(rate):
+    """A young store (3 days of history) with a 1% error rate (or a 97% step rate): most hours of day saw
+    no error (no failure) in history. The expectation is shrunk towards the series' and the
+    metric's rate, so quiet hours raise no alarm, while a real jump still does."""
+    rng = np.random.default_rng(11)
+    ts = pd.date_range("2026-11-16", periods=96, freq="h", tz="UTC")
+    rows = []
+    for cohort in ("all", "country=AU", "device_type=tablet", "browser=Firefox"):
+        n = rng.poisson(60 if cohort != "all" else 600, len(ts)).astype(float)
+        k = rng.binomial(n.astype(int), rate).astype(float)
+        rows.append(pd.DataFrame({"series_id": f"js_error_session_rate|{cohort}", "ts": ts,
+                                  "value": k / n, "numerator": k, "denominator": n}))
+    frame = pd.concat(rows, ignore_index=True)
+    hist, cur = frame[frame["ts"] < ts[72]], frame[frame["ts"] >= ts[72]]
+    det = SequentialTest(n_series=1500, directions={"js_error_session_rate": "both"}).fit(hist)
+    # every hour of day expects a rate strictly inside (0, 1), near the true one
+    assert det.pool_["p"].between(rate / 5, 1 - (1 - rate) / 5).all()
+    assert not det.score(cur)["is_anomaly"].any()
+    # a tenfold error rate (or half the step rate) for three hours in one cohort is flagged
+    jump = cur.copy()
+    hit = jump.index[(jump["series_id"] == "js_error_session_rate|country=AU")][4:7]
+    jump.loc[hit, "numerator"] = np.round(jump.loc[hit, "denominator"]
+                                          * (0.1 if rate < 0.5 else 0.45))
+    jump["value"] = jump["numerator"] / jump["denominator"]
+    assert det.score(jump).loc[hit, "is_anomaly"].any()
+    # without the prior, an hour of day that saw no error (no failure) in history expects a
+    # rate of 0 (1), and three errors (failures) in an hour there page: the 4-day smoke run's failure
+    bare = SequentialTest(n_series=1500, directions={"js_error_session_rate": "both"},
+                          hour_of_day_rel_sd=0, cohort_rel_sd=0).fit(hist)
+    pool = bare.pool_
+    extreme = pool[(pool["k"] == 0) | (pool["k"] == pool["n"])].index[0]
+    assert 0 < det.pool_.loc[extreme, "p"] < 1
+    one = cur.copy()
+    row = one.index[(one["series_id"] == extreme[0]) & (one["ts"].dt.hour == extreme[1])][0]
+    one.loc[row, "numerator"] = 3.0 if rate < 0.5 else one.loc[row, "denominator"] - 3
+    one["value"] = one["numerator"] / one["denominator"]
+    assert bare.score(one).loc[row, "is_anomaly"]
+    assert not det.score(one).loc[row, "is_anomaly"]
