@@ -5,6 +5,10 @@ Every detector follows one contract, as PyOD / scikit-learn do: configure in ``_
 funnel metrics ``numerator`` / ``denominator``). ``score`` returns a frame aligned to ``current``
 with ``expected``, ``lower``, ``upper``, ``score``, ``p_value``, ``direction``, ``is_anomaly``,
 ``reason``. See docs/detectors.md.
+
+``SubsetScan`` is the one detector over a *cube* instead of series: ``fit`` / ``score`` take the
+leaf table (one row per hour and combination of every dimension, with count columns) and
+``score`` returns one row per alerting cohort, not one per input row.
 """
 
 from detectors.base import SCORE_COLUMNS, Detector, NotFittedError, validate_frame
@@ -21,6 +25,7 @@ from detectors.ensemble import ENSEMBLE_COLUMNS, Ensemble, score_streaming
 from detectors.multivariate import MultivariateDetector
 from detectors.prophet_detector import ProphetDetector
 from detectors.stats import CountTest, RateTest, betabinomial_pvalue, binomial_pvalue, negbin_pvalue
+from detectors.subset_scan import SubsetScan
 
 __all__ = [
     "ENSEMBLE_COLUMNS",
@@ -36,6 +41,7 @@ __all__ = [
     "NotFittedError",
     "ProphetDetector",
     "RateTest",
+    "SubsetScan",
     "Thresholds",
     "betabinomial_pvalue",
     "binomial_pvalue",

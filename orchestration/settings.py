@@ -19,6 +19,10 @@ class DetectionSettings(dg.ConfigurableResource):
     use_prophet: bool = True
     prophet_top_n: int = 50
     history_days: int = 28
+    # every cohort of up to three dimensions that is not a series, by a subset scan over the
+    # leaf table, and the share of the daily false-alarm budget it may spend
+    cube_scan: bool = True
+    cube_scan_false_alarms_per_day: float = 0.1
 
     def make_ensemble(self, holidays):
         from detectors import Ensemble  # pandas/numpy/pyod/prophet: imported when a run needs it

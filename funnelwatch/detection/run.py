@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 import duckdb
 import pandas as pd
 
+from funnelwatch.detection.cube_scan import scan_window
 from funnelwatch.detection.model_store import load_prophet_models, save_prophet_models
 from funnelwatch.detection.planned import (
     DQ_AFTERMATH,
@@ -38,6 +39,7 @@ class WindowResult:
     prophet_saved: int = 0  # models written to detection.prophet_models
     planned_cleared: int = 0  # alerts cleared: campaign not running, hour after a DQ incident
     feedback_cleared: int = 0  # alerts cleared by incident feedback (funnelwatch.incidents.feedback)
+    scan_alerts: int = 0  # alerts of the subset scan over cohorts that are not series
 
 
 def _chunks(start: datetime, end: datetime) -> list[tuple[datetime, datetime]]:
@@ -67,11 +69,15 @@ def score_window(
     make_ensemble,
     history_days: int = 28,
     persist_models: bool = True,
+    cube_scan: bool = True,
+    cube_scan_false_alarms_per_day: float = 0.1,
 ) -> WindowResult:
     """`make_ensemble()` returns a fresh detectors.Ensemble (kept across chunks, so its Prophet
     cache and refit schedule carry over). With `persist_models`, the stored Prophet models of
     the window's series are imported into `ensemble.prophet_` before the first chunk and the
-    models (re)fitted in this call are saved back (see model_store)."""
+    models (re)fitted in this call are saved back (see model_store). With `cube_scan`, every
+    cohort of up to three dimensions that is not a monitored series is scanned too
+    (funnelwatch.detection.cube_scan) and its alerts join the scored rows."""
     ensemble = make_ensemble()
     prophet = (
         ensemble.prophet_
@@ -115,6 +121,14 @@ def score_window(
         if persist_models and refitted:
             saved = save_prophet_models(con, prophet.export_models(refitted))
     out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    scan_alerts = 0
+    if cube_scan and not out.empty:
+        # every other cohort of up to three dimensions, by the subset scan over the leaves
+        found = scan_window(con, start, end, set(out["cohort"].astype(str)),
+                            false_alarms_per_day=cube_scan_false_alarms_per_day)
+        if len(found):
+            scan_alerts = len(found)
+            out = pd.concat([out, found], ignore_index=True)
     planned_cleared = feedback_cleared = 0
     if not out.empty:
         planned_cleared = suppress_outside_campaigns(out, campaign_windows(con, start, end))
@@ -137,4 +151,5 @@ def score_window(
         prophet_saved=saved,
         planned_cleared=planned_cleared,
         feedback_cleared=feedback_cleared,
+        scan_alerts=scan_alerts,
     )

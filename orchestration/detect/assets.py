@@ -61,7 +61,9 @@ def _chart_markdown(history: pd.DataFrame, title: str) -> str:
     ],
     description=(
         "Every monitored (metric, cohort) series scored for the partition's hours by the "
-        "detector ensemble (rate-aware tests gating hour-of-week, EWMA, CUSUM and Prophet), "
+        "detector ensemble (a sequential test on counts; hour-of-week, EWMA, CUSUM and "
+        "Prophet as context), and every other cohort of up to three dimensions by a subset "
+        "scan over the leaf table, "
         "written to `detection.anomalies` with expected value, band, severity 0-100, "
         "direction and which detectors fired and why. Hours with an open data-quality "
         "incident are skipped."
@@ -77,7 +79,8 @@ def cohort_anomalies(
         holidays = holidays_frame(con)
         result = score_window(
             con, window.start, window.end, lambda: detection.make_ensemble(holidays),
-            history_days=detection.history_days,
+            history_days=detection.history_days, cube_scan=detection.cube_scan,
+            cube_scan_false_alarms_per_day=detection.cube_scan_false_alarms_per_day,
         )
         written = replace_window(con, window.start, window.end, result.scored)
     scored = result.scored
@@ -90,6 +93,7 @@ def cohort_anomalies(
         "prophet_models_saved": dg.MetadataValue.int(result.prophet_saved),
         "alerts_cleared_as_planned_or_dq_aftermath": dg.MetadataValue.int(result.planned_cleared),
         "alerts_cleared_by_incident_feedback": dg.MetadataValue.int(result.feedback_cleared),
+        "cube_scan_alerts": dg.MetadataValue.int(result.scan_alerts),
     }
     if scored.empty:
         return dg.MaterializeResult(metadata=metadata)
