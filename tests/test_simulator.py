@@ -668,6 +668,9 @@ def test_explain_scenario_labels_say_what_the_answer_should_be(explain):
     bots = labels["bots-over-campaigns"]
     assert bots["expected_where"] == "country=US&device_type=desktop"
     assert bots["expected_cause"] == {"kind": "bot_traffic", "ref": None}
+    deep = labels["three-dimension-cohort-drop"]
+    assert deep["expected_where"] == "browser=Chrome&country=US&os=Windows"
+    assert deep["expected_cause"] == {"kind": "none", "ref": None}
 
 
 def test_campaign_loss_launches_the_campaign_beside_a_decoy_deploy(explain):
