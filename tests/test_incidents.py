@@ -71,25 +71,37 @@ def test_compatible_cohorts():
     assert not compatible("os=iOS", "os=Android&browser=Chrome")
 
 
-def test_compatible_points_merge_and_incompatible_ones_do_not(con):
+def test_unlocalised_points_merge_only_when_their_cohorts_are_nested(con):
+    # no localiser: the bots' cohort and its campaign are nested (one incident); an iOS
+    # checkout drop and an unexplained JS-error blip in one country are problems of their own,
+    # though no dimension of theirs differs from the bots' (the old, looser rule merged them)
     write(con, [
         point(0, "sessions", "os=Linux&browser=Chrome&utm_campaign=fb_retarget", severity=98,
               direction="up"),
-        point(0, "sessions", "utm_source=facebook", severity=80, direction="up"),
-        point(0, "add_to_cart_rate", "all", severity=60),
+        point(0, "sessions", "utm_campaign=fb_retarget", severity=80, direction="up"),
         point(0, "checkout_conversion_rate", "os=iOS&browser=Safari", severity=70),
+        point(0, "js_error_session_rate", "country=AU", severity=55, direction="up"),
     ])
     result = process_hour(con, hour(0))
     frame = incidents(con)
     assert result.points == 4
-    assert len(frame) == 2, frame[["metric", "cohort"]]
+    assert len(frame) == 3, frame[["metric", "cohort"]]
     bots = frame[frame["metric"] == "sessions"].iloc[0]
     assert bots["cohort"] == "os=Linux&browser=Chrome&utm_campaign=fb_retarget"
-    assert bots["anomaly_count"] == 3 and bots["severity"] == 98
+    assert bots["anomaly_count"] == 2 and bots["severity"] == 98
     assert bots["title"] == "sessions rose in os=Linux&browser=Chrome&utm_campaign=fb_retarget"
-    assert sorted(bots["metrics"]) == ["add_to_cart_rate", "sessions"]
     ios = frame[frame["metric"] == "checkout_conversion_rate"].iloc[0]
     assert ios["incident_id"].startswith("inc-2026112010-") and ios["state"] == "open"
+    # an unexplained store-wide point joins an unlocalised incident on its own metric only
+    write(con, [point(1, "js_error_session_rate", "all", severity=60, direction="up"),
+                point(1, "checkout_conversion_rate", "all", severity=65)])
+    process_hour(con, hour(1))
+    members = con.execute("SELECT incident_id, metric, cohort FROM incidents.members "
+                          "WHERE event_hour = $h", {"h": hour(1)}).df()
+    by_metric = dict(zip(members["metric"], members["incident_id"], strict=True))
+    assert by_metric["checkout_conversion_rate"] == ios["incident_id"]
+    au = frame[frame["metric"] == "js_error_session_rate"].iloc[0]["incident_id"]
+    assert by_metric["js_error_session_rate"] == au
 
 
 def test_ongoing_incident_updates_escalates_resolves_and_reopens(con):
@@ -322,5 +334,8 @@ def test_a_store_wide_change_joins_only_a_localised_problem_on_its_metric():
     assert not same_problem("all", True, "os=Android&utm_campaign=ig_sale", False, True)
     assert same_problem("all", True, "device_type=mobile", True, True)
     assert not same_problem("all", True, "device_type=mobile", True, False)
-    # nothing localised: compatible cohorts, as before
-    assert same_problem("all", False, "os=iOS", False, False)
+    # nothing localised: nested cohorts, and the whole store only on a shared metric
+    assert same_problem("all", False, "os=iOS", False, True)
+    assert not same_problem("all", False, "os=iOS", False, False)
+    assert same_problem("os=iOS", False, "browser=Safari&os=iOS", False, False)
+    assert not same_problem("country=AU", False, "device_type=desktop&os=Windows", False, True)

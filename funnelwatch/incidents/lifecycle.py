@@ -13,8 +13,8 @@ One problem is one incident, however many series and cohorts it moves:
   drop, invisible in the store's totals) keeps its own cohort.
 - **Group by where.** Points whose localised cohorts are the same or nested join one
   incident; the other series are its symptoms (`incidents.members`), not incidents of their
-  own. Points without a localisation (no analysis configured, no marts yet) fall back to the
-  looser rule of compatible cohorts (no dimension with different values). An ongoing incident
+  own. Points without a localisation (no analysis configured, no marts yet, a change the
+  store-wide scan does not see) group by the same rule on their own cohorts. An ongoing incident
   (last anomaly at most `merge_gap_hours` earlier, or resolved less than `reopen_hours` ago)
   absorbs new symptoms of its localised cohort and updates instead of opening a new one. The
   metric does not matter: one cause moves several steps of the funnel.
@@ -270,24 +270,26 @@ def same_problem(a: str, a_localised: bool, b: str, b_localised: bool,
                  shared_metric: bool, same_mechanism: bool = True) -> bool:
     """Whether two localised cohorts are one problem (see the module docstring).
 
-    Nothing localised: compatible cohorts (the best evidence there is). Otherwise the same or
-    nested cohorts; but the whole store contains every cohort, so a cohort's problem joins a
-    store-wide one (or the reverse) only when both are seen on the same metric: a bot
-    campaign during a store-wide payment outage is a second problem, not a symptom.
+    The same or nested cohorts, localised or not. Overlapping cohorts that are not nested
+    (`os=Linux&browser=Chrome` and `utm_source=facebook`) are one problem only when the
+    localiser says so by giving both the same where: the looser "no dimension differs" rule
+    let an unexplained JS-error blip in one country join a payment problem on Windows desktop
+    and, hour after hour, most of a day's noise (the 4-day smoke run's 31-point incident). The
+    whole store contains every cohort, so a cohort's problem joins a store-wide one (or the
+    reverse) only when both are seen on the same metric and both are localised or neither
+    is: a bot campaign during a store-wide payment outage is a second problem, not a symptom.
     `same_mechanism` False (a traffic surge on one side, anything else on the other): a surge
     lowers conversion only through the sessions it adds, which is where the surge is, so it
     explains a conversion drop localised to its own cohort (bots) but not one localised to
     a smaller cohort inside it (a payment break among the newsletter's readers)."""
-    if not (a_localised or b_localised):
-        return compatible(a, b)
     if a == b:
         return True
     if not same_mechanism:
         return False
     if "all" in (a, b):
-        # a store-wide change joins only a localised problem seen on the same metric: an
-        # unlocalised small-cohort incident (which collects many metrics) never absorbs it
-        return shared_metric and a_localised and b_localised
+        # a store-wide change joins only a problem seen on the same metric, localised alike:
+        # an unlocalised small-cohort incident (which collects many metrics) never absorbs it
+        return shared_metric and a_localised == b_localised
     return nested(a, b)
 
 
