@@ -48,7 +48,8 @@ from detectors.prophet_detector import ProphetDetector
 from detectors.sequential import SequentialTest
 from detectors.stats import CountTest, RateTest
 
-ENSEMBLE_COLUMNS = SCORE_COLUMNS + ["severity", "detectors_fired", "why", "run_start"]
+ENSEMBLE_COLUMNS = SCORE_COLUMNS + ["severity", "detectors_fired", "why", "run_start",
+                                    "window_hours"]
 
 
 class Ensemble(Detector):
@@ -305,6 +306,7 @@ class Ensemble(Detector):
             e_shape = np.maximum(e_shape, e)
 
         p_value = np.full(n, np.nan)
+        window_hours = np.full(n, np.nan)  # hours of evidence behind the verdict
         stat_reason = np.full(n, "", dtype=object)
         low_volume = np.zeros(n, dtype=bool)
         if self.mode == "rate":
@@ -351,6 +353,7 @@ class Ensemble(Detector):
             # per window there; the shape detectors and the point test above are context
             # (detectors_fired, why), no longer a veto.
             seq = self.seq_._score(current)
+            window_hours = seq["window_hours"].to_numpy(dtype=float)
             p_value = seq["p_value"].to_numpy(dtype=float)
             e_seq = np.nan_to_num(seq["score"].to_numpy(dtype=float)) / band
             norm["sequential"] = e_seq
@@ -471,6 +474,7 @@ class Ensemble(Detector):
         out["expected"], out["lower"], out["upper"] = expected, lower, upper
         out["score"] = raw
         out["p_value"] = p_value
+        out["window_hours"] = window_hours
         out["direction"] = direction
         out["is_anomaly"] = is_anom
         out["reason"] = short

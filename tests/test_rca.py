@@ -594,3 +594,33 @@ def test_one_problem_seen_through_many_series_is_one_incident(tmp_path):
         assert owner[("checkout_conversion_rate", "os=Android")] == campaign
     finally:
         con.close()
+
+
+def test_a_slow_drop_is_localised_over_the_hours_of_evidence_behind_its_flag(tmp_path):
+    """A 20% review-step drop in iOS Safari x ig_sale: no single hour shows where it is, six
+    pooled hours do. The sequential test flags `os=iOS` after six hours (window_hours 6); the
+    incident is localised, and its root cause analysed, over those six hours."""
+    from funnelwatch.detection.store import replace_window
+    from funnelwatch.incidents.lifecycle import process_hour
+    from funnelwatch.incidents.rca import analyse_incident, localise_change
+
+    path = tmp_path / "funnelwatch.duckdb"
+    _build(path, review_factor=0.8)
+    hour = INC_START + timedelta(hours=5)
+    con = duckdb.connect(str(path))
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        assert localise_change(con, metric="review_step_rate", start=hour,
+                               end=hour + timedelta(hours=1)) == []
+        replace_window(con, hour, hour + timedelta(hours=1), pd.DataFrame([
+            {"event_hour": hour, "metric": "review_step_rate", "cohort": "os=iOS", "value": 0.7,
+             "expected": 0.8, "lower": 0.75, "upper": 0.85, "severity": 60.0,
+             "direction": "down", "is_anomaly": True, "window_hours": 6.0}]))
+        process_hour(con, hour, localise=localise_change, analyse=analyse_incident)
+        where, started, rca = con.execute(
+            "SELECT localised_cohort, started_at, rca FROM incidents.incidents").fetchone()
+        assert where == "browser=Safari&os=iOS&utm_campaign=ig_sale"
+        assert started == hour  # opened when flagged; analysed from its evidence
+        assert json.loads(rca)["window_start"] == (hour - timedelta(hours=5)).isoformat()
+    finally:
+        con.close()

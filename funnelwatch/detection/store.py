@@ -32,6 +32,9 @@ COLUMNS = {
     "detectors_fired": "VARCHAR[]",
     "why": "VARCHAR",
     "scored_at": "TIMESTAMPTZ",
+    # the hours of evidence behind a verdict (the sequential test's or the scan's window): a
+    # drop flagged after six hours pooled is localised and analysed over those six hours
+    "window_hours": "DOUBLE",
 }
 
 
@@ -39,6 +42,9 @@ def ensure_detection_schema(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
     cols = ", ".join(f'"{n}" {t}' for n, t in COLUMNS.items())
     con.execute(f"CREATE TABLE IF NOT EXISTS {TABLE} ({cols})")
+    # a warehouse scored before a column existed gets it (NULL for its old rows)
+    for name, sql_type in COLUMNS.items():
+        con.execute(f'ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS "{name}" {sql_type}')
 
 
 def replace_window(
@@ -92,7 +98,8 @@ def _has_table(con: duckdb.DuckDBPyConnection) -> bool:
     return has_table(con, TABLE)
 
 
-POINT_COLUMNS = ["metric", "cohort", "severity", "direction", "value", "expected"]
+POINT_COLUMNS = ["metric", "cohort", "severity", "direction", "value", "expected",
+                 "window_hours"]
 
 
 def flagged_points(con: duckdb.DuckDBPyConnection, hour: datetime) -> pd.DataFrame:
@@ -101,7 +108,8 @@ def flagged_points(con: duckdb.DuckDBPyConnection, hour: datetime) -> pd.DataFra
     if not _has_table(con):
         return pd.DataFrame(columns=POINT_COLUMNS)
     return con.execute(
-        f"""SELECT metric, cohort, severity, direction, value, expected FROM {TABLE}
+        f"""SELECT metric, cohort, severity, direction, value, expected,
+                   coalesce(window_hours, 1) AS window_hours FROM {TABLE}
             WHERE event_hour = $h AND is_anomaly""",
         {"h": hour},
     ).df()
@@ -127,3 +135,22 @@ def series_health(con: duckdb.DuckDBPyConnection, series: list[tuple[str, str]],
             GROUP BY metric, cohort""",
         {"s": start, "e": end, "keys": [f"{m}|{c}" for m, c in series]},
     ).df()
+
+
+def evidence_start(con: duckdb.DuckDBPyConnection, points: list[tuple[str, str, datetime]]
+                   ) -> datetime | None:
+    """The earliest hour of evidence behind flagged `points` ((metric, cohort, event_hour)):
+    min(event_hour - (window_hours - 1) h); None when none of them is stored flagged."""
+    if not points or not _has_table(con):
+        return None
+    row = con.execute(
+        f"""WITH p AS (SELECT unnest($metrics) AS metric, unnest($cohorts) AS cohort,
+                              unnest($hours::TIMESTAMPTZ[]) AS event_hour)
+            SELECT min(a.event_hour
+                       - to_hours(CAST(coalesce(a.window_hours, 1) - 1 AS BIGINT)))
+            FROM {TABLE} AS a JOIN p USING (metric, cohort, event_hour)
+            WHERE a.is_anomaly""",
+        {"metrics": [m for m, _, _ in points], "cohorts": [c for _, c, _ in points],
+         "hours": [h for _, _, h in points]},
+    ).fetchone()
+    return None if row is None or row[0] is None else row[0]

@@ -42,11 +42,13 @@ def flagged_points(con: duckdb.DuckDBPyConnection, hour) -> pd.DataFrame:
     of detection's flagged points (incidents read both). Empty before the lane ever ran."""
     if not _has_scores(con):
         return pd.DataFrame(columns=["metric", "cohort", "severity", "direction", "value",
-                                     "expected"])
+                                     "expected", "window_hours"])
+    # its windows are slots of the hour: one hour of evidence
     return con.execute(
         f"""SELECT metric, cohort, max(severity) AS severity,
                    arg_max(direction, severity) AS direction,
-                   arg_max(value, severity) AS value, arg_max(expected, severity) AS expected
+                   arg_max(value, severity) AS value, arg_max(expected, severity) AS expected,
+                   1.0 AS window_hours
             FROM {SCORES} WHERE event_hour = $h AND is_anomaly
             GROUP BY metric, cohort""",
         {"h": hour},

@@ -63,6 +63,8 @@ SEVERITY_BANDS = ((90.0, "critical"), (70.0, "major"), (50.0, "minor"))
 Analyse = Callable[..., dict]
 # localise(con, metric=..., start=..., end=...) -> the `where` rows the localiser accepts
 Localise = Callable[..., list[dict]]
+# Longest evidence window (hours) a localisation or root cause looks back over.
+MAX_EVIDENCE_HOURS = 24
 # 5-minute slots per hour of the fast lane, and the share of them a recovered hour needs.
 SLOTS_PER_HOUR = 12
 FASTLANE_RECOVERY_COVERAGE = 0.9
@@ -233,7 +235,8 @@ def nested(a: str, b: str) -> bool:
 def localise_points(con, points: pd.DataFrame, hour: datetime,
                     localise: Localise | None) -> pd.DataFrame:
     """Each point's localised cohort (`where`, `localised`): the first cohort the store-wide
-    localisation of its metric accepts that is the same as, inside or around the point's
+    localisation of its metric (over the hours of evidence behind its flags, `window_hours`,
+    at most `MAX_EVIDENCE_HOURS`) accepts that is the same as, inside or around the point's
     cohort; the point's own cohort (localised False) when there is none, when no localiser
     is given, or when the metric cannot be localised (an unknown metric, a window without
     marts). One localisation per flagged metric and hour."""
@@ -243,9 +246,15 @@ def localise_points(con, points: pd.DataFrame, hour: datetime,
     if localise is None or out.empty:
         return out
     found: dict[str, list[str]] = {}
+    windows = (pd.to_numeric(out["window_hours"], errors="coerce") if "window_hours" in out
+               else pd.Series(1.0, index=out.index)).fillna(1.0).clip(1, MAX_EVIDENCE_HOURS)
     for metric in out["metric"].unique():
+        # over the hours of evidence behind the metric's flags: a drop the sequential test
+        # flagged after six hours pooled is invisible in its last hour alone
+        hours = int(windows[out["metric"] == metric].max())
         try:
-            rows = localise(con, metric=metric, start=hour, end=hour + timedelta(hours=1))
+            rows = localise(con, metric=metric, start=hour - timedelta(hours=hours - 1),
+                            end=hour + timedelta(hours=1))
         except ValueError as exc:  # unknown metric, no data: the points keep their cohorts
             log.info("no localisation of %s at %s: %s", metric, hour, exc)
             rows = []
@@ -511,6 +520,13 @@ def update_root_cause(con, inc_id: str, hour: datetime, analyse: Analyse) -> Non
         "WHERE incident_id = $id",
         {"id": inc_id},
     ).fetchone()
+    # from the first hour of evidence behind its flags (a slow drop's pooled hours), at most
+    # MAX_EVIDENCE_HOURS before the incident opened
+    members = con.execute(f"SELECT metric, cohort, event_hour FROM {SCHEMA}.members "
+                          "WHERE incident_id = $id", {"id": inc_id}).fetchall()
+    evidence = detection_store.evidence_start(con, members)
+    if evidence is not None:
+        started = max(min(started, evidence), started - timedelta(hours=MAX_EVIDENCE_HOURS - 1))
     try:
         end = hour + timedelta(hours=1)
         rca = mask_small_cohorts(con, localise_top_down(con, analyse, metric, cohort, started,
