@@ -9,7 +9,14 @@ window's deviation of an additive or ratio KPI; several simultaneous causes are 
 
 from rootcause.cohorts import ALL, format_cohort, parse_cohort
 from rootcause.leaves import LEAF_COLUMNS, additive_leaves, ratio_leaves
-from rootcause.localize import KPI_KINDS, RESULT_COLUMNS, Localizer, cohort_z
+from rootcause.localize import (
+    KPI_KINDS,
+    RESULT_COLUMNS,
+    Localizer,
+    cohort_mask,
+    cohort_z,
+    residual_z,
+)
 
 __all__ = [
     "ALL",
@@ -18,8 +25,10 @@ __all__ = [
     "RESULT_COLUMNS",
     "Localizer",
     "additive_leaves",
+    "cohort_mask",
     "cohort_z",
     "format_cohort",
     "parse_cohort",
     "ratio_leaves",
+    "residual_z",
 ]

@@ -476,12 +476,8 @@ class Localizer:
 
 def cohort_z(leaves: pd.DataFrame, filters: dict, drift: float = 0.0) -> float | None:
     """z of one cohort's aggregated deviation, as the scan computes it (None if absent)."""
-    mask = np.ones(len(leaves), dtype=bool)
-    for k, v in filters.items():
-        if k not in leaves.columns:
-            return None
-        mask &= (leaves[k].astype(str) == str(v)).to_numpy()
-    if not mask.any():
+    mask = cohort_mask(leaves, filters)
+    if mask is None or not mask.any():
         return None
     a = float(leaves.loc[mask, "actual"].sum())
     e = float(leaves.loc[mask, "expected"].sum())
@@ -508,3 +504,37 @@ def _rake(a: np.ndarray, e0: np.ndarray, masks: list[np.ndarray], sweeps: int = 
 def _is_descendant(child: dict, parent: dict) -> bool:
     """True when ``child`` is strictly finer than ``parent`` (same values on parent's dims)."""
     return len(child) > len(parent) and all(child.get(k) == v for k, v in parent.items())
+
+
+def cohort_mask(leaves: pd.DataFrame, filters: dict) -> np.ndarray | None:
+    """The leaves of a cohort (None when it names a dimension the leaves do not have)."""
+    mask = np.ones(len(leaves), dtype=bool)
+    for k, v in filters.items():
+        if k not in leaves.columns:
+            return None
+        mask &= (leaves[k].astype(str) == str(v)).to_numpy()
+    return mask
+
+
+def residual_z(leaves: pd.DataFrame, causes: list[dict], cohorts: list[dict],
+               drift: float = 0.0) -> list[float | None]:
+    """Each cohort's z once ``causes`` (filters) are taken out: the expectations raked so that
+    every cause matches its actual total, as the explaining-away loop does. A cohort whose
+    deviation the causes account for comes out near 0 (a symptom of them); one they do not
+    touch keeps its z. None for a cohort with a dimension the leaves lack, or no leaves."""
+    a = leaves["actual"].to_numpy(dtype=float)
+    e0 = leaves["expected"].to_numpy(dtype=float)
+    var = (leaves["variance"] if "variance" in leaves.columns else leaves["expected"]).to_numpy(
+        dtype=float)
+    masks = [m for m in (cohort_mask(leaves, c) for c in causes) if m is not None and m.any()]
+    e = _rake(a, e0, masks) if masks else e0
+    out: list[float | None] = []
+    for filters in cohorts:
+        m = cohort_mask(leaves, filters)
+        if m is None or not m.any():
+            out.append(None)
+            continue
+        ex = float(e[m].sum())
+        out.append(float((a[m].sum() - ex) / np.sqrt(var[m].sum() + (drift * ex) ** 2
+                                                     + VARIANCE_FLOOR)))
+    return out

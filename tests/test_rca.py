@@ -541,7 +541,7 @@ def test_one_problem_seen_through_many_series_is_one_incident(tmp_path):
     into the campaign's incident and the iOS symptom opens one of its own."""
     from funnelwatch.detection.store import replace_window
     from funnelwatch.incidents.lifecycle import process_window
-    from funnelwatch.incidents.rca import localise_change
+    from funnelwatch.incidents.rca import cohort_closures, explain_points
 
     path = tmp_path / "funnelwatch.duckdb"
     _build(path, review_factor=0.1)
@@ -560,7 +560,7 @@ def test_one_problem_seen_through_many_series_is_one_incident(tmp_path):
                  "lower": 0.45, "upper": 0.55, "severity": sev, "direction": "down",
                  "is_anomaly": True} for m, c, sev in flagged]))
         process_window(con, INC_START, INC_START + timedelta(hours=2),
-                       localise=localise_change)
+                       localise=explain_points, closures=cohort_closures)
         incidents = con.execute(
             "SELECT incident_id, localised_cohort, cohort, anomaly_count, title "
             "FROM incidents.incidents ORDER BY anomaly_count DESC").fetchall()
@@ -602,7 +602,12 @@ def test_a_slow_drop_is_localised_over_the_hours_of_evidence_behind_its_flag(tmp
     incident is localised, and its root cause analysed, over those six hours."""
     from funnelwatch.detection.store import replace_window
     from funnelwatch.incidents.lifecycle import process_hour
-    from funnelwatch.incidents.rca import analyse_incident, localise_change
+    from funnelwatch.incidents.rca import (
+        analyse_incident,
+        cohort_closures,
+        explain_points,
+        localise_change,
+    )
 
     path = tmp_path / "funnelwatch.duckdb"
     _build(path, review_factor=0.8)
@@ -616,11 +621,48 @@ def test_a_slow_drop_is_localised_over_the_hours_of_evidence_behind_its_flag(tmp
             {"event_hour": hour, "metric": "review_step_rate", "cohort": "os=iOS", "value": 0.7,
              "expected": 0.8, "lower": 0.75, "upper": 0.85, "severity": 60.0,
              "direction": "down", "is_anomaly": True, "window_hours": 6.0}]))
-        process_hour(con, hour, localise=localise_change, analyse=analyse_incident)
+        process_hour(con, hour, localise=explain_points, closures=cohort_closures, analyse=analyse_incident)
         where, started, rca = con.execute(
             "SELECT localised_cohort, started_at, rca FROM incidents.incidents").fetchone()
         assert where == "browser=Safari&os=iOS&utm_campaign=ig_sale"
         assert started == hour  # opened when flagged; analysed from its evidence
         assert json.loads(rca)["window_start"] == (hour - timedelta(hours=5)).isoformat()
+    finally:
+        con.close()
+
+
+def test_incidents_whose_root_cause_is_the_same_are_merged(tmp_path):
+    """Root cause drives grouping after the analysis too: the iOS Safari x ig_sale review-step
+    break flagged in `utm_campaign=ig_sale` and in `os=iOS&browser=Safari` (overlapping, not
+    nested by name) opens two incidents when nothing localises the points; both analyses name
+    the same deploy for the same where, so they are one incident with both as symptoms."""
+    from funnelwatch.detection.store import replace_window
+    from funnelwatch.incidents.lifecycle import process_hour
+    from funnelwatch.incidents.rca import cohort_closures
+
+    path = tmp_path / "funnelwatch.duckdb"
+    _build(path, review_factor=0.1)
+    flagged = [("checkout_conversion_rate", "utm_campaign=ig_sale", 80.0),
+               ("review_step_rate", "os=iOS&browser=Safari", 70.0)]
+    con = duckdb.connect(str(path))
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        replace_window(con, INC_START, INC_START + timedelta(hours=1), pd.DataFrame([
+            {"event_hour": INC_START, "metric": m, "cohort": c, "value": 0.3, "expected": 0.5,
+             "lower": 0.45, "upper": 0.55, "severity": sev, "direction": "down",
+             "is_anomaly": True} for m, c, sev in flagged]))
+        result = process_hour(con, INC_START)  # no analysis: two incidents
+        assert len(result.opened) == 2
+        con.execute("DROP SCHEMA incidents CASCADE")
+        result = process_hour(con, INC_START, analyse=analyse_incident, closures=cohort_closures)
+        rows = con.execute("SELECT incident_id, where_cohort, top_cause, anomaly_count "
+                           "FROM incidents.incidents").fetchall()
+        assert len(rows) == 1, rows
+        assert rows[0][1] == "browser=Safari&os=iOS&utm_campaign=ig_sale"
+        assert rows[0][2] == "deploy payment-widget 9.9.0" and rows[0][3] == 2
+        assert result.touched == [rows[0][0]]
+        timeline = con.execute("SELECT detail FROM incidents.timeline WHERE kind = 'updated'"
+                               ).fetchall()
+        assert any("absorbed" in d for (d,) in timeline)
     finally:
         con.close()

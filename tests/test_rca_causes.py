@@ -254,7 +254,7 @@ def test_planned_traffic_opens_no_incident_and_a_real_problem_inside_it_does(bas
     from funnelwatch.incidents.alerts import enqueue_incident_alerts
     from funnelwatch.incidents.commands import list_incidents
     from funnelwatch.incidents.lifecycle import process_window
-    from funnelwatch.incidents.rca import localise_change
+    from funnelwatch.incidents.rca import cohort_closures, explain_points
 
     path = tmp_path / "w.duckdb"
     shutil.copy(base_warehouse, path)
@@ -273,7 +273,7 @@ def test_planned_traffic_opens_no_incident_and_a_real_problem_inside_it_does(bas
                  "lower": 0.4, "upper": 0.6, "severity": sev, "direction": d,
                  "is_anomaly": True} for m, c, sev, d in rows]))
         process_window(con, hours[0], hours[-1] + timedelta(hours=1), analyse=analyse_incident,
-                       localise=localise_change)
+                       localise=explain_points, closures=cohort_closures)
         by_metric = dict(con.execute(
             "SELECT metric, category FROM incidents.incidents").fetchall())
         assert by_metric == {"sessions": "context", "checkout_conversion_rate": "business"}
@@ -290,5 +290,80 @@ def test_planned_traffic_opens_no_incident_and_a_real_problem_inside_it_does(bas
         assert [r["metric"] for r in listed] == ["checkout_conversion_rate"]
         everything, _ = list_incidents(con, "all", days=30, limit=50)
         assert sorted(r["state"] for r in everything) == ["context", "open"]
+    finally:
+        con.close()
+
+
+def _traffic_of(campaign: str, factor: float, start, end) -> tuple[str, list]:
+    """Every count of a campaign's traffic times `factor` in [start, end)."""
+    sets = ", ".join(f"{c} = round({c} * {factor})" for c in CUBE_COLUMNS)
+    return ((f"update marts.fct_funnel_hourly set {sets} where utm_campaign = ? "
+            "and event_hour >= ? and event_hour < ?"), [campaign, start, end])
+
+
+def test_a_campaign_that_ended_explains_the_loss_of_its_traffic(warehouse, tmp_path):
+    """ig_sale ends at INC_START: its sessions vanish. Planned traffic (context), named in
+    full, and the vanished cohort is not masked as a small one (it was large a week ago)."""
+    end_campaign = ("update marts.dim_campaigns set end_time = ? where campaign_name = 'ig_sale'",
+                    [INC_START])
+    result = warehouse(end_campaign, _traffic_of("ig_sale", 0.0, INC_START, INC_END),
+                       metric="sessions", cohort="all")
+    first = result["hypotheses"][0]
+    assert (first["kind"], first["ref"]) == ("planned_traffic", "ig_sale")
+    assert "ended" in first["title"] and result["explained_by_planned"]
+    assert result["where"][0]["cohort"] == "utm_campaign=ig_sale"
+    from funnelwatch.incidents.masking import mask_small_cohorts
+
+    with duckdb.connect(str(tmp_path / "w.duckdb"), read_only=True) as con:
+        masked = mask_small_cohorts(con, result, INC_START, INC_END, minimum=20)
+    assert masked["where"][0]["cohort"] == "utm_campaign=ig_sale"  # 0 now, large a week ago
+    # a conversion drop after the same end is not the campaign's: never explained by it
+    converted = warehouse(end_campaign, _traffic_of("ig_sale", 0.0, INC_START, INC_END))
+    assert "planned_traffic" not in [h["kind"] for h in converted["hypotheses"]]
+
+
+def test_a_holiday_explains_less_traffic_in_its_country(warehouse):
+    sets = ", ".join(f"{c} = round({c} * 0.5)" for c in CUBE_COLUMNS)
+    quieter = ((f"update marts.fct_funnel_hourly set {sets} where country = 'US' "
+               "and event_hour >= ? and event_hour < ?"), [INC_START, INC_END])
+    table = (("create table if not exists marts.dim_holidays (holiday_id varchar, holiday_name "
+             "varchar, country varchar, kind varchar, holiday_date date, day_start timestamptz, "
+             "day_end timestamptz)"), [])
+    holiday = (("insert into marts.dim_holidays values ('h', 'Thanksgiving', 'US', 'holiday', "
+               "?, ?, ?)"), [INC_START.date(), INC_START.replace(hour=0),
+                            INC_START.replace(hour=0) + timedelta(days=1)])
+    # a quiet day the reference data does not announce: no known cause
+    assert warehouse(quieter, metric="sessions", cohort="country=US")["hypotheses"][0][
+        "kind"] == "none"
+    # the same day announced as a US holiday (the copy keeps the quieter traffic)
+    result = warehouse(table, holiday, metric="sessions", cohort="country=US")
+    first = result["hypotheses"][0]
+    assert (first["kind"], first["ref"]) == ("planned_traffic", "Thanksgiving")
+
+
+def test_explain_points_attributes_overlapping_and_differently_named_cohorts(warehouse,
+                                                                              tmp_path):
+    """The review-step break in iOS Safari x ig_sale, flagged in cohorts that overlap it
+    without being nested by name (country=US, browser=Safari) or around it; an Android
+    cohort, which it does not touch, stays unexplained. Closures say os=iOS is mobile."""
+    from funnelwatch.incidents.rca import cohort_closures, explain_points
+
+    warehouse(("select 1", []))  # the copy, unchanged
+    con = duckdb.connect(str(tmp_path / "w.duckdb"), read_only=True)
+    try:
+        flagged = ["country=US", "browser=Safari", "os=iOS", "utm_source=instagram",
+                   "os=Android", "category=books"]
+        causes, explained = explain_points(con, metric="review_step_rate", start=INC_START,
+                                           end=INC_START + timedelta(hours=3), cohorts=flagged)
+        cause = "browser=Safari&os=iOS&utm_campaign=ig_sale"
+        assert [c["cohort"] for c in causes] == [cause]
+        assert {c: explained[c] for c in flagged} == {
+            "country=US": cause, "browser=Safari": cause, "os=iOS": cause,
+            "utm_source=instagram": cause, "os=Android": None, "category=books": None}
+        closures = cohort_closures(con, ["os=iOS", "utm_source=instagram", "category=books"],
+                                   INC_START - timedelta(days=7), INC_START)
+        assert closures["os=iOS"]["device_type"] == "mobile"
+        assert closures["utm_source=instagram"]["utm_campaign"] == "ig_sale"
+        assert closures["category=books"] == {"category": "books"}
     finally:
         con.close()

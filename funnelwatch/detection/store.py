@@ -98,6 +98,13 @@ def _has_table(con: duckdb.DuckDBPyConnection) -> bool:
     return has_table(con, TABLE)
 
 
+def _has_window(con: duckdb.DuckDBPyConnection) -> bool:
+    return bool(con.execute(
+        "SELECT count(*) FROM information_schema.columns WHERE table_schema = $s "
+        "AND table_name = $t AND column_name = 'window_hours'",
+        {"s": SCHEMA, "t": TABLE.split(".")[1]}).fetchone()[0])
+
+
 POINT_COLUMNS = ["metric", "cohort", "severity", "direction", "value", "expected",
                  "window_hours"]
 
@@ -107,9 +114,11 @@ def flagged_points(con: duckdb.DuckDBPyConnection, hour: datetime) -> pd.DataFra
     columns, before detection ever ran: the reader never creates detection's schema."""
     if not _has_table(con):
         return pd.DataFrame(columns=POINT_COLUMNS)
+    # a table scored before verdicts kept their window: one hour of evidence each
+    window = "coalesce(window_hours, 1)" if _has_window(con) else "1.0"
     return con.execute(
         f"""SELECT metric, cohort, severity, direction, value, expected,
-                   coalesce(window_hours, 1) AS window_hours FROM {TABLE}
+                   {window} AS window_hours FROM {TABLE}
             WHERE event_hour = $h AND is_anomaly""",
         {"h": hour},
     ).df()
@@ -141,7 +150,7 @@ def evidence_start(con: duckdb.DuckDBPyConnection, points: list[tuple[str, str, 
                    ) -> datetime | None:
     """The earliest hour of evidence behind flagged `points` ((metric, cohort, event_hour)):
     min(event_hour - (window_hours - 1) h); None when none of them is stored flagged."""
-    if not points or not _has_table(con):
+    if not points or not _has_table(con) or not _has_window(con):
         return None
     row = con.execute(
         f"""WITH p AS (SELECT unnest($metrics) AS metric, unnest($cohorts) AS cohort,

@@ -293,11 +293,12 @@ def score_slot(con, landing: Path | str, slot_start: datetime | str,
 
 def process_slot(con, landing: Path | str, slot_start: datetime | str,
                  config: FastLaneConfig | None = None, policy=None, analyse=None,
-                 localise=None):
+                 localise=None, closures=None):
     """Score the slot, then group the hour's flagged points (hourly and fast lane) into
     incidents through the same lifecycle as the hourly lane: (SlotResult, HourResult)."""
     from funnelwatch.incidents.lifecycle import process_hour
 
     result = score_slot(con, landing, slot_start, config)
-    hour_result = process_hour(con, as_utc_hour(result.slot_start), policy, analyse, localise)
+    hour_result = process_hour(con, as_utc_hour(result.slot_start), policy, analyse, localise,
+                               closures)
     return result, hour_result

@@ -11,7 +11,8 @@ One problem is one incident, however many series and cohorts it moves:
   `js_error_session_rate` in `utm_campaign=fb_retarget` all localise to
   `utm_campaign=fb_retarget`); a point the store-wide scan does not explain (a small cohort's
   drop, invisible in the store's totals) keeps its own cohort.
-- **Group by where.** Points whose localised cohorts are the same or nested join one
+- **Group by where.** Points whose localised cohorts are the same or nested (judged on the
+  dimensions all their sessions share over the week, `rca.cohort_closures`) join one
   incident; the other series are its symptoms (`incidents.members`), not incidents of their
   own. Points without a localisation (no analysis configured, no marts yet, a change the
   store-wide scan does not see) group by the same rule on their own cohorts. An ongoing incident
@@ -61,8 +62,12 @@ LIFECYCLE_KINDS = ("opened", "updated", "escalated", "resolved", "reopened")
 SEVERITY_BANDS = ((90.0, "critical"), (70.0, "major"), (50.0, "minor"))
 
 Analyse = Callable[..., dict]
-# localise(con, metric=..., start=..., end=...) -> the `where` rows the localiser accepts
-Localise = Callable[..., list[dict]]
+# localise(con, metric=..., start=..., end=..., cohorts=[...]) -> (the causes the localiser
+# accepts, {flagged cohort: the cause's cohort that explains it, or None}): rca.explain_points
+Localise = Callable[..., tuple[list[dict], dict[str, str | None]]]
+# closures(con, cohorts, start, end) -> {cohort: its filters and every dimension its sessions
+# share}: rca.cohort_closures (two names of the same sessions compare as nested)
+Closures = Callable[..., dict[str, dict[str, str]]]
 # Longest evidence window (hours) a localisation or root cause looks back over.
 MAX_EVIDENCE_HOURS = 24
 # 5-minute slots per hour of the fast lane, and the share of them a recovered hour needs.
@@ -110,14 +115,16 @@ def compatible(a: str, b: str) -> bool:
     return all(fb[k] == v for k, v in fa.items() if k in fb)
 
 
-def contains(outer: str, inner: str) -> bool:
-    """True when cohort `inner` lies inside cohort `outer` (`all` contains every cohort)."""
-    fo, fi = parse_filters(outer), parse_filters(inner)
+def contains(outer: str, inner: str, closures: dict[str, dict[str, str]] | None = None) -> bool:
+    """True when cohort `inner` lies inside cohort `outer` (`all` contains every cohort);
+    with `closures`, judged on `inner`'s closure (the dimensions all its sessions share)."""
+    fo = parse_filters(outer)
+    fi = (closures or {}).get(inner) or parse_filters(inner)
     return all(fi.get(k) == v for k, v in fo.items())
 
 
 def _absorb_fragments(members: list[tuple], fresh: dict[str, dict],
-                      localised: set[str]) -> list[tuple]:
+                      localised: set[str], closures: dict | None = None) -> list[tuple]:
     """Merge an unlocalised incident opened this hour into another unlocalised one that has,
     this hour, a point on the same metric in a cohort containing the new incident's cohort.
     Without a localisation, points are grouped most severe first, so a store-wide drop whose
@@ -137,7 +144,7 @@ def _absorb_fragments(members: list[tuple], fresh: dict[str, dict],
                 continue
             host = next((other for other, points in anchors.items()
                          if other != new_id and other not in localised
-                         and any(metric == inc["metric"] and contains(cohort, inc["cohort"])
+                         and any(metric == inc["metric"] and contains(cohort, inc["cohort"], closures)
                                  for metric, cohort in points)), None)
             if host is None:
                 continue
@@ -227,43 +234,43 @@ def _text(value) -> str | None:
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
 
 
-def nested(a: str, b: str) -> bool:
+def nested(a: str, b: str, closures: dict[str, dict[str, str]] | None = None) -> bool:
     """True when one cohort lies inside the other (or they are the same)."""
-    return contains(a, b) or contains(b, a)
+    return contains(a, b, closures) or contains(b, a, closures)
 
 
 def localise_points(con, points: pd.DataFrame, hour: datetime,
                     localise: Localise | None) -> pd.DataFrame:
-    """Each point's localised cohort (`where`, `localised`): the first cohort the store-wide
+    """Each point's localised cohort (`where`, `localised`): the cause the store-wide
     localisation of its metric (over the hours of evidence behind its flags, `window_hours`,
-    at most `MAX_EVIDENCE_HOURS`) accepts that is the same as, inside or around the point's
-    cohort; the point's own cohort (localised False) when there is none, when no localiser
-    is given, or when the metric cannot be localised (an unknown metric, a window without
-    marts). One localisation per flagged metric and hour."""
+    at most `MAX_EVIDENCE_HOURS`) accepts and that explains the point (its deviation is
+    noise once the cause's effect is taken out: see rca.explain_points); the point's own
+    cohort (localised False) when no cause explains it, when no localiser is given, or when
+    the metric cannot be localised (an unknown metric, a window without marts). One
+    localisation per flagged metric and hour."""
     out = points.copy()
     out["where"] = out["cohort"]
     out["localised"] = False
     if localise is None or out.empty:
         return out
-    found: dict[str, list[str]] = {}
     windows = (pd.to_numeric(out["window_hours"], errors="coerce") if "window_hours" in out
                else pd.Series(1.0, index=out.index)).fillna(1.0).clip(1, MAX_EVIDENCE_HOURS)
     for metric in out["metric"].unique():
+        rows = out["metric"] == metric
         # over the hours of evidence behind the metric's flags: a drop the sequential test
         # flagged after six hours pooled is invisible in its last hour alone
-        hours = int(windows[out["metric"] == metric].max())
+        hours = int(windows[rows].max())
         try:
-            rows = localise(con, metric=metric, start=hour - timedelta(hours=hours - 1),
-                            end=hour + timedelta(hours=1))
+            _causes, explained = localise(
+                con, metric=metric, start=hour - timedelta(hours=hours - 1),
+                end=hour + timedelta(hours=1), cohorts=sorted(set(out.loc[rows, "cohort"])))
         except ValueError as exc:  # unknown metric, no data: the points keep their cohorts
             log.info("no localisation of %s at %s: %s", metric, hour, exc)
-            rows = []
-        found[metric] = [r["cohort"] for r in rows if r.get("cohort")]
-    for i, point in out.iterrows():
-        match = next((c for c in found.get(point["metric"], []) if nested(c, point["cohort"])),
-                     None)
-        if match is not None:
-            out.at[i, "where"], out.at[i, "localised"] = match, True
+            continue
+        for i in out.index[rows]:
+            where = explained.get(out.at[i, "cohort"])
+            if where is not None:
+                out.at[i, "where"], out.at[i, "localised"] = where, True
     return out
 
 
@@ -276,30 +283,51 @@ def is_surge(metric: str, direction: str | None) -> bool:
 
 
 def same_problem(a: str, a_localised: bool, b: str, b_localised: bool,
-                 shared_metric: bool, same_mechanism: bool = True) -> bool:
+                 shared_metric: bool, same_mechanism: bool = True,
+                 closures: dict[str, dict[str, str]] | None = None,
+                 a_surge: bool = False) -> bool:
     """Whether two localised cohorts are one problem (see the module docstring).
 
-    The same or nested cohorts, localised or not. Overlapping cohorts that are not nested
-    (`os=Linux&browser=Chrome` and `utm_source=facebook`) are one problem only when the
-    localiser says so by giving both the same where: the looser "no dimension differs" rule
-    let an unexplained JS-error blip in one country join a payment problem on Windows desktop
-    and, hour after hour, most of a day's noise (the 4-day smoke run's 31-point incident). The
-    whole store contains every cohort, so a cohort's problem joins a store-wide one (or the
-    reverse) only when both are seen on the same metric and both are localised or neither
-    is: a bot campaign during a store-wide payment outage is a second problem, not a symptom.
-    `same_mechanism` False (a traffic surge on one side, anything else on the other): a surge
-    lowers conversion only through the sessions it adds, which is where the surge is, so it
-    explains a conversion drop localised to its own cohort (bots) but not one localised to
-    a smaller cohort inside it (a payment break among the newsletter's readers)."""
+    The same or nested cohorts, localised or not, nesting judged on `closures` (each cohort's
+    filters plus the dimensions all its sessions share: `device_type=desktop&utm_campaign=x`
+    contains `os=Linux&utm_campaign=x` when Linux is only desktops). Overlapping cohorts that
+    are not nested are one problem only when the localiser gives both the same where: the
+    looser "no dimension differs" rule let an unexplained JS-error blip in one country join a
+    payment problem on Windows desktop and, hour after hour, most of a day's noise (the 4-day
+    smoke run's 31-point incident). The whole store contains every cohort, so a cohort's
+    problem joins a store-wide one (or the reverse) only when both are seen on the same metric
+    and both are localised or neither is: a bot campaign during a store-wide payment outage
+    is a second problem, not a symptom.
+
+    `same_mechanism` False (a traffic surge on one side, `a_surge` saying which, anything else
+    on the other): a surge lowers conversion only through the sessions it adds, so it
+    explains a conversion drop localised to its own cohort or one around it (the bots' Linux
+    Chrome sessions inside the campaign whose add-to-cart rate fell), not one localised to a
+    smaller cohort inside it (a payment break among the newsletter's readers)."""
     if a == b:
         return True
-    if not same_mechanism:
-        return False
     if "all" in (a, b):
         # a store-wide change joins only a problem seen on the same metric, localised alike:
         # an unlocalised small-cohort incident (which collects many metrics) never absorbs it
-        return shared_metric and a_localised == b_localised
-    return nested(a, b)
+        return same_mechanism and shared_metric and a_localised == b_localised
+    if not same_mechanism:
+        surge, other = (a, b) if a_surge else (b, a)
+        return contains(other, surge, closures)
+    return nested(a, b, closures)
+
+
+def _closures_of(con, points: pd.DataFrame, hour: datetime, policy: IncidentPolicy,
+                 closures: Closures | None) -> dict[str, dict[str, str]]:
+    """The closures (see `same_problem`) of the hour's wheres and of the live incidents',
+    over the week up to the hour: an implication that holds for a week (Linux sessions are
+    desktop sessions) is structure, one that holds for an hour of a small cohort may be
+    chance. Empty without points or a `closures` function."""
+    if closures is None or points.empty:
+        return {}
+    live = _live_incidents(con, hour, policy)
+    cohorts = set(points["where"]) | set(points["cohort"])
+    cohorts |= {(_text(r.localised_cohort) or r.cohort) for r in live.itertuples()}
+    return closures(con, sorted(cohorts), hour - timedelta(days=7), hour + timedelta(hours=1))
 
 
 def _live_incidents(con, hour: datetime, policy: IncidentPolicy) -> pd.DataFrame:
@@ -348,6 +376,7 @@ def process_hour(
     policy: IncidentPolicy | None = None,
     analyse: Analyse | None = None,
     localise: Localise | None = None,
+    closures: Closures | None = None,
 ) -> HourResult:
     """Localise the hour's flagged points (`localise`, see `localise_points`), group them by
     where into incidents, resolve the recovered ones and re-run root cause (`analyse`, see
@@ -360,6 +389,7 @@ def process_hour(
     result = HourResult(hour)
     points = localise_points(con, anomalies_of_hour(con, hour), hour, localise)
     result.points = len(points)
+    closed = _closures_of(con, points, hour, policy, closures)
     con.execute("BEGIN TRANSACTION")
     try:
         _undo_hour(con, hour)
@@ -384,11 +414,12 @@ def process_hour(
                     or hour - inc["last_anomaly_at"] <= timedelta(hours=policy.merge_gap_hours)
                 )
                 inc_where = inc["localised_cohort"] or inc["cohort"]
+                point_surge = is_surge(point.metric, point.direction)
                 if eligible and same_problem(
                         point.where, bool(point.localised), inc_where,
                         inc["localised_cohort"] is not None, point.metric in inc["metric_set"],
-                        is_surge(point.metric, point.direction)
-                        == is_surge(inc["metric"], inc["direction"])):
+                        point_surge == is_surge(inc["metric"], inc["direction"]),
+                        closed, a_surge=point_surge):
                     target = inc
                     break
             if target is None:
@@ -406,7 +437,7 @@ def process_hour(
 
         localised_ids = {i for i, inc in {**incidents, **fresh}.items()
                          if inc["localised_cohort"] is not None}
-        members = _absorb_fragments(members, fresh, localised_ids)
+        members = _absorb_fragments(members, fresh, localised_ids, closed)
 
         touched: dict[str, list[tuple]] = {}
         for m in members:
@@ -507,7 +538,109 @@ def process_hour(
     if analyse is not None:
         for inc_id in result.touched:
             update_root_cause(con, inc_id, hour, analyse)
+        for survivor in _merge_by_cause(con, hour, result, policy, closed):
+            update_root_cause(con, survivor, hour, analyse)
     return result
+
+
+def _cause_of(rca_json) -> tuple[str, str | None] | None:
+    """(kind, ref) of an analysis' best hypothesis; None without one."""
+    try:
+        rca = json.loads(rca_json) if isinstance(rca_json, str) else (rca_json or {})
+    except ValueError:
+        return None
+    top = (rca.get("hypotheses") or [None])[0]
+    if not isinstance(top, dict):
+        return None
+    return str(top.get("kind") or "none"), top.get("ref")
+
+
+def _same_cause(a, b) -> bool:
+    """One known cause named by both, or the same funnel step where one analysis found no
+    cause (a 5% checkout loss analysed as 'deploy checkout 2.9.0' at the shipping step for
+    the store, 'no known cause' at the same step in the US purchases it took)."""
+    if a.cause[0] != "none" and a.cause == b.cause:
+        return True
+    step_a, step_b = _text(a.funnel_step), _text(b.funnel_step)
+    return "none" in (a.cause[0], b.cause[0]) and step_a is not None and step_a == step_b
+
+
+def _where_nested(a: str | None, b: str | None, closures: dict[str, dict[str, str]]) -> bool:
+    """Nested wheres; a where over a provider or a product category is not a set of sessions
+    and spans every session cohort (an Adyen outage seen in mobile, in Google traffic ...)."""
+    a, b = a or "all", b or "all"
+    if any(k in ("payment_provider", "category") for c in (a, b) for k in parse_filters(c)):
+        return True
+    return nested(a, b, closures)
+
+
+def _merge_by_cause(con, hour: datetime, result: HourResult, policy: IncidentPolicy,
+                    closures: dict[str, dict[str, str]]) -> list[str]:
+    """Root cause drives grouping, after the analysis too: incidents live at this hour whose
+    analyses name the same cause (kind and ref; or the same funnel step where one found no
+    cause, `_same_cause`) for the same or nested where are one problem, whatever series and cohorts their points came from (the bots'
+    add-to-cart drop seen per product category, which no session cohort explains; one
+    provider's failures flagged in cohorts the localiser could not attribute). The one that
+    paged, else the earliest, else the most severe, absorbs the others (members, timeline,
+    span, severity); one that paged is never absorbed. Returns the survivors that changed."""
+    touched = set(result.touched)
+    if not touched:
+        return []
+    live = con.execute(
+        f"""SELECT incident_id, category, where_cohort, funnel_step, rca, started_at,
+                   last_anomaly_at, severity, coalesce(alerted_version, 0) AS alerted
+            FROM {SCHEMA}.incidents
+            WHERE state IN ('open', 'acknowledged') AND started_at <= $h
+              AND last_anomaly_at >= $since AND rca IS NOT NULL""",
+        {"h": hour, "since": hour - timedelta(hours=policy.merge_gap_hours)},
+    ).df()
+    if len(live) < 2:
+        return []
+    live["cause"] = [_cause_of(r) for r in live["rca"]]
+    live = live[live["cause"].map(lambda c: c is not None)]
+    # a known cause first among equals: the survivor keeps its analysis
+    live["known"] = live["cause"].map(lambda c: c[0] != "none")
+    live = live.sort_values(["alerted", "known", "started_at", "severity"],
+                            ascending=[False, False, True, False], kind="stable")
+    merged: dict[str, str] = {}
+    rows = list(live.itertuples())
+    for i, keep in enumerate(rows):
+        if keep.incident_id in merged:
+            continue
+        for other in rows[i + 1:]:
+            if (other.incident_id in merged or other.alerted or other.category != keep.category
+                    or not (keep.incident_id in touched or other.incident_id in touched)
+                    or not _same_cause(keep, other)
+                    or not _where_nested(_text(keep.where_cohort), _text(other.where_cohort),
+                                         closures)):
+                continue
+            merged[other.incident_id] = keep.incident_id
+    for victim, survivor in merged.items():
+        con.execute(f"UPDATE {SCHEMA}.members SET incident_id = $s WHERE incident_id = $v",
+                    {"s": survivor, "v": victim})
+        con.execute(f"DELETE FROM {SCHEMA}.timeline WHERE incident_id = $v", {"v": victim})
+        con.execute(
+            f"""UPDATE {SCHEMA}.incidents AS i SET
+                  started_at = least(i.started_at, v.started_at),
+                  last_anomaly_at = greatest(i.last_anomaly_at, v.last_anomaly_at),
+                  anomaly_count = i.anomaly_count + v.anomaly_count,
+                  severity = greatest(i.severity, v.severity),
+                  metrics = list_sort(list_distinct(list_concat(i.metrics, v.metrics))),
+                  cohorts = list_sort(list_distinct(list_concat(i.cohorts, v.cohorts))),
+                  updated_at = now()
+                FROM {SCHEMA}.incidents AS v
+                WHERE i.incident_id = $s AND v.incident_id = $v""",
+            {"s": survivor, "v": victim},
+        )
+        con.execute(f"DELETE FROM {SCHEMA}.incidents WHERE incident_id = $v", {"v": victim})
+        add_timeline(con, survivor, hour, "updated",
+                     f"absorbed {victim}: the same cause for the same or a nested where")
+        for bucket in (result.opened, result.updated, result.escalated, result.reopened):
+            if victim in bucket:
+                bucket.remove(victim)
+                if survivor not in result.touched:
+                    result.updated.append(survivor)
+    return sorted(set(merged.values()))
 
 
 def update_root_cause(con, inc_id: str, hour: datetime, analyse: Analyse) -> None:
@@ -581,12 +714,13 @@ def process_window(
     policy: IncidentPolicy | None = None,
     analyse: Analyse | None = None,
     localise: Localise | None = None,
+    closures: Closures | None = None,
 ) -> list[HourResult]:
     """`process_hour` for every hour of [start, end), in order (state depends on order)."""
     hour = as_utc_hour(start)
     results = []
     while hour < end:
-        results.append(process_hour(con, hour, policy, analyse, localise))
+        results.append(process_hour(con, hour, policy, analyse, localise, closures))
         hour += timedelta(hours=1)
     return results
 

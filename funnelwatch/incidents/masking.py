@@ -10,7 +10,7 @@ not sets of sessions and are not masked here (docs/privacy.md).
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import duckdb
 
@@ -23,17 +23,22 @@ from funnelwatch.privacy import is_small, mask_cohort, min_cohort_sessions
 
 def cohort_sessions(con: duckdb.DuckDBPyConnection, filters: dict, start: datetime,
                     end: datetime) -> float | None:
-    """Session-hours of a cohort of session attributes in [start, end); None for a cohort
-    over anything else (category, payment provider)."""
+    """Session-hours of a cohort of session attributes in [start, end), or in the same hours a
+    week before if that is more (a cohort whose traffic vanished, an ended campaign, was not a
+    small group of people); None for a cohort over anything else (category, payment
+    provider)."""
     if any(k not in SESSION_DIMENSIONS for k in filters):
         return None
     conditions = "".join(f" AND {k} = ?" for k in filters)
-    (total,) = con.execute(
-        "SELECT coalesce(sum(sessions), 0) FROM marts.fct_funnel_hourly "
-        f"WHERE event_hour >= ? AND event_hour < ?{conditions}",
-        [start, end, *filters.values()],
+    week = timedelta(days=7)
+    (now, before) = con.execute(
+        "SELECT coalesce(sum(sessions) FILTER (WHERE event_hour >= ?), 0), "
+        "coalesce(sum(sessions) FILTER (WHERE event_hour < ?), 0) FROM marts.fct_funnel_hourly "
+        f"WHERE ((event_hour >= ? AND event_hour < ?) OR (event_hour >= ? AND event_hour < ?))"
+        f"{conditions}",
+        [start, end - week, start, end, start - week, end - week, *filters.values()],
     ).fetchone()
-    return float(total)
+    return float(max(now, before))
 
 
 def mask_small_cohorts(con: duckdb.DuckDBPyConnection, rca: dict, start: datetime,

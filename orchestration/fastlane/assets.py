@@ -60,7 +60,7 @@ def checkout_fast_lane(
     alerting: AlertingSettings,
 ) -> dg.MaterializeResult:
     from funnelwatch.fastlane.lane import process_slot
-    from funnelwatch.incidents.rca import analyse_incident, localise_change
+    from funnelwatch.incidents.rca import analyse_incident, cohort_closures, explain_points
 
     window = context.partition_time_window
     config = fast_lane.config()
@@ -73,7 +73,7 @@ def checkout_fast_lane(
         for start in starts:
             results.append(process_slot(con, landing.root, start.to_pydatetime(), config,
                                         incident_settings.policy(), analyse=analyse_incident,
-                                        localise=localise_change))
+                                        localise=explain_points, closures=cohort_closures))
         alerts = send_incident_alerts(context, con, alerting)
     slot = results[-1][0]
     flagged = pd.concat([s.flagged for s, _ in results], ignore_index=True)

@@ -65,7 +65,7 @@ def incidents(
     from funnelwatch.incidents.feedback import ingest_spool
     from funnelwatch.incidents.lifecycle import process_window
     from funnelwatch.incidents.links import incident_url
-    from funnelwatch.incidents.rca import analyse_incident, localise_change
+    from funnelwatch.incidents.rca import analyse_incident, cohort_closures, explain_points
     from funnelwatch.incidents.reporting import render_incident_reports
     from funnelwatch.publish import INCIDENT_TABLE_KEYS, publish_marts
 
@@ -74,7 +74,8 @@ def incidents(
     with warehouse.get_connection() as con:
         feedback = ingest_spool(con, incident_settings.feedback_path())
         results = process_window(con, window.start, window.end, incident_settings.policy(),
-                                 analyse=analyse_incident, localise=localise_change)
+                                 analyse=analyse_incident, localise=explain_points,
+                                 closures=cohort_closures)
         changed = sorted({i for r in results for i in r.touched + r.resolved})
         rendered = render_incident_reports(con, changed, reports_dir)
         changed_frame = con.execute(

@@ -30,7 +30,9 @@ use the same hours of the day over the ``history_days`` before (mean per day).
 
 from funnelwatch.incidents.rca.analyse import (
     analyse_incident,
+    cohort_closures,
     cohort_deviation,
+    explain_points,
     explained_by_planned,
     localise_change,
 )
@@ -60,6 +62,7 @@ from funnelwatch.incidents.rca.constants import (
     SERVICE_STEPS,
     SESSION_DIMENSIONS,
     STAGES,
+    SYMPTOM_Z,
     TRACKED_EVENTS,
     UNKNOWN_LABEL,
     stage_column,
@@ -93,11 +96,14 @@ __all__ = [
     "SERVICE_STEPS",
     "SESSION_DIMENSIONS",
     "STAGES",
+    "SYMPTOM_Z",
     "TRACKED_EVENTS",
     "UNKNOWN_LABEL",
     "analyse_incident",
+    "cohort_closures",
     "cohort_deviation",
     "deploy_platform",
+    "explain_points",
     "explained_by_planned",
     "localise_change",
     "stage_column",

@@ -6,12 +6,15 @@ import math
 from datetime import datetime, timedelta
 
 import duckdb
+import numpy as np
 
 from funnelwatch.incidents.rca.constants import (
     CAUSE_WINDOW,
     KNOWN_METRICS,
     LEAF_DIMENSIONS,
     SESSION_DIMENSIONS,
+    SYMPTOM_Z,
+    UNKNOWN_LABEL,
 )
 from funnelwatch.incidents.rca.context import _WindowData
 from funnelwatch.incidents.rca.funnel import _Funnel
@@ -20,7 +23,7 @@ from funnelwatch.incidents.rca.impact import _Impact
 from funnelwatch.incidents.rca.localise import _Localise
 from funnelwatch.incidents.rca.util import _utc
 from funnelwatch.warehouse import has_table
-from rootcause import parse_cohort
+from rootcause import cohort_mask, parse_cohort, residual_z
 
 
 # ---------------------------------------------------------------------------------------------
@@ -124,6 +127,111 @@ def localise_change(
     ctx.loc_dims = list(LEAF_DIMENSIONS)
     where, _step, _info = ctx.localise()
     return [w for w in where if w.get("root_cause")]
+
+
+def cohort_closures(con: duckdb.DuckDBPyConnection, cohorts: list[str], start: datetime,
+                    end: datetime) -> dict[str, dict[str, str]]:
+    """Each cohort's filters plus every session dimension whose value is the same for all of
+    its sessions in [start, end): ``os=Linux`` -> ``{os: Linux, device_type: desktop}`` when
+    Linux is only on desktops, ``utm_source=facebook`` -> ``{..., utm_campaign: fb_retarget}``.
+    Two names of the same sessions then compare as nested, which their names alone do not
+    (``device_type=desktop&os=Linux`` and ``os=Linux&browser=Chrome``). Cohorts over other
+    attributes (category, payment provider) or without sessions keep their own filters."""
+    out = {c: (parse_cohort(c) if c else {}) for c in cohorts}
+    session = {c: f for c, f in out.items()
+               if f and all(k in SESSION_DIMENSIONS for k in f)}
+    if not session or not has_table(con, "marts.fct_funnel_hourly"):
+        return out
+    dims = ", ".join(f"coalesce({d}, '{UNKNOWN_LABEL[d]}') AS {d}" for d in SESSION_DIMENSIONS)
+    rows = con.execute(
+        f"""SELECT {dims} FROM marts.fct_funnel_hourly
+            WHERE event_hour >= $s AND event_hour < $e AND sessions > 0 GROUP BY ALL""",
+        {"s": start, "e": end},
+    ).df()
+    if rows.empty:
+        return out
+    for cohort, filters in session.items():
+        mask = np.ones(len(rows), dtype=bool)
+        for k, v in filters.items():
+            mask &= (rows[k] == v).to_numpy()
+        inside = rows[mask]
+        if inside.empty:
+            continue
+        constant = {d: str(inside[d].iloc[0]) for d in SESSION_DIMENSIONS
+                    if inside[d].nunique() == 1}
+        out[cohort] = {**constant, **filters}
+    return out
+
+
+def explain_points(
+    con: duckdb.DuckDBPyConnection,
+    *,
+    metric: str,
+    start: datetime,
+    end: datetime,
+    cohorts: list[str],
+    history_days: int = 7,
+) -> tuple[list[dict], dict[str, str | None]]:
+    """Localise the store's change of ``metric`` over ``[start, end)`` (the causes
+    ``localise_change`` returns) and say which of them explains each flagged cohort:
+    ``(causes, {cohort: the explaining cause's cohort or None})``.
+
+    A cause explains a flagged cohort when it shares sessions with it and, once the cause's
+    effect is taken out (the expectations raked so that the cause matches its actual, as the
+    localiser's explaining-away does), what is left of the cohort's deviation is noise
+    (|z| < ``SYMPTOM_Z``): a country x device cohort whose drop is the ended campaign's traffic
+    inside it, a ``device_type=desktop&os=Linux`` cohort around the bots' Linux Chrome
+    sessions. Of several, the one that leaves the least. Cohorts over dimensions the leaves do
+    not have (category, payment provider, a source spread over several campaigns) get None."""
+    if metric not in KNOWN_METRICS:
+        raise ValueError(f"unknown metric {metric!r}; expected one of {sorted(KNOWN_METRICS)}")
+    none: dict[str, str | None] = dict.fromkeys(cohorts)
+    if not has_table(con, "marts.fct_funnel_hourly"):
+        return [], none
+    ctx = _Context(con, metric, "all", {}, _utc(start, "start"), _utc(end, "end"), history_days)
+    cube = ctx.load_cube()
+    if cube.empty or cube["cur_sessions"].sum() <= 0:
+        return [], none
+    ctx.cube, ctx.inside = cube, cube.copy()
+    ctx.loc_dims = list(LEAF_DIMENSIONS)
+    where, _step, _info = ctx.localise()
+    causes = [w for w in where if w.get("root_cause")]
+    leaves = ctx.metric_leaves()
+    if not causes or leaves is None:
+        return causes, none
+    closures = cohort_closures(con, cohorts, ctx.start, ctx.end)
+    out = dict(none)
+    drift = ctx.drift_of_metric()
+    for cohort in cohorts:
+        if not _leaf_expressible(parse_cohort(cohort) if cohort else {}, closures[cohort]):
+            continue  # utm_source=google over several campaigns, a category: not leaves
+        filters = {k: v for k, v in closures[cohort].items() if k in LEAF_DIMENSIONS}
+        mask = cohort_mask(leaves, filters)
+        if mask is None or not mask.any():
+            continue
+        (before,) = residual_z(leaves, [], [filters], drift=drift)
+        best, best_z = None, None
+        for cause in causes:
+            cause_mask = cohort_mask(leaves, cause["filters"])
+            if cause_mask is None or not (cause_mask & mask).any():
+                continue
+            (after,) = residual_z(leaves, [cause["filters"]], [filters], drift=drift)
+            if (after is None or before is None or abs(after) >= SYMPTOM_Z
+                    or abs(after) >= abs(before)):
+                continue
+            if best_z is None or abs(after) < best_z:
+                best, best_z = cause["cohort"], abs(after)
+        out[cohort] = best
+    return causes, out
+
+
+def _leaf_expressible(named: dict, closure: dict) -> bool:
+    """Whether a cohort is a set of leaves: named by leaf dimensions only, or by a source or
+    medium that pins one campaign in the window (utm_source=facebook: only fb_retarget)."""
+    extra = [k for k in named if k not in LEAF_DIMENSIONS]
+    if not extra:
+        return True
+    return all(k in ("utm_source", "utm_medium") for k in extra) and "utm_campaign" in closure
 
 
 def explained_by_planned(rca: dict) -> bool:

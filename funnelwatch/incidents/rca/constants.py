@@ -106,6 +106,9 @@ DIMENSION_PENALTY = 2.0  # z^2 a cohort must gain per extra dimension (multiple 
 MAX_DIMENSIONS = None  # every combination of the leaf dimensions (5 dims: 31 cuboids)
 MIN_REFINE_Z = 3.0  # a sub-cohort replaces the flagged cohort only when |z| >= this
 ROOT_CAUSE_Z = 4.0  # |z| a cohort needs to be a root cause (and a further cause to be sought)
+# a flagged cohort is a symptom of a cause when, the cause's effect taken out, what is left of
+# its deviation is within this |z| (noise)
+SYMPTOM_Z = 3.0
 # naming ties between cohorts with identical leaves: campaign, os, browser, country, then device
 DIMENSION_PREFERENCE = {"utm_campaign": 0, "os": 1, "browser": 2, "country": 3, "device_type": 4}
 
@@ -146,3 +149,8 @@ BOT_METRICS = {
 # same hours a week before (a weekly send) within this proportional tolerance
 WEEKLY_MATCH = 0.25
 SURGE_RATIO = 1.3  # sessions at least this much above the baseline make a surge
+# the traffic metrics a holiday explains a change of, in either direction
+HOLIDAY_METRICS = frozenset({"sessions", "events", "product_view_sessions"})
+# how long after a campaign's end the loss of its traffic is still its end (the hour-of-week
+# baseline remembers a week of its sends)
+CAMPAIGN_END_MEMORY = timedelta(days=8)

@@ -22,7 +22,8 @@ see what was ruled out. When nothing is compatible the list is one entry of kind
 Signatures are causes the product names by itself from the data: bot traffic, tracking loss
 (a data-quality problem, never a business one), payment provider failure, stock-out. Planned
 traffic (a campaign start, a running campaign's weekly send, a holiday in the reference data)
-is context: it explains a surge (``planned_context``; ``explained_by_planned``).
+is context: it explains a surge, and a campaign's end explains the loss of its own traffic
+(``planned_context``; ``explained_by_planned``).
 """
 
 from __future__ import annotations
@@ -38,9 +39,11 @@ from funnelwatch.incidents.rca.constants import (
     ADDITIVE_METRICS,
     BOT_METRICS,
     BOT_STEPS,
+    CAMPAIGN_END_MEMORY,
     CAUSE_GRACE,
     CAUSE_WINDOW,
     EVENT_STAGE,
+    HOLIDAY_METRICS,
     LEAF_DIMENSIONS,
     LOOKBACK_BEFORE,
     MIN_COHORT_OVERLAP,
@@ -179,6 +182,7 @@ class _Hypotheses:
         cands += self._stock_hyps(step)
         cands += self._tracking_hyps(step)
         cands += self._planned_hyps(filters, cohort, expl, surge)
+        cands += self._campaign_end_hyps(filters, cohort, expl)
         return self._rank(cands, cohort, step)
 
     def _rank(self, cands: list[dict], cohort: str, step) -> list[dict]:
@@ -378,6 +382,9 @@ class _Hypotheses:
                         f"and {week:.0f} at the same hours a week before: a weekly send",
                         running[0], expl * (1.0 - abs(cur / week - 1.0)), 0.9,
                     ))
+        # a holiday moves traffic both ways (shopping peaks, quiet evenings): it explains a
+        # traffic change of its country's cohorts, up or down, never a conversion change
+        holiday_move = self.metric in HOLIDAY_METRICS and abs(_count_z(cur, base)) >= 3
         for hname, country, kind, day in self._holidays():
             share = 1.0 if country == "ALL" else self._overlap(filters, {"country": {country}})
             if share < MIN_COHORT_OVERLAP:
@@ -385,9 +392,9 @@ class _Hypotheses:
             self.planned_context.append({
                 "kind": "holiday", "ref": str(hname), "title": f"{kind} {hname} ({country})",
                 "start": _iso(day), "end": _iso(_utc(day) + timedelta(days=1)),
-                "explains": is_surge,
+                "explains": holiday_move,
             })
-            if is_surge:
+            if holiday_move:
                 out.append(self._hyp(
                     "planned_traffic", hname, f"planned traffic: {kind} {hname}",
                     f"{kind} {hname} ({country}) on {_utc(day):%Y-%m-%d}, {share:.0%} of {cohort}; "
@@ -395,6 +402,35 @@ class _Hypotheses:
                     day, expl * share * 0.8, 0.8,
                 ))
         return out
+
+    def _campaign_end_hyps(self, filters, cohort, expl) -> list[dict]:
+        """A campaign that ended is planned traffic too: it explains less traffic in its own
+        cohort (an additive metric that fell, localised to the campaign) for as long as the
+        baselines remember its sends (``CAMPAIGN_END_MEMORY``: the hour-of-week baseline
+        looks a week back), never a conversion change."""
+        name = filters.get("utm_campaign")
+        if not name or self.metric not in ADDITIVE_METRICS or getattr(self, "direction", -1.0) > 0:
+            return []
+        ended = self.con.execute(
+            "select end_time, channel from marts.dim_campaigns where campaign_name = ? "
+            "and end_time <= ? and end_time >= ? order by end_time desc limit 1",
+            [name, self.end, self.start - CAMPAIGN_END_MEMORY],
+        ).fetchone()
+        if not ended:
+            return []
+        at, channel = ended
+        df = self._cohort_rows(filters)
+        cur, base = float(df["cur_sessions"].sum()), float(df["base_sessions"].sum())
+        self.planned_context.append({
+            "kind": "campaign", "ref": str(name), "title": f"campaign {name}",
+            "start": None, "end": _iso(at), "explains": True,
+        })
+        return [self._hyp(
+            "planned_traffic", name, f"planned traffic: {channel} campaign {name} ended",
+            f"{name} ended at {_hm(at)}; {cohort} had {cur:.0f} session-hours vs {base:.0f} "
+            "expected from the days it was running",
+            at, expl, 0.9,
+        )]
 
     def _week_ago_sessions(self, filters: dict) -> float | None:
         where_f, params = _filter_sql(
@@ -409,10 +445,13 @@ class _Hypotheses:
         return float(row[0]) if row and row[0] is not None and row[1] else None
 
     def _holidays(self) -> list[tuple]:
+        """Holidays and promotions whose day touches the window in some time zone of the
+        world: a day in the reference data is a local day, [day - 12 h, day + 1 d + 12 h)
+        in UTC (Thanksgiving evening in California is 03:00 UTC the next day)."""
         try:
             return self.con.execute(
                 "select holiday_name, country, kind, day_start from marts.dim_holidays "
-                "where day_start < ? and day_end > ?",
+                "where day_start - interval 12 hour < ? and day_end + interval 12 hour > ?",
                 [self.end, self.start],
             ).fetchall()
         except duckdb.CatalogException:  # a warehouse without the holidays reference

@@ -124,6 +124,21 @@ class _Localise:
             )
         return rows
 
+    def metric_leaves(self) -> pd.DataFrame | None:
+        """The flagged metric's own leaves (its conversion, or its count), whatever scan
+        localised it: a flagged point's deviation is measured on them."""
+        if self.metric in RATE_METRICS:
+            num, den = RATE_METRICS[self.metric]
+            return self._ratio_leaves(stage_column(num), stage_column(den))
+        if self.metric in OTHER_RATE_METRICS:
+            return self._ratio_leaves(*OTHER_RATE_METRICS[self.metric])
+        if self.metric in ADDITIVE_METRICS:
+            return self._additive_leaves(ADDITIVE_METRICS[self.metric])
+        return None
+
+    def drift_of_metric(self) -> float:
+        return ADDITIVE_DRIFT if self.metric in ADDITIVE_METRICS else RATIO_DRIFT
+
     def _step_pairs(self) -> list[tuple[str, str]]:
         if self.metric in RATE_METRICS:
             num, den = RATE_METRICS[self.metric]
