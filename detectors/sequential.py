@@ -157,7 +157,7 @@ class SequentialTest(Detector):
         rates = rates[(rates["denominator"] >= 1) & rates["numerator"].notna()]
         pool = rates.groupby([rates["series_id"], rates["ts"].dt.hour.rename("hod")])[
             ["numerator", "denominator"]].agg(["sum", "count"])
-        self.pool_ = _shrunk_pool(pd.DataFrame({
+        self.pool_, self.series_prior_, self.metric_prior_ = _shrunk_pool(pd.DataFrame({
             "k": pool[("numerator", "sum")], "n": pool[("denominator", "sum")],
             "hours": pool[("denominator", "count")]}), self.hour_of_day_rel_sd,
             self.cohort_rel_sd)
@@ -181,11 +181,21 @@ class SequentialTest(Detector):
         out["is_rate"] = is_rate
         hod = f["ts"].dt.hour.to_numpy()
         pool = self.pool_.reindex(pd.MultiIndex.from_arrays([sids, hod]))
-        with np.errstate(divide="ignore", invalid="ignore"):
-            p = np.clip(pool["p"].to_numpy(), 1e-6, 1 - 1e-6)
-            nbar = pool["n"].to_numpy() / pool["hours"].to_numpy()
-        # the expectation's own error: a Beta posterior over the pooled trials and the prior's
+        # an hour of day the pool never saw (a young series: its first day's evening) expects
+        # the series' rate, a series the pool never saw its metric's, each with the weight of
+        # its prior alone
+        series = self.series_prior_.reindex(sids)
+        metric = self.metric_prior_.reindex([cfg.split_series_id(x)[0] for x in sids])
+        p = pool["p"].to_numpy()
         trials = pool["n"].to_numpy() + pool["prior_n"].to_numpy()
+        for level in (series, metric):
+            gap = ~np.isfinite(p)
+            p = np.where(gap, level["p"].to_numpy(), p)
+            trials = np.where(gap, level["prior_n"].to_numpy(), trials)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            p = np.clip(p, 1e-6, 1 - 1e-6)
+            nbar = np.nan_to_num(pool["n"].to_numpy() / pool["hours"].to_numpy(), nan=1.0)
+        # the expectation's own error: a Beta posterior over the pooled trials and the prior's
         n = f["denominator"].to_numpy()
         k = f["numerator"].to_numpy()
         rho = self.rho_.reindex(sids).fillna(0.0).to_numpy()
@@ -332,23 +342,34 @@ def prior_trials(p: np.ndarray, rel_sd: float) -> np.ndarray:
     return np.where(np.isfinite(p), np.maximum(1.0, (1 - q) / (rel_sd**2 * q)), 0.0)
 
 
-def _shrunk_pool(pool: pd.DataFrame, hour_rel_sd: float, cohort_rel_sd: float) -> pd.DataFrame:
-    """The pooled (series, hour of day) trials with ``p``, the expected rate shrunk in two
-    levels (metric over every cohort and hour -> series over all hours -> hour of day, each
-    (k + m p_parent) / (n + m), m = ``prior_trials``), and ``prior_n``, the hour level's m."""
+def _shrunk_pool(pool: pd.DataFrame, hour_rel_sd: float, cohort_rel_sd: float
+                 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(pool, series, metric): the pooled (series, hour of day) trials with ``p``, the
+    expected rate shrunk in two levels (metric over every cohort and hour -> series over all
+    hours -> hour of day, each (k + m p_parent) / (n + m), m = ``prior_trials``) and
+    ``prior_n``, the hour level's m; per series its rate over all hours with the hour level's
+    m; per metric its rate with the series level's m (the fallbacks of hours and series the
+    pool never saw)."""
+    empty = pd.DataFrame({"p": pd.Series(dtype=float), "prior_n": pd.Series(dtype=float)})
     if pool.empty:
-        return pool.assign(p=pd.Series(dtype=float), prior_n=pd.Series(dtype=float))
+        return pool.assign(p=pd.Series(dtype=float), prior_n=pd.Series(dtype=float)), empty, empty
     sids = pool.index.get_level_values(0)
     metric = pd.Index([cfg.split_series_id(s)[0] for s in sids])
     per_series = pool.groupby(level=0)[["k", "n"]].sum()
     per_metric = pool.groupby(metric.to_numpy())[["k", "n"]].sum()
     with np.errstate(divide="ignore", invalid="ignore"):
-        p_metric = (per_metric["k"] / per_metric["n"]).reindex(metric).to_numpy()
-        m_series = prior_trials(p_metric, cohort_rel_sd)
-        k_s = per_series["k"].reindex(sids).to_numpy()
-        n_s = per_series["n"].reindex(sids).to_numpy()
-        p_series = (k_s + m_series * np.nan_to_num(p_metric)) / (n_s + m_series)
-        m_hour = prior_trials(p_series, hour_rel_sd)
+        metric_p = per_metric["k"] / per_metric["n"]
+        metric_m = prior_trials(metric_p.to_numpy(), cohort_rel_sd)
+        series_metric = pd.Index([cfg.split_series_id(s)[0] for s in per_series.index])
+        p_parent = metric_p.reindex(series_metric).to_numpy()
+        m_parent = pd.Series(metric_m, index=metric_p.index).reindex(series_metric).to_numpy()
+        series_p = (per_series["k"].to_numpy() + m_parent * np.nan_to_num(p_parent)) / (
+            per_series["n"].to_numpy() + m_parent)
+        series_m = prior_trials(series_p, hour_rel_sd)
+        series = pd.DataFrame({"p": series_p, "prior_n": series_m}, index=per_series.index)
+        p_series = series["p"].reindex(sids).to_numpy()
+        m_hour = series["prior_n"].reindex(sids).to_numpy()
         p = (pool["k"].to_numpy() + m_hour * np.nan_to_num(p_series)) / (
             pool["n"].to_numpy() + m_hour)
-    return pool.assign(p=p, prior_n=m_hour)
+    metrics = pd.DataFrame({"p": metric_p.to_numpy(), "prior_n": metric_m}, index=metric_p.index)
+    return pool.assign(p=p, prior_n=m_hour), series, metrics
