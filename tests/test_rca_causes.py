@@ -159,12 +159,46 @@ def test_bot_traffic_is_named_with_its_cohort_and_only_explains_what_bots_do(war
     )
     result = warehouse(surge, bots, humans, metric="sessions", start=start, end=end)
     first = result["hypotheses"][0]
-    assert (first["kind"], first["ref"]) == ("bot_traffic", "brand_search")
+    assert (first["kind"], first["ref"]) == ("bot_traffic", "utm_campaign=brand_search")
     assert first["title"] == "bot traffic on utm_campaign=brand_search"
     assert first["cohort"] == "utm_campaign=brand_search" and first["contribution"] > 0.8
     assert "sessions per user" in first["evidence"] and "events per session" in first["evidence"]
     assert result["where"][0]["cohort"] == "utm_campaign=brand_search"
     assert result["explained_by_planned"] is False
+
+
+def test_bots_over_several_campaigns_are_one_cause_named_by_their_own_cohort(warehouse):
+    """One scraper (US desktop Windows Chrome) behind two campaigns' landing pages: one bot
+    traffic cause named by the sessions' shared cohort, not one per campaign."""
+    start, end = INC_START, INC_START + timedelta(hours=6)
+    surge = (
+        (
+            "update marts.fct_funnel_hourly set sessions = sessions * 5, events = events * 2 "
+            "where os = 'Windows' and country = 'US' and utm_campaign in ('brand_search', "
+            "'ig_sale') and event_hour >= ? and event_hour < ?"
+        ),
+        [start, end],
+    )
+    raw_cols = (
+        "event_time, event_hour, event_type, user_id, session_id, device_type, os, "
+        "browser, country, utm_source, utm_medium, utm_campaign"
+    )
+    bots = (
+        (
+            f"insert into raw.events ({raw_cols}) select ? + to_minutes(i % 360), "
+            "date_trunc('hour', ? + to_minutes(i % 360)), 'page_view', 'bot' || (i % 5), "
+            "'bs' || i, 'desktop', 'Windows', 'Chrome', 'US', 'google', 'cpc', "
+            "CASE WHEN i % 2 = 0 THEN 'brand_search' ELSE 'ig_sale' END from range(2000) t(i)"
+        ),
+        [start, start],
+    )
+    result = warehouse(surge, bots, metric="sessions", start=start, end=end)
+    first = result["hypotheses"][0]
+    cohort = "browser=Chrome&country=US&device_type=desktop&os=Windows"
+    assert (first["kind"], first["ref"]) == ("bot_traffic", cohort)
+    assert "over 2 campaigns" in first["evidence"]
+    assert [h["kind"] for h in result["hypotheses"]].count("bot_traffic") == 1
+    assert result["where"][0]["cohort"] == cohort
 
 
 def test_tracking_loss_is_a_data_quality_cause(warehouse):

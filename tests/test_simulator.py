@@ -666,7 +666,7 @@ def test_explain_scenario_labels_say_what_the_answer_should_be(explain):
     assert labels["newsletter-day-mobile-drop"]["start"] == "2026-11-24T11:00:00Z"
     assert labels["ig-sale-launch-loss"]["expected_cause"] == {"kind": "campaign", "ref": "ig_sale"}
     bots = labels["bots-over-campaigns"]
-    assert bots["expected_where"] == "country=US&device_type=desktop"
+    assert bots["expected_where"] == "browser=Chrome&country=US&device_type=desktop&os=Windows"
     assert bots["expected_cause"] == {"kind": "bot_traffic", "ref": None}
     deep = labels["three-dimension-cohort-drop"]
     assert deep["expected_where"] == "browser=Chrome&country=US&os=Windows"

@@ -658,12 +658,13 @@ def update_root_cause(con, inc_id: str, hour: datetime, analyse: Analyse) -> Non
     members = con.execute(f"SELECT metric, cohort, event_hour FROM {SCHEMA}.members "
                           "WHERE incident_id = $id", {"id": inc_id}).fetchall()
     evidence = detection_store.evidence_start(con, members)
+    flagged = started
     if evidence is not None:
         started = max(min(started, evidence), started - timedelta(hours=MAX_EVIDENCE_HOURS - 1))
     try:
         end = hour + timedelta(hours=1)
         rca = mask_small_cohorts(con, localise_top_down(con, analyse, metric, cohort, started,
-                                                        end), started, end)
+                                                        end, flagged), started, end)
     except Exception as exc:  # an analysis bug must not lose the incident
         log.exception("root cause of %s failed", inc_id)
         rca = {"error": f"{type(exc).__name__}: {exc}"}
@@ -689,7 +690,7 @@ def update_root_cause(con, inc_id: str, hour: datetime, analyse: Analyse) -> Non
 
 
 def localise_top_down(con, analyse: Analyse, metric: str, cohort: str, start: datetime,
-                      end: datetime) -> dict:
+                      end: datetime, first_flagged: datetime | None = None) -> dict:
     """Root cause from the whole store first (localisation explains the parent KPI, so the
     cohort detection flagged first, often a narrow one, does not fence the answer in: a bot
     campaign flagged in `os=Linux&browser=Chrome&utm_campaign=fb_retarget` is named
@@ -697,13 +698,15 @@ def localise_top_down(con, analyse: Analyse, metric: str, cohort: str, start: da
     compatible with the flagged cohort, the flagged cohort's own analysis is used (a small
     cohort's drop is invisible in the store's totals). On the evaluation's pipeline incidents
     this raised where-top-1 from 0.36 to 0.71 (docs/evaluation.md)."""
-    rca = analyse(con, metric=metric, cohort="all", start=start, end=end)
+    flagged = {} if first_flagged is None or first_flagged <= start else {
+        "first_flagged": first_flagged}
+    rca = analyse(con, metric=metric, cohort="all", start=start, end=end, **flagged)
     if cohort == "all":
         return {**rca, "scope": "store"}
     top = (rca.get("where") or [None])[0]
     if top and top.get("root_cause") and compatible(top.get("cohort") or "all", cohort):
         return {**rca, "scope": "store"}
-    return {**analyse(con, metric=metric, cohort=cohort, start=start, end=end),
+    return {**analyse(con, metric=metric, cohort=cohort, start=start, end=end, **flagged),
             "scope": "flagged cohort"}
 
 

@@ -37,13 +37,17 @@ def analyse_incident(
     history_days: int = 7,
     lookback_hours: int = 24,
     cause_window_hours: float | None = None,
+    first_flagged: datetime | None = None,
 ) -> dict:
     """Root cause of one incident (see the module docstring); a JSON-serialisable dict.
 
     ``lookback_hours``: how far before ``start`` (the first anomalous hour) the onset of the
     deviation and its candidate causes are looked for (detection flags small drops late).
     ``cause_window_hours``: how long before the onset a cause may start (default
-    ``CAUSE_WINDOW``); older ones only when nothing else fits (rca/hypotheses.py)."""
+    ``CAUSE_WINDOW``); older ones only when nothing else fits (rca/hypotheses.py).
+    ``first_flagged``: the first hour detection flagged, when ``start`` is earlier (the
+    window then holds the hours of evidence behind the flag): the onset is searched up to it,
+    and it is the onset when the data show no clear change point."""
     if metric not in KNOWN_METRICS:
         raise ValueError(f"unknown metric {metric!r}; expected one of {sorted(KNOWN_METRICS)}")
     start, end = _utc(start, "start"), _utc(end, "end")
@@ -70,6 +74,8 @@ def analyse_incident(
     ctx = _Context(con, metric, cohort, flagged, start, end, history_days)
     ctx.lookback = timedelta(hours=lookback_hours)
     ctx.cause_window = window
+    if first_flagged is not None:
+        ctx.first_flagged = min(max(_utc(first_flagged, "first_flagged"), start), end)
     return ctx.run()
 
 

@@ -154,3 +154,6 @@ HOLIDAY_METRICS = frozenset({"sessions", "events", "product_view_sessions"})
 # how long after a campaign's end the loss of its traffic is still its end (the hour-of-week
 # baseline remembers a week of its sends)
 CAMPAIGN_END_MEMORY = timedelta(days=8)
+# a loss in a campaign's own traffic, which did not exist before its launch, is the campaign's
+# when the launch came at most this long before the onset (detection needs hours of its traffic)
+CAMPAIGN_LAUNCH_WINDOW = timedelta(hours=48)

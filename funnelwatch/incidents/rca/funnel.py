@@ -88,7 +88,8 @@ class _Funnel:
 
     def estimate_onset(self, filters: dict, step: str | None) -> datetime:
         """When the deviation began: a change point in the localised cohort's conversion at the
-        loss's step, searched from ``lookback`` before ``start`` up to ``start``.
+        loss's step, searched from ``lookback`` before ``start`` up to the first flagged hour
+        (``first_flagged``, default ``start``).
 
         The rate before the lookback (history) is r0; for a change at hour tau the rate after it
         is the MLE r1 over [tau, end) (in the incident's direction, else no evidence). Profile
@@ -100,27 +101,31 @@ class _Funnel:
         changes are scored by how close their S comes to the best).
         """
         self.change_curve = None
+        flagged = getattr(self, "first_flagged", None) or self.start
         if self.lookback <= timedelta(0):
-            return self.start
+            return flagged
         got = self._onset_series(filters, step)
         if got is None:
-            return self.start
+            return flagged
         df, direction = got
         if df.empty:
-            return self.start
+            return flagged
         ts = pd.to_datetime(df.event_hour, utc=True)
         d = df.d.fillna(0.0).to_numpy(dtype=float)
         n = np.minimum(df.n.fillna(0.0).to_numpy(dtype=float), d)
-        start_h = pd.Timestamp(self.start).floor("h")
-        lo = start_h - pd.Timedelta(self.lookback)
+        lo = pd.Timestamp(self.start).floor("h") - pd.Timedelta(self.lookback)
+        # the onset is searched up to the first flagged hour, which may lie after the start of
+        # the analysed window (the hours of evidence behind a flag can reach back before the
+        # change: a 24 h window whose last 6 hours dropped)
+        start_h = pd.Timestamp(flagged).floor("h")
         before = (ts < lo).to_numpy()
         if d[before].sum() <= 0 or n[before].sum() <= 0:
-            return self.start
+            return flagged
         r0 = min(max(n[before].sum() / d[before].sum(), 1e-6), 1 - 1e-6)
         seg = (ts >= lo).to_numpy()
         hours, n, d = list(ts[seg]), n[seg], d[seg]
         if not hours:
-            return self.start
+            return flagged
         i_start = next((i for i, h in enumerate(hours) if h >= start_h), len(hours))
         cn, cd = np.cumsum(n[::-1])[::-1], np.cumsum(d[::-1])[::-1]  # sums over [i, end)
         curve = {}
@@ -150,7 +155,7 @@ class _Funnel:
         if best_i is None or best_s - curve.get(hours[min(i_start, len(hours) - 1)], 0.0) < (
             ONSET_MIN_GAIN
         ):
-            return self.start  # no clear evidence the deviation began before start
+            return flagged  # no clear evidence the deviation began before it was flagged
         self.change_curve = curve
         self.change_best = best_s
         return pd.Timestamp(hours[best_i]).to_pydatetime()

@@ -40,6 +40,7 @@ from funnelwatch.incidents.rca.constants import (
     BOT_METRICS,
     BOT_STEPS,
     CAMPAIGN_END_MEMORY,
+    CAMPAIGN_LAUNCH_WINDOW,
     CAUSE_GRACE,
     CAUSE_WINDOW,
     EVENT_STAGE,
@@ -58,7 +59,7 @@ from funnelwatch.incidents.rca.constants import (
 )
 from funnelwatch.incidents.rca.context import _filter_sql
 from funnelwatch.incidents.rca.util import _count_z, _f, _iso, _relative
-from rootcause import format_cohort
+from rootcause import format_cohort, parse_cohort
 
 NO_KNOWN_CAUSE = "no known cause"
 MAX_HYPOTHESES = 8
@@ -329,7 +330,12 @@ class _Hypotheses:
             reasons: list[str] = []
             if filters.get("utm_campaign") != name:
                 reasons.append(f"it brings utm_campaign={name} traffic; the change is in {cohort}")
-            time_why, stale = self._with_time(at, reasons)
+            if not reasons and self._launched_the_cohort(name, at):
+                # the localised cohort is the campaign's traffic and did not exist before its
+                # launch: its loss is the campaign's, however late detection saw enough of it
+                time_why, stale = None, False
+            else:
+                time_why, stale = self._with_time(at, reasons)
             planned = surge[0] and not reasons and self._traffic_change()
             evidence = f"{channel} campaign {name} started at {_hm(at)}" + (
                 f"; the localised cohort is its traffic ({surge[1]:.0f} session-hours vs "
@@ -348,6 +354,19 @@ class _Hypotheses:
                 reasons=reasons, time=time_why, stale=stale,
             ))
         return out
+
+    def _launched_the_cohort(self, name: str, at) -> bool:
+        """Whether campaign ``name`` launched at ``at`` (before the onset, at most
+        ``CAMPAIGN_LAUNCH_WINDOW`` before it) and had no traffic before: its cohort is new."""
+        at = _utc(at).to_pydatetime()
+        if not (self.onset - CAMPAIGN_LAUNCH_WINDOW <= at <= self.onset + CAUSE_GRACE):
+            return False
+        (before,) = self.con.execute(
+            "select coalesce(sum(sessions), 0) from marts.fct_funnel_hourly "
+            "where utm_campaign = ? and event_hour >= ? and event_hour < ?",
+            [name, at - CAMPAIGN_LAUNCH_WINDOW, pd.Timestamp(at).floor("h")],
+        ).fetchone()
+        return float(before) == 0.0
 
     def _planned_hyps(self, filters, cohort, expl, surge) -> list[dict]:
         """Planned traffic that was running already: a campaign of the cohort whose traffic
@@ -532,97 +551,105 @@ class _Hypotheses:
             ))
         return out
 
-    def _bot_traffic_stats(self, campaigns: list[str]) -> pd.DataFrame:
-        """Per campaign, in the window (at most its first day) and the day before: sessions,
-        users, events per session."""
+    def _bot_traffic_stats(self, filters: dict) -> dict | None:
+        """Sessions, users and events of a session cohort in the window (at most its first day)
+        and the day before; None without raw events."""
         day = timedelta(days=1)
-        sql = """
-            select coalesce(utm_campaign, '(none)') as campaign,
-              count(distinct session_id) filter (where event_time >= ?) as cur_s,
+        where_f, params = _filter_sql(filters)
+        sql = f"""
+            select count(distinct session_id) filter (where event_time >= ?) as cur_s,
               count(distinct user_id) filter (where event_time >= ?) as cur_u,
               count(*) filter (where event_time >= ?) as cur_e,
               count(distinct session_id) filter (where event_time < ?) as hist_s,
               count(distinct user_id) filter (where event_time < ?) as hist_u,
               count(*) filter (where event_time < ?) as hist_e
             from raw.events
-            where event_time >= ? and event_time < ?
-              and list_contains(?, coalesce(utm_campaign, '(none)'))
-            group by all
+            where event_time >= ? and event_time < ? and {where_f}
         """
         s = self.start
         span_end = min(self.end, self.start + day)
-        return self.con.execute(sql, [s] * 6 + [s - day, span_end, campaigns]).df()
+        try:
+            row = self.con.execute(sql, [s] * 6 + [s - day, span_end, *params]).fetchone()
+        except duckdb.CatalogException:  # a warehouse without raw events
+            return None
+        keys = ("cur_s", "cur_u", "cur_e", "hist_s", "hist_u", "hist_e")
+        return dict(zip(keys, (float(x or 0) for x in row), strict=True)) if row else None
+
+    def bots_cohort(self) -> dict:
+        """Where the window's extra sessions are: every dimension (campaign, country, OS,
+        browser, device) one value of which holds >= 80 % of the excess sessions ({} when
+        nothing surged)."""
+        inside = self.inside
+        extra = (inside.cur_sessions - inside.base_sessions).clip(lower=0)
+        if extra.sum() <= 0:
+            return {}
+        out = {}
+        for dim in ("utm_campaign", "country", "os", "browser", "device_type"):
+            got = extra.groupby(inside[dim]).sum()
+            if got.max() >= 0.8 * got.sum():
+                out[dim] = str(got.idxmax())
+        return out
 
     def _bot_hyps(self, filters, step, cohort) -> list[dict]:
-        """Bot traffic: a campaign's sessions surge (x1.5, z >= 5) with at least two of: few
-        users (sessions per user x1.5), very short sessions (events per session x0.6 or less),
-        no purchases (purchases per session halved or worse). Named by the campaign, with the
-        country / OS / browser the surge concentrates in."""
-        inside = self.inside
-        by = inside.groupby("utm_campaign")[
-            ["cur_sessions", "base_sessions", "cur_purchases", "hist_purchases", "hist_sessions"]
-        ].sum()
-        surged = [
-            str(c) for c, r in by.iterrows()
-            if r.cur_sessions >= 1.5 * r.base_sessions
-            and _count_z(r.cur_sessions, r.base_sessions) >= 5
-        ]
-        if not surged:
+        """Bot traffic: the window's extra sessions concentrate in one cohort (``bots_cohort``)
+        whose sessions surge (x1.5, z >= 5) with at least two of: few users (sessions per
+        user x1.5), very short sessions (events per session x0.6 or less), no purchases
+        (purchases per session halved or worse). Named by the campaign when the bots are on
+        one (the actionable cohort), else by the country / device / OS / browser they share:
+        one scraper behind three campaigns' landing pages is one cause."""
+        found = self.bots_cohort()
+        if not found:
             return []
-        stats = self._bot_traffic_stats(surged).set_index("campaign")
-        local = self._cohort_rows(filters)
-        local_excess = (local.cur_sessions - local.base_sessions).sum()
+        rows = self._cohort_rows(found)
+        cur, base = float(rows.cur_sessions.sum()), float(rows.base_sessions.sum())
+        if not (cur >= 1.5 * base and _count_z(cur, base) >= 5):
+            return []
+        signs = []
+        st = self._bot_traffic_stats(found)
+        if st is not None:
+            spu, hist_spu = st["cur_s"] / max(st["cur_u"], 1), st["hist_s"] / max(st["hist_u"], 1)
+            if spu >= 1.5 * hist_spu:
+                signs.append(f"{spu:.1f} sessions per user vs {hist_spu:.2f} the day before")
+            eps, hist_eps = st["cur_e"] / max(st["cur_s"], 1), st["hist_e"] / max(st["hist_s"], 1)
+            if st["hist_s"] and eps <= 0.6 * hist_eps:
+                signs.append(f"{eps:.1f} events per session vs {hist_eps:.1f}")
+        conv = rows.cur_purchases.sum() / max(cur, 1.0)
+        hist_conv = rows.hist_purchases.sum() / max(float(rows.hist_sessions.sum()), 1.0)
+        if hist_conv > 0 and conv <= 0.5 * hist_conv:
+            signs.append(f"{conv:.2%} of sessions purchase vs {hist_conv:.2%} before")
+        if len(signs) < 2:
+            return []
+        name = ({"utm_campaign": found["utm_campaign"]} if "utm_campaign" in found
+                else {k: v for k, v in found.items() if k != "utm_campaign"})
+        bot_cohort = format_cohort(name)
         fits = step in BOT_STEPS or self.metric in BOT_METRICS or (
             step is None and self.metric in ADDITIVE_METRICS)
-        out = []
-        for camp in surged:
-            r = by.loc[camp]
-            signs = []
-            if camp in stats.index:
-                st = stats.loc[camp]
-                spu, hist_spu = st.cur_s / max(st.cur_u, 1), st.hist_s / max(st.hist_u, 1)
-                if spu >= 1.5 * hist_spu:
-                    signs.append(f"{spu:.1f} sessions per user vs {hist_spu:.2f} the day before")
-                eps, hist_eps = st.cur_e / max(st.cur_s, 1), st.hist_e / max(st.hist_s, 1)
-                if st.hist_s and eps <= 0.6 * hist_eps:
-                    signs.append(f"{eps:.1f} events per session vs {hist_eps:.1f}")
-            conv = r.cur_purchases / max(r.cur_sessions, 1.0)
-            hist_conv = r.hist_purchases / max(r.hist_sessions, 1.0)
-            if hist_conv > 0 and conv <= 0.5 * hist_conv:
-                signs.append(f"{conv:.2%} of sessions purchase vs {hist_conv:.2%} before")
-            if len(signs) < 2:
-                continue
-            rows = inside[inside["utm_campaign"] == camp]
-            extra = rows.cur_sessions - rows.base_sessions
-            where_parts = []
-            for dim in ("country", "os", "browser", "device_type"):
-                got = extra.groupby(rows[dim]).sum().clip(lower=0)
-                if got.sum() > 0 and got.max() >= 0.8 * got.sum():
-                    where_parts.append(f"{dim}={got.idxmax()} ({got.max() / got.sum():.0%})")
-            bot_filters = {"utm_campaign": camp}
-            bot_cohort = format_cohort(bot_filters)
-            in_local = self._cohort_rows({**filters, **bot_filters})
-            bot_excess = (in_local.cur_sessions - in_local.base_sessions).clip(lower=0).sum()
-            share = bot_excess / local_excess if local_excess > 0 else 0.0
-            reasons = []
-            if filters.get("utm_campaign") not in (None, camp):
-                reasons.append(f"the bots are on {bot_cohort}; the change is in {cohort}")
-            elif share < MIN_COHORT_OVERLAP:
-                reasons.append(f"they add {share:.0%} of the extra sessions of {cohort}")
-            if not fits:
-                reasons.append(
-                    f"bots view and leave: they do not explain a loss at the {step} step"
-                )
-            z = _count_z(r.cur_sessions, r.base_sessions)
-            out.append(self._hyp(
-                "bot_traffic", camp, f"bot traffic on {bot_cohort}",
-                f"{bot_cohort}: {r.cur_sessions:.0f} session-hours vs {r.base_sessions:.0f} "
-                f"expected (x{r.cur_sessions / max(r.base_sessions, 1):.1f}); " + "; ".join(signs)
-                + (f"; concentrated in {', '.join(where_parts)}" if where_parts else ""),
-                self.onset, share, min(1.0, z / 10.0) * len(signs) / 3.0,
-                reasons=reasons, cohort=bot_cohort,
-            ))
-        return out
+        local = self._cohort_rows(filters)
+        local_excess = (local.cur_sessions - local.base_sessions).sum()
+        in_local = self._cohort_rows({**filters, **found})
+        bot_excess = (in_local.cur_sessions - in_local.base_sessions).clip(lower=0).sum()
+        share = bot_excess / local_excess if local_excess > 0 else 0.0
+        reasons = []
+        if any(filters.get(k) not in (None, v) for k, v in found.items()):
+            reasons.append(f"the bots are on {bot_cohort}; the change is in {cohort}")
+        elif share < MIN_COHORT_OVERLAP:
+            reasons.append(f"they add {share:.0%} of the extra sessions of {cohort}")
+        if not fits:
+            reasons.append(f"bots view and leave: they do not explain a loss at the {step} step")
+        spread = ""
+        if "utm_campaign" not in found:
+            camps = rows.assign(x=(rows.cur_sessions - rows.base_sessions).clip(lower=0)
+                                ).groupby("utm_campaign")["x"].sum()
+            camps = camps[camps >= 0.05 * camps.sum()].sort_values(ascending=False)
+            spread = f"; over {len(camps)} campaigns ({', '.join(map(str, camps.index))})"
+        z = _count_z(cur, base)
+        return [self._hyp(
+            "bot_traffic", bot_cohort, f"bot traffic on {bot_cohort}",
+            f"{format_cohort(found)}: {cur:.0f} session-hours vs {base:.0f} expected "
+            f"(x{cur / max(base, 1):.1f}); " + "; ".join(signs) + spread,
+            self.onset, share, min(1.0, z / 10.0) * len(signs) / 3.0,
+            reasons=reasons, cohort=bot_cohort,
+        )]
 
     def _stock_hyps(self, step) -> list[dict]:
         """Stock-out: a category's add-to-cart rate collapses while its product views continue;
@@ -692,16 +719,15 @@ class _Hypotheses:
         return out
 
     def prefer_campaign(self, where, hypotheses) -> list[dict]:
-        """Bot traffic is named by its campaign, the actionable cohort, ahead of its fingerprint."""
+        """Bot traffic is named by its own cohort (its campaign when on one, the actionable
+        cohort), ahead of its fingerprint."""
         if not hypotheses or not where or hypotheses[0]["kind"] != "bot_traffic":
             return where
-        camp = hypotheses[0]["ref"]
-        if where[0]["filters"].get("utm_campaign") != camp or where[0]["filters"] == {
-            "utm_campaign": camp
-        }:
+        bots = parse_cohort(hypotheses[0]["cohort"])
+        if where[0]["filters"] == bots:
             return where
-        filters = {**self.flagged, "utm_campaign": camp}
-        df = self.inside[self.inside["utm_campaign"] == camp]
+        filters = {**self.session_flagged, **bots}
+        df = self._cohort_rows(bots)
         cur, base = df.cur_sessions.sum(), df.base_sessions.sum()
         row = {
             "rank": 1,

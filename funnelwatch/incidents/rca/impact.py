@@ -32,8 +32,9 @@ class _Impact:
         for c in ("orders", "revenue", "den"):
             df[c] = df[c].fillna(0.0).astype(float)
         ts = pd.to_datetime(df.event_hour, utc=True)
-        # from the estimated onset (the loss began before detection flagged it)
-        first = pd.Timestamp(min(self.onset, self.start)).floor("h")
+        # from the estimated onset (the loss began before detection flagged it; it may also
+        # lie after the start of a window that holds the hours of evidence behind the flag)
+        first = pd.Timestamp(self.onset).floor("h")
         hist = df[ts < first]
         cur = df[ts >= first]
         aov = hist.revenue.sum() / hist.orders.sum() if hist.orders.sum() > 0 else None
