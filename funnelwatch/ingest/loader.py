@@ -260,7 +260,7 @@ _OTHER_HOUR_IDS = "_event_ids_in_other_hours"
 _IDS = "_pseudonymised_ids"
 _TEMP_TABLES = (_OTHER_HOUR_IDS, _IDS)
 # A text landing file parsed once (JSON and CSV readers cannot skip the columns a pass does not
-# need): `_landing_text_<n>`, dropped with the load's other temporary tables.
+# need): `_landing_text_<n>`, dropped when the load attempt ends.
 _TEXT_TABLE = "_landing_text_{}"
 
 
@@ -293,19 +293,23 @@ def landing_rows(
     used by the fast lane, which reads the files of the running hour directly, once."""
     selects, params, ignored, text_tables = [], {}, [], []
     cast_columns: set[str] = set()
-    for index, path in enumerate(files):
-        reader, reader_params = _reader(path, tag=str(index))
-        columns = _describe(con, reader, reader_params, path)
-        if parse_text_once and path.suffix.lower() != ".parquet":
-            reader, reader_params = _parse_text_file(con, path, reader, reader_params, index)
-            text_tables.append(reader)
-            columns["file_row_number"] = "BIGINT"
-        select_sql, extra, casts = _stage_file_sql(reader, columns, f"$path{index}")
-        params[f"path{index}"] = str(path)
-        cast_columns |= casts
-        ignored += [f"{path.name}:{c}" for c in extra]
-        selects.append(select_sql)
-        params.update(reader_params)
+    try:
+        for index, path in enumerate(files):
+            reader, reader_params = _reader(path, tag=str(index))
+            columns = _describe(con, reader, reader_params, path)
+            if parse_text_once and path.suffix.lower() != ".parquet":
+                reader, reader_params = _parse_text_file(con, path, reader, reader_params, index)
+                text_tables.append(reader)
+                columns["file_row_number"] = "BIGINT"
+            select_sql, extra, casts = _stage_file_sql(reader, columns, f"$path{index}")
+            params[f"path{index}"] = str(path)
+            cast_columns |= casts
+            ignored += [f"{path.name}:{c}" for c in extra]
+            selects.append(select_sql)
+            params.update(reader_params)
+    except BaseException:
+        _drop_text_tables(con, text_tables)  # they hold raw ids: none outlives a failed read
+        raise
     if not selects:  # no files: an empty relation of the same shape
         selects.append(_empty_select())
     # Rules see the raw values (a checkout_step event with no step is unusable); a valid row
@@ -327,6 +331,11 @@ def landing_rows(
         f"SELECT *, {', '.join(f'{e} AS {c}' for c, e in unknown.items())} FROM {union})))"
     )
     return LandingRows(sql, union, params, ignored, text_tables)
+
+
+def _drop_text_tables(con: duckdb.DuckDBPyConnection, tables: list[str]) -> None:
+    for table in tables:
+        con.execute(f"DROP TABLE IF EXISTS {table}")
 
 
 def _parse_text_file(con: duckdb.DuckDBPyConnection, path: Path, reader: str, params: dict,
@@ -389,8 +398,7 @@ def _load_files(
         result.ignored_columns += rows.ignored_columns
         _load_rows(con, hour_start, files, rows, rejected, pseudonymization_key, result)
     finally:
-        for table in rows.text_tables if rows else ():
-            con.execute(f"DROP TABLE IF EXISTS {table}")
+        _drop_text_tables(con, rows.text_tables if rows else [])
     return result
 
 
