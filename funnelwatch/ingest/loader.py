@@ -273,14 +273,19 @@ class LandingRows:
     `_source_file` and `_source_row`. `staged`: the bare union of the files (contract columns,
     no reason), what the duplicate look-up and the id hashing read. `params`: the readers'
     parameters. `ignored_columns`: `file:column` of the columns the contract does not have.
+    `sql_all_known`: `sql` for an hour none of whose valid rows has a descriptive value the
+    contract does not know: the values as they came and `_unmapped` NULL, with no per-row test.
     `text_tables`: temporary tables holding the text files parsed once (the caller drops them).
+    `file_stats`: (size, mtime) of each file read directly, taken before the first read.
     DuckDB reads only the columns a query over `sql` or `staged` uses."""
 
     sql: str
     staged: str
     params: dict
     ignored_columns: list[str]
+    sql_all_known: str = ""
     text_tables: list[str] = field(default_factory=list)
+    file_stats: dict[Path, tuple[int, int]] = field(default_factory=dict)
 
 
 def landing_rows(
@@ -293,8 +298,11 @@ def landing_rows(
     used by the fast lane, which reads the files of the running hour directly, once."""
     selects, params, ignored, text_tables = [], {}, [], []
     cast_columns: set[str] = set()
+    file_stats: dict[Path, tuple[int, int]] = {}
     try:
         for index, path in enumerate(files):
+            if path.suffix.lower() == ".parquet" or not parse_text_once:
+                file_stats[path] = _file_stat(path)
             reader, reader_params = _reader(path, tag=str(index))
             columns = _describe(con, reader, reader_params, path)
             if parse_text_once and path.suffix.lower() != ".parquet":
@@ -330,7 +338,30 @@ def landing_rows(
         f"SELECT *, {reason} AS _reason, {unmapped_values_sql()} AS _unmapped FROM ("
         f"SELECT *, {', '.join(f'{e} AS {c}' for c, e in unknown.items())} FROM {union})))"
     )
-    return LandingRows(sql, union, params, ignored, text_tables)
+    sql_all_known = (f"(SELECT *, {reason} AS _reason, "
+                     f"CAST(NULL AS MAP(VARCHAR, VARCHAR)) AS _unmapped FROM {union})")
+    return LandingRows(sql, union, params, ignored, sql_all_known, text_tables, file_stats)
+
+
+def _file_stat(path: Path) -> tuple[int, int]:
+    try:
+        stat = path.stat()
+    except OSError as exc:
+        raise LandingFileError(path, f"cannot read the file: {exc.strerror}") from exc
+    return stat.st_size, stat.st_mtime_ns
+
+
+def assert_files_unchanged(rows: LandingRows) -> None:
+    """LandingChangedError when a file read directly was replaced or rewritten since
+    `landing_rows` (each step of a load reads the files anew: one file replaced between
+    them, a re-delivery under the same name, would make their counts, hashes and rows
+    disagree)."""
+    changed = [str(path) for path, stat in rows.file_stats.items()
+               if not path.exists() or _file_stat(path) != stat]
+    if changed:
+        raise LandingChangedError(
+            f"landing file(s) changed while their hour was loaded: {', '.join(changed)}; "
+            "nothing was loaded, run the hour again")
 
 
 def _drop_text_tables(con: duckdb.DuckDBPyConnection, tables: list[str]) -> None:
@@ -414,15 +445,16 @@ def _load_rows(con: duckdb.DuckDBPyConnection, hour_start: datetime, files: list
         with result.timed("pseudonymise ids"):
             _pseudonymise_ids(con, files, rows, pseudonymization_key)
         with result.timed("validate, count"):
-            _count_rows(con, files, rows, hour, result)
+            all_known = _count_rows(con, files, rows, hour, result)
         with result.timed("replace the hour"):
-            _replace_hour(con, hour_start, files, rows, hour, result)
+            _replace_hour(con, hour_start, files, rows, hour, result, all_known)
         with result.timed("count unknown values, log"):
             result.unknown_values, result.rows_with_unknown_values = _unknown_values(
                 con, hour_start)
             _log_hour(con, result, rejected)
         for table in _TEMP_TABLES:
             con.execute(f"DROP TABLE {table}")
+        assert_files_unchanged(rows)
         with result.timed("commit"):
             con.execute("COMMIT")
     except BaseException:
@@ -487,27 +519,32 @@ def _pseudonymise_ids(con: duckdb.DuckDBPyConnection, files: list[Path], rows: L
 
 
 def _count_rows(con: duckdb.DuckDBPyConnection, files: list[Path], rows: LandingRows,
-                hour: dict, result: HourIngestResult) -> None:
+                hour: dict, result: HourIngestResult) -> bool:
     """The result's row accounting (rows in, quarantined per reason, duplicates, loaded), from
-    a pass over the columns the rules read."""
+    a pass over the columns the rules and the descriptive fields read. Returns whether every
+    descriptive value of the valid rows is one the contract knows (most hours)."""
     by_reason = _run(
         con, files,
-        f"SELECT _reason, count(*), count(DISTINCT event_id) FROM {rows.sql} GROUP BY _reason",
+        f"""SELECT _reason, count(*), count(DISTINCT event_id), count(_unmapped)
+            FROM {rows.sql} GROUP BY _reason""",
         {**rows.params, **hour},
     ).fetchall()
-    valid_rows = sum(n for reason, n, _ in by_reason if reason is None)
-    distinct_valid = sum(d for reason, _, d in by_reason if reason is None)
-    result.rows_in = sum(n for _, n, _ in by_reason)
+    valid = [(n, distinct, unknown) for reason, n, distinct, unknown in by_reason
+             if reason is None]
+    valid_rows, distinct_valid, with_unknown = valid[0] if valid else (0, 0, 0)
+    result.rows_in = sum(n for _, n, _, _ in by_reason)
     result.duplicates_dropped = valid_rows - distinct_valid
     result.rows_quarantined = result.rows_in - valid_rows
     result.rows_loaded = valid_rows - result.duplicates_dropped
     result.quarantine_reasons = dict(
-        sorted(((r, n) for r, n, _ in by_reason if r is not None), key=lambda x: -x[1])
+        sorted(((r, n) for r, n, _, _ in by_reason if r is not None), key=lambda x: -x[1])
     )
+    return with_unknown == 0
 
 
 def _replace_hour(con: duckdb.DuckDBPyConnection, hour_start: datetime, files: list[Path],
-                  rows: LandingRows, hour: dict, result: HourIngestResult) -> None:
+                  rows: LandingRows, hour: dict, result: HourIngestResult,
+                  all_known: bool) -> None:
     """The hour's rows of raw.events and the quarantine replaced by the files' (valid rows keep
     the first copy of each event_id), ids replaced by their hashes."""
     con.execute(f"DELETE FROM {EVENTS_TABLE} WHERE event_hour = $h", {"h": hour_start})
@@ -523,7 +560,7 @@ def _replace_hour(con: duckdb.DuckDBPyConnection, hour_start: datetime, files: l
     # hashed: a row whose id was not (its file changed after the hashing) is caught below.
     insert_valid = f"""INSERT INTO {EVENTS_TABLE}
         SELECT {', '.join(f.name for f in EVENT_FIELDS)}, $h, _source_file, now(), _unmapped
-        FROM {_pseudonymised(rows, 'JOIN')} WHERE _reason IS NULL {dedupe}"""
+        FROM {_pseudonymised(rows, 'JOIN', all_known)} WHERE _reason IS NULL {dedupe}"""
     (loaded,) = _run(con, files, insert_valid, params).fetchone()
     quarantined = 0
     if result.rows_quarantined:
@@ -533,7 +570,7 @@ def _replace_hour(con: duckdb.DuckDBPyConnection, hour_start: datetime, files: l
         ]
         insert_quarantined = f"""INSERT INTO {QUARANTINE_TABLE}
             SELECT {', '.join(quarantine_columns)}, $h, _source_file, _source_row, _reason, now()
-            FROM {_pseudonymised(rows, 'LEFT JOIN')} WHERE _reason IS NOT NULL"""
+            FROM {_pseudonymised(rows, 'LEFT JOIN', all_known)} WHERE _reason IS NOT NULL"""
         (quarantined,) = _run(con, files, insert_quarantined, params).fetchone()
     if (loaded, quarantined) != (result.rows_loaded, result.rows_quarantined):
         # Each step reads the files anew: one replaced between them (a re-delivery under the
@@ -546,14 +583,17 @@ def _replace_hour(con: duckdb.DuckDBPyConnection, hour_start: datetime, files: l
             "again")
 
 
-def _pseudonymised(rows: LandingRows, join: str) -> str:
-    """The landing rows with user_id and session_id replaced by their hashes from _IDS."""
+def _pseudonymised(rows: LandingRows, join: str, all_known: bool) -> str:
+    """The landing rows with user_id and session_id replaced by their hashes from _IDS.
+    `all_known`: no valid row has an unknown descriptive value, so none is tested (a
+    quarantined row keeps its raw values either way)."""
     joins = " ".join(
         f"{join} {_IDS} AS _{c} ON _{c}.id_column = '{c}' AND _{c}.raw_id = r.{c}"
         for c in PSEUDONYMISED_COLUMNS
     )
     hashed = ", ".join(f"_{c}.hashed AS {c}" for c in PSEUDONYMISED_COLUMNS)
-    return f"(SELECT r.* REPLACE ({hashed}) FROM {rows.sql} AS r {joins})"
+    source = rows.sql_all_known if all_known else rows.sql
+    return f"(SELECT r.* REPLACE ({hashed}) FROM {source} AS r {joins})"
 
 
 def _log_hour(con: duckdb.DuckDBPyConnection, result: HourIngestResult,
