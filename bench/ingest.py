@@ -8,11 +8,18 @@ seconds of each ingest step (`HourIngestResult.seconds_by_step`).
 A third load is the floor of any ingest that pseudonymises: the same bare INSERT with
 user_id and session_id replaced by their HMAC-SHA256 (each distinct id hashed once, joined
 back), with no validation, quarantine or accounting. The simulated hour is one Parquet row
-group, which DuckDB reads on one thread, so all three loads run on one core; measured at
-b659b21 on 2 shared cores (500k events), the floor alone is ~0.6x the bare insert's speed
-(writing 64-character hashes compresses slower than the raw ids, and the distinct ids are
-hashed first), so 0.8x cannot be reached by an ingest that hashes ids. The bench prints the
-floor's ratio so this stays checked.
+group, which DuckDB reads on one thread, so all these loads run on one core. Writing the
+64-character hashes compresses slower than the raw ids and the distinct ids are hashed first,
+so the floor alone is about 0.65x the bare insert's speed: on one core an ingest that
+pseudonymises ids cannot reach 0.8x of it (docs/importers.md, "How ingest loads an hour", says
+what a second core could change). Measured on the 2 shared cores of the dev box (500k events, load
+6-9, `--skip-e2e --repeats 3`, two runs each):
+
+| | speed vs the bare insert (wall) | (CPU) |
+|---|---|---|
+| floor: bare insert, ids hashed | 0.62-0.72x | 0.63-0.67x |
+| ingest at b659b21 (rows staged in a temporary table) | 0.41-0.45x | 0.39-0.40x |
+| ingest now (narrow passes, one write) | 0.55-0.58x | 0.52-0.54x |
 
 Then the time of one hourly partition end to end (ingest + dbt build + publish) at that volume
 (aim: under 60 s on 2 cores).
