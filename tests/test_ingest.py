@@ -10,8 +10,15 @@ import pytest
 
 from funnelwatch.contract import EVENT_FIELDS, to_arrow
 from funnelwatch.ingest.contract_doc import contract_markdown
-from funnelwatch.ingest.loader import DUPLICATE_ID_WINDOW, load_hour
+from funnelwatch.ingest.loader import (
+    DUPLICATE_ID_WINDOW,
+    LandingChangedError,
+    assert_files_unchanged,
+    landing_rows,
+    load_hour,
+)
 from funnelwatch.ingest.pseudonymize import hmac_sha256_hex
+from funnelwatch.ingest.validation import blank_sql
 from funnelwatch.landing import hour_dir, write_events
 from funnelwatch.warehouse import connect
 
@@ -73,6 +80,51 @@ def test_accounting_quarantine_duplicates(tmp_path):
     log = con.execute("SELECT rows_in, rows_loaded, rows_quarantined, duplicates_dropped "
                       "FROM raw.ingest_log").fetchall()
     assert log == [(17, 11, 3, 3)]
+
+
+# Values around the edges of blank_sql's shortcut: empty, spaces, a tab (trim keeps it), an
+# ideographic space (trim strips it), printable ASCII from '!' to '~', DEL, non-ASCII.
+EDGE_VALUES = ["", "   ", "\t", "\u3000", "\u3000 \u3000", " a", "a ", "!", "~", "~x",
+               "\x7f", "é", "\u3000x", "page_view"]
+
+
+def test_blank_is_exactly_trim_empty(tmp_path):
+    """The rules' cheap blank test (no trim of a value starting with a printable character)
+    says what `trim(x) = ''` says, value by value."""
+    con = connect(tmp_path / "w.duckdb")
+    con.execute("CREATE TABLE v AS SELECT unnest($values) AS x", {"values": EDGE_VALUES})
+    rows = con.execute(f"SELECT x, {blank_sql('x')}, trim(x) = '' FROM v").fetchall()
+    assert [(x, fast) for x, fast, _ in rows] == [(x, slow) for x, _, slow in rows]
+    assert {x for x, fast, _ in rows if fast} == {"", "   ", "\u3000", "\u3000 \u3000"}
+
+
+def test_blank_required_values_are_quarantined_and_others_loaded(tmp_path):
+    landing = tmp_path / "landing"
+    frame = _events(len(EDGE_VALUES))
+    frame["session_id"] = EDGE_VALUES
+    write_events(frame, landing, "a")
+    con = connect(tmp_path / "w.duckdb")
+    result = load_hour(con, landing, HOUR, KEY)
+    assert result.quarantine_reasons == {"missing_session_id": 4}
+    assert result.rows_loaded == len(EDGE_VALUES) - 4
+
+
+def test_a_parquet_file_replaced_during_a_load_is_caught(tmp_path):
+    """Each step of a load reads the Parquet files anew; a file replaced between two steps (a
+    re-delivery under the same name) must not be half-loaded. A text file is parsed once, so
+    a later change to it does not matter."""
+    landing = tmp_path / "landing"
+    (parquet,) = write_events(_events(5), landing, "a")
+    text = hour_dir(landing, HOUR) / "b.jsonl"
+    _events(3, prefix="t").to_json(text, orient="records", lines=True, date_format="iso")
+    con = connect(tmp_path / "w.duckdb")
+    rows = landing_rows(con, [parquet, text], parse_text_once=True)
+    assert_files_unchanged(rows)
+    _events(4, prefix="t").to_json(text, orient="records", lines=True, date_format="iso")
+    assert_files_unchanged(rows)
+    write_events(_events(6), landing, "a")  # replaced, as write_events replaces a file
+    with pytest.raises(LandingChangedError, match="a.parquet"):
+        assert_files_unchanged(rows)
 
 
 def test_a_feed_with_its_own_value_names_loses_no_row(tmp_path):

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from funnelwatch.quality.incidents import failed_hours, hour_incidents, record_outcomes
-from funnelwatch.quality.suites import feed_presence_outcome
+from funnelwatch.quality.suites import feed_presence_outcome, run_suites
 from funnelwatch.quality.tracking import tracking_loss_outcome
 from funnelwatch.warehouse import ensure_raw_schema
 
@@ -24,6 +24,10 @@ def _hour_events(hour: pd.Timestamp, sessions: int, keep: dict[str, float] | Non
     keep = keep or {}
     rows = []
     for s in range(sessions):
+        # sessions start through the hour (the events suite's completeness check wants events
+        # in its last minutes), each early enough for its last step to stay in the hour
+        last_minute = max(minute for minute, per_40 in STEPS.values() if s % 40 < per_40)
+        start = hour + pd.Timedelta(minutes=(s * 7) % (60 - last_minute))
         for event_type, (minute, per_40) in STEPS.items():
             if s % 40 >= per_40:
                 continue
@@ -33,7 +37,7 @@ def _hour_events(hour: pd.Timestamp, sessions: int, keep: dict[str, float] | Non
                 continue
             rows.append({
                 "event_id": f"{hour:%Y%m%d%H}-{s}-{event_type}",
-                "event_time": hour + pd.Timedelta(minutes=minute, seconds=s % 30),
+                "event_time": start + pd.Timedelta(minutes=minute, seconds=s % 30),
                 "event_type": event_type, "user_id": f"u{s}",
                 "session_id": f"{hour:%Y%m%d%H}-s{s}", "device_type": "mobile", "os": "iOS",
                 "browser": "Safari", "country": "US", "event_hour": hour,
@@ -178,3 +182,50 @@ def test_a_warehouse_with_per_hour_incidents_keeps_its_broken_hours(con):
     rows = con.execute("SELECT incident_id, first_hour = last_hour, hours, status "
                        "FROM quality.incidents ORDER BY incident_id").fetchall()
     assert rows == [("dq-2026111012", True, 1, "open"), ("dq-2026111013", True, 1, "resolved")]
+
+
+def test_one_outage_is_one_tracking_loss_incident_not_also_a_volume_one(con):
+    """The demo's case through the events suite: add_to_cart gone for 3 hours while the rest
+    of the funnel carries on, in hours whose previous weeks had carts. The volume check (below
+    0.4x of previous weeks) leaves add_to_cart to the tracking-loss check: one incident."""
+    timeline, first, last = _timeline(400, 48, 3, 1, {"add_to_cart": 0})
+    checked = [hour for hour, _, _ in timeline[48:]]
+    for hour in checked:
+        for week in range(1, 5):
+            _insert(con, _hour_events(hour - pd.Timedelta(weeks=week), 400))
+    for hour, sessions, keep in timeline:
+        _insert(con, _hour_events(hour, sessions, keep))
+        if hour in checked:
+            outcomes = {o.name: o for o in run_suites(con, hour.to_pydatetime())}
+            volume = outcomes["events_volume_vs_previous_weeks"]
+            assert volume.passed, volume.evidence
+            assert "add_to_cart" in volume.evidence["deferred_to_tracking_loss"]
+            # the types the tracking-loss check does not judge are still held to their
+            # previous weeks (checkout_start and purchase are below the volume baseline)
+            assert {r["event_type"] for r in volume.evidence["by_event_type"]} == {"page_view"}
+            record_outcomes(con, hour.to_pydatetime(), list(outcomes.values()))
+    (incident,) = _incidents(con).itertuples()
+    assert (incident.kind, incident.subject) == ("tracking_loss", "add_to_cart")
+    assert incident.failed_checks == ["events_tracking_loss"]
+    assert pd.Timestamp(incident.first_hour) == first and pd.Timestamp(incident.last_hour) == last
+    assert incident.status == "resolved"  # the hour after: carts are back
+
+
+def test_a_lost_event_the_funnel_cannot_judge_is_still_a_volume_failure(con):
+    """No session ever reaches the step after add_to_cart, so the tracking-loss check cannot
+    tell a lost event from a real drop: the volume check still judges it (data_quality)."""
+    hour = START + pd.Timedelta(hours=48)
+    for h in [hour - pd.Timedelta(weeks=w) for w in range(1, 5)] + [
+            START + pd.Timedelta(hours=i) for i in range(48)]:
+        _insert(con, _hour_events(h, 400, {"checkout_start": 0, "purchase": 0}))
+    _insert(con, _hour_events(hour, 400, {"add_to_cart": 0, "checkout_start": 0,
+                                          "purchase": 0}))
+    outcomes = {o.name: o for o in run_suites(con, hour.to_pydatetime())}
+    assert outcomes["events_tracking_loss"].passed
+    assert "add_to_cart" not in outcomes["events_tracking_loss"].evidence["judged"]
+    volume = outcomes["events_volume_vs_previous_weeks"]
+    assert not volume.passed
+    by_type = {r["event_type"]: r for r in volume.evidence["by_event_type"]}
+    assert by_type["add_to_cart"]["observed"] == 0
+    assert record_outcomes(con, hour.to_pydatetime(), list(outcomes.values())) == (
+        f"dq-{hour:%Y%m%d%H}")

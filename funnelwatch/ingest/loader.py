@@ -2,20 +2,25 @@
 
     rows_in = rows_loaded + rows_quarantined + duplicates_dropped
 
-Steps, all inside DuckDB:
-1. stage: every landing file of the hour is read (Parquet, JSON lines or CSV) and projected
-   onto the contract columns. Columns whose type already matches are taken as they are (the
-   fast path for Parquet); others are TRY_CAST and a failed cast is recorded per row.
+Steps, all inside DuckDB, each a query over the hour's landing files (`landing_rows`): Parquet
+is columnar, so each pass reads only the columns it needs; a text file (JSON lines, CSV) is
+parsed once into a temporary table that the passes read instead.
+1. stage: every landing file of the hour is projected onto the contract columns. Columns
+   whose type already matches are taken as they are (the fast path for Parquet); others are
+   TRY_CAST and a failed cast is recorded per row.
    A file that cannot be read at all (a CSV named .parquet, a collector's partial write) is
    set aside: recorded in raw.rejected_files with the reason and line, left untouched in the
    landing folder, and the hour is loaded from its other files. A fixed file landed later
    re-processes the hour (the late-data sensor), which then has no rejected file.
-2. validate: the first broken contract rule gives the quarantine reason; an event_id already
-   loaded in another hour is quarantined as `duplicate_event_id_other_hour`.
-3. dedupe: valid rows keep the first copy of each event_id (by file name, then row).
-4. pseudonymise user_id and session_id with HMAC-SHA256 (raw ids never reach a table).
-5. replace: DELETE the hour from raw.events and the quarantine, INSERT the new rows and a
-   line in raw.ingest_log; COMMIT. A failure anywhere rolls the whole hour back.
+2. pseudonymise: each distinct user_id and session_id of the hour gets its HMAC-SHA256 (raw
+   ids never reach a table of the warehouse).
+3. validate: the first broken contract rule gives the quarantine reason; an event_id already
+   loaded in another hour is quarantined as `duplicate_event_id_other_hour`. The rows are
+   counted per reason (a narrow pass: no row is written).
+4. replace: DELETE the hour from raw.events and the quarantine; INSERT the valid rows straight
+   from the files with their ids hashed (the first copy of each event_id, by file name then
+   row) and the quarantined rows; a line in raw.ingest_log; COMMIT. A failure anywhere rolls
+   the whole hour back.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from funnelwatch.ingest.pseudonymize import hmac_sql, padded_keys
 from funnelwatch.ingest.validation import (
     descriptive_values_sql,
     quarantine_reason_sql,
+    unknown_values_sql,
     unmapped_values_sql,
 )
 from funnelwatch.landing import as_utc_hour, event_files
@@ -62,6 +68,10 @@ class LandingFileError(ValueError):
         self.detail = detail
         where = f"{self.path}" + (f", line {line}" if line is not None else "")
         super().__init__(f"malformed landing file {where}: {detail}")
+
+
+class LandingChangedError(RuntimeError):
+    """A landing file of the hour changed while the hour was loaded. Nothing was loaded."""
 
 
 @dataclass
@@ -244,12 +254,14 @@ OTHER_HOUR_DUPLICATE = "duplicate_event_id_other_hour"
 # is not a retry we can tell from an id a producer reused.
 DUPLICATE_ID_WINDOW = timedelta(days=7)
 # Temporary tables of one load: the event_ids of the hour that raw.events already has in
-# another hour, the hour's distinct user/session ids with their keyed hashes, and the hour's
-# staged rows (read from the files once).
+# another hour, and the hour's distinct user/session ids with their keyed hashes. The rows
+# themselves are never copied into a table of their own: each step reads the files.
 _OTHER_HOUR_IDS = "_event_ids_in_other_hours"
 _IDS = "_pseudonymised_ids"
-_ROWS = "_staged_rows"
-_TEMP_TABLES = (_OTHER_HOUR_IDS, _IDS, _ROWS)
+_TEMP_TABLES = (_OTHER_HOUR_IDS, _IDS)
+# A text landing file parsed once (JSON and CSV readers cannot skip the columns a pass does not
+# need): `_landing_text_<n>`, dropped when the load attempt ends.
+_TEXT_TABLE = "_landing_text_{}"
 
 
 @dataclass(frozen=True)
@@ -260,35 +272,58 @@ class LandingRows:
     quarantined; it needs `$hour_start` / `$hour_end` among the params), `_unmapped`,
     `_source_file` and `_source_row`. `staged`: the bare union of the files (contract columns,
     no reason), what the duplicate look-up and the id hashing read. `params`: the readers'
-    parameters. `ignored_columns`: `file:column` of the columns the contract does not have."""
+    parameters. `ignored_columns`: `file:column` of the columns the contract does not have.
+    `sql_all_known`: `sql` for an hour none of whose valid rows has a descriptive value the
+    contract does not know: the values as they came and `_unmapped` NULL, with no per-row test.
+    `text_tables`: temporary tables holding the text files parsed once (the caller drops them).
+    `file_stats`: (size, mtime) of each file read directly, taken before the first read.
+    DuckDB reads only the columns a query over `sql` or `staged` uses."""
 
     sql: str
     staged: str
     params: dict
     ignored_columns: list[str]
+    sql_all_known: str = ""
+    text_tables: list[str] = field(default_factory=list)
+    file_stats: dict[Path, tuple[int, int]] = field(default_factory=dict)
 
 
 def landing_rows(
-    con: duckdb.DuckDBPyConnection, files: list[Path], other_hour_ids: str | None = None
+    con: duckdb.DuckDBPyConnection, files: list[Path], other_hour_ids: str | None = None,
+    parse_text_once: bool = False,
 ) -> LandingRows:
     """The landing rows of `files` (see LandingRows). `other_hour_ids`: a table of event_ids
-    loaded in other hours, quarantined as duplicates. Also used by the fast lane, which reads
-    the files of the running hour directly."""
-    selects, params, ignored = [], {}, []
+    loaded in other hours, quarantined as duplicates. `parse_text_once`: parse each JSON-lines
+    or CSV file into a temporary table, for a caller that reads the rows more than once. Also
+    used by the fast lane, which reads the files of the running hour directly, once."""
+    selects, params, ignored, text_tables = [], {}, [], []
     cast_columns: set[str] = set()
-    for index, path in enumerate(files):
-        reader, reader_params = _reader(path, tag=str(index))
-        columns = _describe(con, reader, reader_params, path)
-        select_sql, extra, casts = _stage_file_sql(reader, columns, f"$path{index}")
-        cast_columns |= casts
-        ignored += [f"{path.name}:{c}" for c in extra]
-        selects.append(select_sql)
-        params.update(reader_params)
+    file_stats: dict[Path, tuple[int, int]] = {}
+    try:
+        for index, path in enumerate(files):
+            if path.suffix.lower() == ".parquet" or not parse_text_once:
+                file_stats[path] = _file_stat(path)
+            reader, reader_params = _reader(path, tag=str(index))
+            columns = _describe(con, reader, reader_params, path)
+            if parse_text_once and path.suffix.lower() != ".parquet":
+                reader, reader_params = _parse_text_file(con, path, reader, reader_params, index)
+                text_tables.append(reader)
+                columns["file_row_number"] = "BIGINT"
+            select_sql, extra, casts = _stage_file_sql(reader, columns, f"$path{index}")
+            params[f"path{index}"] = str(path)
+            cast_columns |= casts
+            ignored += [f"{path.name}:{c}" for c in extra]
+            selects.append(select_sql)
+            params.update(reader_params)
+    except BaseException:
+        _drop_text_tables(con, text_tables)  # they hold raw ids: none outlives a failed read
+        raise
     if not selects:  # no files: an empty relation of the same shape
         selects.append(_empty_select())
     # Rules see the raw values (a checkout_step event with no step is unusable); a valid row
     # then carries the kept value (`other` for an unknown one) and the raw value in
     # `_unmapped`, a quarantined row its raw values as they came.
+    unknown = unknown_values_sql()
     kept = ", ".join(
         f"CASE WHEN _reason IS NULL THEN {expr} ELSE {c} END AS {c}"
         for c, expr in descriptive_values_sql().items()
@@ -299,10 +334,53 @@ def landing_rows(
                   f"(SELECT event_id FROM {other_hour_ids}) THEN '{OTHER_HOUR_DUPLICATE}' END)")
     union = "(" + " UNION ALL ".join(selects) + ")"
     sql = (
-        f"(SELECT * REPLACE ({kept}) FROM (SELECT *, {reason} AS _reason, "
-        f"{unmapped_values_sql()} AS _unmapped FROM {union}))"
+        f"(SELECT * EXCLUDE ({', '.join(unknown)}) REPLACE ({kept}) FROM ("
+        f"SELECT *, {reason} AS _reason, {unmapped_values_sql()} AS _unmapped FROM ("
+        f"SELECT *, {', '.join(f'{e} AS {c}' for c, e in unknown.items())} FROM {union})))"
     )
-    return LandingRows(sql, union, params, ignored)
+    sql_all_known = (f"(SELECT *, {reason} AS _reason, "
+                     f"CAST(NULL AS MAP(VARCHAR, VARCHAR)) AS _unmapped FROM {union})")
+    return LandingRows(sql, union, params, ignored, sql_all_known, text_tables, file_stats)
+
+
+def _file_stat(path: Path) -> tuple[int, int]:
+    try:
+        stat = path.stat()
+    except OSError as exc:
+        raise LandingFileError(path, f"cannot read the file: {exc.strerror}") from exc
+    return stat.st_size, stat.st_mtime_ns
+
+
+def assert_files_unchanged(rows: LandingRows) -> None:
+    """LandingChangedError when a file read directly was replaced or rewritten since
+    `landing_rows` (each step of a load reads the files anew: one file replaced between
+    them, a re-delivery under the same name, would make their counts, hashes and rows
+    disagree)."""
+    changed = [str(path) for path, stat in rows.file_stats.items()
+               if not path.exists() or _file_stat(path) != stat]
+    if changed:
+        raise LandingChangedError(
+            f"landing file(s) changed while their hour was loaded: {', '.join(changed)}; "
+            "nothing was loaded, run the hour again")
+
+
+def _drop_text_tables(con: duckdb.DuckDBPyConnection, tables: list[str]) -> None:
+    for table in tables:
+        con.execute(f"DROP TABLE IF EXISTS {table}")
+
+
+def _parse_text_file(con: duckdb.DuckDBPyConnection, path: Path, reader: str, params: dict,
+                     index: int) -> tuple[str, dict]:
+    """Parse a text landing file into a temporary table (its rows numbered from 0 in file
+    order, as Parquet's file_row_number); returns the table as the file's new reader."""
+    table = _TEXT_TABLE.format(index)
+    con.execute(f"DROP TABLE IF EXISTS {table}")
+    try:
+        con.execute(f"CREATE TEMP TABLE {table} AS SELECT *, "
+                    f"row_number() OVER () - 1 AS file_row_number FROM {reader}", params)
+    except FILE_ERRORS as exc:
+        raise _file_error(path, exc) from exc
+    return table, {}
 
 
 def load_hour(
@@ -315,7 +393,7 @@ def load_hour(
 
     A file that cannot be read is set aside (`result.rejected_files`, raw.rejected_files) and
     the hour is loaded from the others: the failed attempt was rolled back, so each retry
-    starts from the hour as it was. Only a bad file costs a retry; a clean hour reads once."""
+    starts from the hour as it was. Only a bad file costs a retry."""
     hour_start = as_utc_hour(hour)
     files = event_files(landing, hour_start)
     ensure_raw_schema(con)
@@ -344,31 +422,44 @@ def _load_files(
     result = HourIngestResult(hour=hour_start, files=[str(p) for p in files])
     for table in _TEMP_TABLES:
         con.execute(f"DROP TABLE IF EXISTS {table}")
-    with result.timed("read file schemas"):
-        rows = landing_rows(con, files, _OTHER_HOUR_IDS)
-    result.ignored_columns += rows.ignored_columns
+    rows = None
+    try:
+        with result.timed("read file schemas, parse text files"):
+            rows = landing_rows(con, files, _OTHER_HOUR_IDS, parse_text_once=True)
+        result.ignored_columns += rows.ignored_columns
+        _load_rows(con, hour_start, files, rows, rejected, pseudonymization_key, result)
+    finally:
+        _drop_text_tables(con, rows.text_tables if rows else [])
+    return result
 
+
+def _load_rows(con: duckdb.DuckDBPyConnection, hour_start: datetime, files: list[Path],
+               rows: LandingRows, rejected: list[LandingFileError], pseudonymization_key: str,
+               result: HourIngestResult) -> None:
+    """The transaction of one attempt: each step reads `rows` (the files) for what it needs."""
+    hour = {"hour_start": hour_start, "hour_end": hour_start + timedelta(hours=1)}
     con.execute("BEGIN TRANSACTION")
     try:
         with result.timed("look up ids of other hours"):
             _look_up_other_hour_ids(con, hour_start, files, rows)
         with result.timed("pseudonymise ids"):
             _pseudonymise_ids(con, files, rows, pseudonymization_key)
-        with result.timed("read, validate"):
-            _stage_rows(con, hour_start, files, rows, result)
+        with result.timed("validate, count"):
+            all_known = _count_rows(con, files, rows, hour, result)
         with result.timed("replace the hour"):
-            _replace_hour(con, hour_start, result)
+            _replace_hour(con, hour_start, files, rows, hour, result, all_known)
         with result.timed("count unknown values, log"):
-            result.unknown_values, result.rows_with_unknown_values = _unknown_values(con)
+            result.unknown_values, result.rows_with_unknown_values = _unknown_values(
+                con, hour_start)
             _log_hour(con, result, rejected)
         for table in _TEMP_TABLES:
             con.execute(f"DROP TABLE {table}")
+        assert_files_unchanged(rows)
         with result.timed("commit"):
             con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")
         raise
-    return result
 
 
 def _look_up_other_hour_ids(con: duckdb.DuckDBPyConnection, hour_start: datetime,
@@ -407,89 +498,102 @@ def _pseudonymise_ids(con: duckdb.DuckDBPyConnection, files: list[Path], rows: L
                       pseudonymization_key: str) -> None:
     """Fill _IDS with each distinct user/session id of the hour and its keyed hash.
 
-    Each id is hashed once (an hour has far fewer users and sessions than events), both
-    columns from one narrow read of the files. Explicit DDL, not `CREATE TABLE AS ... LIMIT 0`:
+    Each id is hashed once (an hour has far fewer users and sessions than events) and joined
+    back by value where rows are written. Explicit DDL, not `CREATE TABLE AS ... LIMIT 0`:
     in DuckDB 2.0 such a table keeps all-NULL column statistics after a large insert in the
     same transaction, and later queries then read no rows
     (tests/test_ingest.py::test_large_hour_loads_every_row)."""
     ipad, opad = padded_keys(pseudonymization_key)
     con.execute(f"CREATE TEMP TABLE {_IDS} (id_column VARCHAR, raw_id VARCHAR, hashed VARCHAR)")
-    pairs = ", ".join(f"{{'c': '{c}', 'v': {c}}}" for c in PSEUDONYMISED_COLUMNS)
+    distinct_ids = " UNION ALL ".join(
+        f"SELECT DISTINCT '{c}' AS id_column, {c} AS raw_id FROM {rows.staged} "
+        f"WHERE {c} IS NOT NULL"
+        for c in PSEUDONYMISED_COLUMNS
+    )
     _run(
         con,
         files,
-        # (DISTINCT over the unnested columns, in a query of its own: DISTINCT beside an
-        # unnest in one SELECT is applied before the unnest in DuckDB 2.0)
-        f"""INSERT INTO {_IDS} SELECT c, v, {hmac_sql('v')} FROM (
-              SELECT DISTINCT c, v FROM (
-                SELECT unnest(id, recursive := true) FROM (
-                  SELECT unnest([{pairs}]) AS id FROM {rows.staged}))
-            ) WHERE v IS NOT NULL""",
+        f"INSERT INTO {_IDS} SELECT id_column, raw_id, {hmac_sql('raw_id')} FROM ({distinct_ids})",
         {"ipad": ipad, "opad": opad, **rows.params},
     )
 
 
-def _stage_rows(con: duckdb.DuckDBPyConnection, hour_start: datetime, files: list[Path],
-                rows: LandingRows, result: HourIngestResult) -> None:
-    """The one full read of the files: projected, validated and pseudonymised rows, kept in
-    _ROWS so accounting, the insert and the quarantine read memory, not the files again.
-    Sets the result's row accounting (rows in, quarantined, duplicates, loaded)."""
-    con.execute(_rows_ddl())
-    joins = " ".join(
-        f"LEFT JOIN {_IDS} AS _{c} ON _{c}.id_column = '{c}' AND _{c}.raw_id = r.{c}"
-        for c in PSEUDONYMISED_COLUMNS
-    )
-    replaced = ", ".join(f"_{c}.hashed AS {c}" for c in PSEUDONYMISED_COLUMNS)
-    _run(con, files,
-         f"INSERT INTO {_ROWS} BY NAME SELECT r.* EXCLUDE (_cast_errors) "
-         f"REPLACE ({replaced}) FROM {rows.sql} AS r {joins}",
-         {**rows.params, "hour_start": hour_start,
-          "hour_end": hour_start + timedelta(hours=1)})
-    by_reason = con.execute(
-        f"SELECT _reason, count(*), count(DISTINCT event_id) FROM {_ROWS} GROUP BY _reason"
+def _count_rows(con: duckdb.DuckDBPyConnection, files: list[Path], rows: LandingRows,
+                hour: dict, result: HourIngestResult) -> bool:
+    """The result's row accounting (rows in, quarantined per reason, duplicates, loaded), from
+    a pass over the columns the rules and the descriptive fields read. Returns whether every
+    descriptive value of the valid rows is one the contract knows (most hours)."""
+    by_reason = _run(
+        con, files,
+        f"""SELECT _reason, count(*), count(DISTINCT event_id), count(_unmapped)
+            FROM {rows.sql} GROUP BY _reason""",
+        {**rows.params, **hour},
     ).fetchall()
-    valid_rows = sum(n for reason, n, _ in by_reason if reason is None)
-    distinct_valid = sum(d for reason, _, d in by_reason if reason is None)
-    result.rows_in = sum(n for _, n, _ in by_reason)
+    valid = [(n, distinct, unknown) for reason, n, distinct, unknown in by_reason
+             if reason is None]
+    valid_rows, distinct_valid, with_unknown = valid[0] if valid else (0, 0, 0)
+    result.rows_in = sum(n for _, n, _, _ in by_reason)
     result.duplicates_dropped = valid_rows - distinct_valid
     result.rows_quarantined = result.rows_in - valid_rows
     result.rows_loaded = valid_rows - result.duplicates_dropped
     result.quarantine_reasons = dict(
-        sorted(((r, n) for r, n, _ in by_reason if r is not None), key=lambda x: -x[1])
+        sorted(((r, n) for r, n, _, _ in by_reason if r is not None), key=lambda x: -x[1])
     )
+    return with_unknown == 0
 
 
-def _replace_hour(con: duckdb.DuckDBPyConnection, hour_start: datetime,
-                  result: HourIngestResult) -> None:
-    """The hour's rows of raw.events and the quarantine replaced by the staged ones (valid rows
-    keep the first copy of each event_id)."""
+def _replace_hour(con: duckdb.DuckDBPyConnection, hour_start: datetime, files: list[Path],
+                  rows: LandingRows, hour: dict, result: HourIngestResult,
+                  all_known: bool) -> None:
+    """The hour's rows of raw.events and the quarantine replaced by the files' (valid rows keep
+    the first copy of each event_id), ids replaced by their hashes."""
     con.execute(f"DELETE FROM {EVENTS_TABLE} WHERE event_hour = $h", {"h": hour_start})
     con.execute(f"DELETE FROM {QUARANTINE_TABLE} WHERE event_hour = $h", {"h": hour_start})
+    params = {**rows.params, **hour, "h": hour_start}
     dedupe = (
         "QUALIFY row_number() OVER (PARTITION BY event_id "
         "ORDER BY _source_file, _source_row) = 1"
         if result.duplicates_dropped
         else ""
     )
-    con.execute(
-        f"""INSERT INTO {EVENTS_TABLE}
-            SELECT {', '.join(f.name for f in EVENT_FIELDS)},
-                   $h, _source_file, now(), _unmapped
-            FROM {_ROWS} WHERE _reason IS NULL {dedupe}""",
-        {"h": hour_start},
-    )
+    # A valid row has both ids (required), so the inner join keeps every one whose ids were
+    # hashed: a row whose id was not (its file changed after the hashing) is caught below.
+    insert_valid = f"""INSERT INTO {EVENTS_TABLE}
+        SELECT {', '.join(f.name for f in EVENT_FIELDS)}, $h, _source_file, now(), _unmapped
+        FROM {_pseudonymised(rows, 'JOIN', all_known)} WHERE _reason IS NULL {dedupe}"""
+    (loaded,) = _run(con, files, insert_valid, params).fetchone()
+    quarantined = 0
     if result.rows_quarantined:
         quarantine_columns = [
             f.name if f.name in PSEUDONYMISED_COLUMNS else f"CAST({f.name} AS VARCHAR)"
             for f in EVENT_FIELDS
         ]
-        con.execute(
-            f"""INSERT INTO {QUARANTINE_TABLE}
-                SELECT {', '.join(quarantine_columns)}, $h, _source_file, _source_row,
-                       _reason, now()
-                FROM {_ROWS} WHERE _reason IS NOT NULL""",
-            {"h": hour_start},
-        )
+        insert_quarantined = f"""INSERT INTO {QUARANTINE_TABLE}
+            SELECT {', '.join(quarantine_columns)}, $h, _source_file, _source_row, _reason, now()
+            FROM {_pseudonymised(rows, 'LEFT JOIN', all_known)} WHERE _reason IS NOT NULL"""
+        (quarantined,) = _run(con, files, insert_quarantined, params).fetchone()
+    if (loaded, quarantined) != (result.rows_loaded, result.rows_quarantined):
+        # Each step reads the files anew: one replaced between them (a re-delivery under the
+        # same name) would make the counts, the hashes and the rows disagree. Nothing is
+        # committed; the next run of the hour reads the files as they are then.
+        raise LandingChangedError(
+            f"the landing files of {hour_start:%Y-%m-%d %H:00} changed while the hour was "
+            f"loaded ({result.rows_loaded} valid and {result.rows_quarantined} quarantined rows "
+            f"counted, {loaded} and {quarantined} written); nothing was loaded, run the hour "
+            "again")
+
+
+def _pseudonymised(rows: LandingRows, join: str, all_known: bool) -> str:
+    """The landing rows with user_id and session_id replaced by their hashes from _IDS.
+    `all_known`: no valid row has an unknown descriptive value, so none is tested (a
+    quarantined row keeps its raw values either way)."""
+    joins = " ".join(
+        f"{join} {_IDS} AS _{c} ON _{c}.id_column = '{c}' AND _{c}.raw_id = r.{c}"
+        for c in PSEUDONYMISED_COLUMNS
+    )
+    hashed = ", ".join(f"_{c}.hashed AS {c}" for c in PSEUDONYMISED_COLUMNS)
+    source = rows.sql_all_known if all_known else rows.sql
+    return f"(SELECT r.* REPLACE ({hashed}) FROM {source} AS r {joins})"
 
 
 def _log_hour(con: duckdb.DuckDBPyConnection, result: HourIngestResult,
@@ -518,36 +622,27 @@ def _log_hour(con: duckdb.DuckDBPyConnection, result: HourIngestResult,
         )
 
 
-def _unknown_values(con: duckdb.DuckDBPyConnection) -> tuple[dict[str, dict[str, int]], int]:
+def _unknown_values(con: duckdb.DuckDBPyConnection,
+                    hour_start: datetime) -> tuple[dict[str, dict[str, int]], int]:
     """The hour's unknown values per field (the TOP_UNKNOWN_VALUES most frequent) and the rows
-    with any, counted on the hour's loaded rows (duplicates dropped)."""
-    loaded = (f"(SELECT _unmapped FROM {_ROWS} WHERE _reason IS NULL AND _unmapped IS NOT NULL "
-              "QUALIFY row_number() OVER (PARTITION BY event_id "
-              "ORDER BY _source_file, _source_row) = 1)")
-    rows = con.execute(f"SELECT count(*) FROM {_ROWS} WHERE _unmapped IS NOT NULL").fetchone()[0]
+    with any, counted on the rows just loaded (duplicates dropped)."""
+    loaded = (f"(SELECT unmapped_values FROM {EVENTS_TABLE} "
+              "WHERE event_hour = $h AND unmapped_values IS NOT NULL)")
+    rows = con.execute(f"SELECT count(*) FROM {loaded}", {"h": hour_start}).fetchone()[0]
     if not rows:
         return {}, 0
-    rows = con.execute(f"SELECT count(*) FROM {loaded}").fetchone()[0]
     found = con.execute(
         f"""SELECT e.key, e.value, count(*) AS n
-            FROM (SELECT unnest(map_entries(_unmapped)) AS e FROM {loaded})
+            FROM (SELECT unnest(map_entries(unmapped_values)) AS e FROM {loaded})
             GROUP BY e.key, e.value
             QUALIFY row_number() OVER (PARTITION BY e.key ORDER BY n DESC, e.value) <= $top
             ORDER BY e.key, n DESC, e.value""",
-        {"top": TOP_UNKNOWN_VALUES},
+        {"h": hour_start, "top": TOP_UNKNOWN_VALUES},
     ).fetchall()
     by_field: dict[str, dict[str, int]] = {}
     for column, value, n in found:
         by_field.setdefault(column, {})[value] = n
     return by_field, rows
-
-
-def _rows_ddl() -> str:
-    # Explicit DDL (see the id table above for why not `CREATE TABLE AS ... LIMIT 0`).
-    columns = [f"{f.name} {f.duckdb_type}" for f in EVENT_FIELDS] + [
-        "_source_file VARCHAR", "_source_row BIGINT", "_reason VARCHAR",
-        "_unmapped MAP(VARCHAR, VARCHAR)"]
-    return f"CREATE TEMP TABLE {_ROWS} ({', '.join(columns)})"
 
 
 def _empty_select() -> str:

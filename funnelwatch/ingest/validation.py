@@ -34,10 +34,20 @@ def _sql_list(values: tuple[str, ...]) -> str:
 _TYPES = {f.name: f.duckdb_type for f in EVENT_FIELDS}
 
 
+def blank_sql(column: str) -> str:
+    """SQL true when a VARCHAR value is empty or only whitespace (`trim(x) = ''`), NULL for NULL.
+
+    Why not just `trim(x) = ''`: trim copies every value, and on an hour of events the rules'
+    trims were most of the ingest's validation time. A value starting with a printable ASCII
+    character other than a space ('!' to '~', compared bytewise) is not blank, so only the
+    others (empty, a leading space, tab or non-ASCII character) are trimmed."""
+    return f"(NOT ({column} >= '!' AND {column} < chr(127)) AND trim({column}) = '')"
+
+
 def _build_rules() -> tuple[Rule, ...]:
     rules: list[Rule] = []
     for column in REQUIRED_COLUMNS:
-        empty = f" OR trim({column}) = ''" if _TYPES[column] == "VARCHAR" else ""
+        empty = f" OR {blank_sql(column)}" if _TYPES[column] == "VARCHAR" else ""
         # A value that is present but fails its cast is NULL here too: that is
         # invalid_<column> (below), not missing.
         failed_cast = (
@@ -77,12 +87,13 @@ def _build_rules() -> tuple[Rule, ...]:
         Rule(
             "missing_checkout_step",
             "a checkout_step event needs `checkout_step`.",
-            "event_type = 'checkout_step' AND nullif(trim(checkout_step), '') IS NULL",
+            f"event_type = 'checkout_step' AND (checkout_step IS NULL OR {blank_sql('checkout_step')})",
         ),
         Rule(
             "missing_payment_status",
             "a payment_attempt needs `payment_status`.",
-            "event_type = 'payment_attempt' AND nullif(trim(payment_status), '') IS NULL",
+            ("event_type = 'payment_attempt' "
+             f"AND (payment_status IS NULL OR {blank_sql('payment_status')})"),
         ),
         Rule(
             "purchase_without_order",
@@ -114,10 +125,9 @@ def quarantine_reason_sql(cast_columns: set[str] | None = None) -> str:
         or not rule.predicate.startswith("list_contains(_cast_errors")
         or rule.reason.removeprefix("invalid_") in cast_columns
     ]
-    # COALESCE guards: a NULL predicate (e.g. price IS NULL) means "rule not broken".
-    whens = "\n".join(
-        f"  WHEN coalesce(({rule.predicate}), false) THEN '{rule.reason}'" for rule in rules
-    )
+    # A NULL predicate (e.g. price IS NULL) means "rule not broken": CASE WHEN takes NULL as
+    # false, so no coalesce() around it (which cost 30% more time on an hour of events).
+    whens = "\n".join(f"  WHEN ({rule.predicate}) THEN '{rule.reason}'" for rule in rules)
     return f"CASE\n{whens}\n  ELSE NULL\nEND"
 
 
@@ -125,23 +135,41 @@ def _known(column: str) -> str:
     return f"lower(trim({column})) IN ({_sql_list(DESCRIPTIVE_VALUE_SETS[column])})"
 
 
-def descriptive_values_sql() -> dict[str, str]:
-    """Per descriptive field, the SQL of the value kept: the value when it is null, empty or one
-    of the contract's (normalised later by staging), else `other`."""
+def unknown_column(column: str) -> str:
+    """Name of the helper column holding `column`'s raw value when the contract does not know
+    it (see `unknown_values_sql`)."""
+    return f"_unknown_{column}"
+
+
+def unknown_values_sql() -> dict[str, str]:
+    """Per descriptive field, {helper column: SQL of the raw value when it is one the contract
+    does not know, else NULL}. Null, empty and known values (any case, padded: staging
+    normalises them) are NULL here.
+
+    The exact contract values are tested first: most rows carry one, and the lower/trim test
+    (string copies on every row) then runs only on the others."""
     return {
-        column: (f"CASE WHEN nullif(trim({column}), '') IS NULL OR {_known(column)} "
-                 f"THEN {column} ELSE '{OTHER_VALUE}' END")
+        unknown_column(column): (
+            f"CASE WHEN {column} IS NULL OR {column} IN ({_sql_list(values)}) THEN NULL "
+            f"WHEN {blank_sql(column)} OR {_known(column)} THEN NULL ELSE {column} END")
+        for column, values in DESCRIPTIVE_VALUE_SETS.items()
+    }
+
+
+def descriptive_values_sql() -> dict[str, str]:
+    """Per descriptive field, the SQL of the value kept: `other` for a value the contract does
+    not know, else the value as it came. Reads the helper columns of `unknown_values_sql`."""
+    return {
+        column: f"CASE WHEN {unknown_column(column)} IS NULL THEN {column} ELSE '{OTHER_VALUE}' END"
         for column in DESCRIPTIVE_VALUE_SETS
     }
 
 
 def unmapped_values_sql() -> str:
     """SQL of a MAP(field -> raw value) of the descriptive values kept as `other`; NULL when the
-    row has none (most rows: nothing stored)."""
-    entries = ", ".join(
-        f"CASE WHEN nullif(trim({c}), '') IS NOT NULL AND NOT {_known(c)} "
-        f"THEN {{'key': '{c}', 'value': {c}}} END"
-        for c in DESCRIPTIVE_VALUE_SETS
-    )
-    known = f"list_filter([{entries}], lambda e: e IS NOT NULL)"
-    return f"CASE WHEN len({known}) > 0 THEN map_from_entries({known}) END"
+    row has none (most rows: nothing stored). Reads the helper columns of `unknown_values_sql`."""
+    helpers = [unknown_column(c) for c in DESCRIPTIVE_VALUE_SETS]
+    entries = ", ".join(f"{{'key': '{c}', 'value': {unknown_column(c)}}}"
+                        for c in DESCRIPTIVE_VALUE_SETS)
+    return (f"CASE WHEN coalesce({', '.join(helpers)}) IS NOT NULL THEN map_from_entries("
+            f"list_filter([{entries}], lambda e: e.value IS NOT NULL)) END")

@@ -110,6 +110,7 @@ def tracking_loss_outcome(
                             {"note": "no events in the hour: a gap, not a tracking loss"})
     total = counts.sum(axis=1)
     lost, checked = [], {}
+    unjudged: set[str] = set()  # types it could not judge: the volume check still does
     for step, downstream in TRACKED_STEPS.items():
         observed = counts[step] if step in counts else pd.Series(0, index=counts.index)
         neighbours = total - observed
@@ -117,6 +118,7 @@ def tracking_loss_outcome(
         reference = (counts.index < hour_ts) & ~counts.index.isin(list(excluded))
         if observed[reference].sum() < settings.tracking_min_reference:
             checked[step] = "not checked: too few events in the recent days"
+            unjudged.add(step)
             continue
         share = observed[reference].sum() / neighbours[reference].sum()
         expected = share * neighbours
@@ -146,8 +148,8 @@ def tracking_loss_outcome(
         run_share = run_orphans / run_sessions if run_sessions else None
         # Halfway from the usual share to every session orphaned: later steps carry on
         # without the event. A real drop of the step leaves its later steps' share as usual.
-        orphaned = (run_sessions >= settings.tracking_min_downstream_sessions
-                    and run_share >= usual + 0.5 * (1 - usual))
+        telling = run_sessions >= settings.tracking_min_downstream_sessions
+        orphaned = telling and run_share >= usual + 0.5 * (1 - usual)
         detail = {
             "event_type": step, "next_step": downstream,
             "run_start": f"{min(run):%Y-%m-%d %H:00}", "hours": len(run),
@@ -158,10 +160,19 @@ def tracking_loss_outcome(
         }
         if orphaned:
             lost.append({**detail, "run_hours": [f"{ts:%Y-%m-%d %H:00}+00:00" for ts in run]})
-        else:
+        elif telling:
             checked[step] = {"verdict": "low, but the next step fell with it (not a loss)",
                              **detail}
-    evidence: dict = {"lost": lost, "checked": checked}
+        else:
+            checked[step] = {"verdict": "low, with too few next-step sessions to tell a lost "
+                                        "event from a real drop", **detail}
+            unjudged.add(step)
+    # The types this check judged: all but those with too few events in the recent days and
+    # those low with too few next-step sessions to tell a lost event from a real drop. The
+    # volume check leaves the judged ones to it, so one outage is one tracking-loss incident
+    # (funnelwatch.quality.suites).
+    judged = sorted(set(TRACKED_STEPS) - unjudged)
+    evidence: dict = {"lost": lost, "checked": checked, "judged": judged}
     if lost:
         evidence["headline"] = "; ".join(
             f"{e['event_type']} missing since {e['run_start']} UTC ({e['observed']} seen, "
