@@ -471,7 +471,7 @@ class Ensemble(Detector):
         run_start = (
             parts["cusum"]["run_start"].to_numpy()
             if "cusum" in parts
-            else np.full(n, np.datetime64("NaT"))
+            else np.full(n, np.datetime64("NaT", "ns"))
         )
         out = pd.DataFrame(index=current.index)
         out["expected"], out["lower"], out["upper"] = expected, lower, upper
@@ -485,7 +485,7 @@ class Ensemble(Detector):
         out["detectors_fired"] = detectors_fired
         out["why"] = why
         out["run_start"] = pd.to_datetime(
-            np.where(fired.get("cusum", np.zeros(n, bool)), run_start, np.datetime64("NaT"))
+            np.where(fired.get("cusum", np.zeros(n, bool)), run_start, np.datetime64("NaT", "ns"))
         )
         for k, e in norm.items():
             out[f"e_{k}"] = e

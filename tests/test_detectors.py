@@ -488,3 +488,19 @@ def test_sustained_moderate_drop_is_caught_by_accumulated_evidence_not_by_any_si
     after = r.index[r["is_anomaly"] & (cur["ts"] > cur.loc[drop[-1], "ts"])]
     starts = cur.loc[after, "ts"] - pd.to_timedelta(window[after] - 1, unit="h")
     assert (starts <= cur.loc[drop[-1], "ts"]).all()
+
+
+def test_ensemble_verdicts_do_not_depend_on_the_context_detectors():
+    """The sequential test gives the verdict; EWMA, CUSUM, PyOD and Prophet are context. Each
+    switched off (as bench/ablation.py does) scores without error and flags the same rows."""
+    hist, cur = split(funnel(n_cohorts=3))
+    cur = cur.copy()
+    hit = (cur["series_id"] == "session_conversion_rate|c0") & (cur["ts"] >= cur["ts"].iloc[14])
+    cur.loc[hit, "numerator"] = np.round(cur.loc[hit, "numerator"] * 0.3)
+    cur.loc[hit, "value"] = cur.loc[hit, "numerator"] / cur.loc[hit, "denominator"]
+    base = Ensemble(use_prophet=False).fit(hist).score(cur)
+    assert base["is_anomaly"].any()
+    for off in ({"use_cusum": False}, {"use_ewma": False}, {"use_multivariate": False}):
+        r = Ensemble(use_prophet=False, **off).fit(hist).score(cur)
+        assert r["is_anomaly"].equals(base["is_anomaly"]), off
+        assert r["run_start"].isna().all() if "use_cusum" in off else True
