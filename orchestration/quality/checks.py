@@ -13,7 +13,6 @@ incident covers either way.
 import json
 
 import dagster as dg
-from dagster_dbt import get_asset_key_for_model
 
 from funnelwatch.quality.incidents import record_outcomes
 from funnelwatch.quality.mart_suites import (
@@ -25,9 +24,9 @@ from funnelwatch.quality.suites import CHECK_DESCRIPTIONS, CHECK_NAMES, run_suit
 from funnelwatch.quality.unknown_values import unknown_values
 from orchestration.partitions import hourly_partitions, partition_hours
 from orchestration.resources import WAREHOUSE_POOL, WarehouseResource
-from orchestration.transform.assets import funnelwatch_dbt_models
+from orchestration.transform.assets import dbt_model_key
 
-COHORT_METRICS = get_asset_key_for_model([funnelwatch_dbt_models], "fct_cohort_metrics_hourly")
+COHORT_METRICS = dbt_model_key("fct_cohort_metrics_hourly")
 
 
 @dg.multi_asset_check(
