@@ -170,7 +170,8 @@ def run(
             run_config={"loggers": {
                 "console": {"config": {"log_level": "DEBUG" if verbose() else "WARNING"}},
                 "stage_progress": {"config": {"total_steps": len(one.graph.nodes),
-                                              "partitions": len(keys)}},
+                                              "partitions": len(keys),
+                                              "whole_steps": _unpartitioned_steps(defs, one)}},
             }},
             tags={
                 "dagster/asset_partition_range_start": keys[0],
@@ -202,6 +203,18 @@ def _one_planned_event_per_asset() -> None:
     says: if the run fails, its hours are not marked failed in the UI's partition view (the
     run is: its page, `funnelwatch run`'s exit code and the ops alert say so)."""
     os.environ.setdefault(PLANNED_EVENTS_AS_RANGE, "true")
+
+
+def _unpartitioned_steps(defs, job) -> list[str]:
+    """Steps of the job whose assets are not partitioned (built whole on every run)."""
+    import dagster as dg
+
+    steps = {node.name for node in job.graph.nodes}
+    return sorted(
+        assets.node_def.name for assets in defs.assets
+        if isinstance(assets, dg.AssetsDefinition) and assets.partitions_def is None
+        and assets.node_def.name in steps
+    )
 
 
 def _print_ingest_problems(start: datetime, end: datetime) -> None:

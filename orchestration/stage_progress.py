@@ -3,7 +3,10 @@ partitions, how long it took. Dagster's console logger stays at WARNING beside i
 `funnelwatch --verbose`; runs launched from the UI do not configure this logger (Dagster then
 uses its default console logger only).
 
-    [3/7] dbt build (staging, intermediate, marts): 336 partitions ... 41 s
+    [5/9] dbt build of the hourly models (staging, intermediate, marts): 336 partitions ... 41 s
+
+Steps of assets that are not partitioned (reference tables, views and dimensions built whole)
+say so instead of a partition count: they run once per run whatever its range.
 """
 
 from __future__ import annotations
@@ -39,10 +42,11 @@ _FINISHED = {
 class StageProgressHandler(logging.Handler):
     """Prints a line when a step finishes, numbered in the order steps started."""
 
-    def __init__(self, total_steps: int, partitions: int):
+    def __init__(self, total_steps: int, partitions: int, whole_steps=()):
         super().__init__(level=logging.DEBUG)
         self.total_steps = total_steps
         self.partitions = partitions
+        self.whole_steps = set(whole_steps)
         self.number: dict[str, int] = {}
         self.started_at: dict[str, float] = {}
 
@@ -60,22 +64,31 @@ class StageProgressHandler(logging.Handler):
             return
         number = self.number.setdefault(step, len(self.number) + 1)
         seconds = record.created - self.started_at.get(step, record.created)
-        partitions = f"{self.partitions} partition{'s' if self.partitions != 1 else ''}"
+        if step in self.whole_steps:
+            scope = "built whole"
+        else:
+            scope = f"{self.partitions} partition{'s' if self.partitions != 1 else ''}"
         sys.stdout.write(
-            f"[{number}/{self.total_steps}] {STAGE_LABELS.get(step, step)}: {partitions} ... "
+            f"[{number}/{self.total_steps}] {STAGE_LABELS.get(step, step)}: {scope} ... "
             f"{seconds:.0f} s{_FINISHED[event.event_type]}\n"
         )
         sys.stdout.flush()
 
 
 @dg.logger(
-    config_schema={"total_steps": dg.Field(int), "partitions": dg.Field(int)},
+    config_schema={
+        "total_steps": dg.Field(int),
+        "partitions": dg.Field(int),
+        "whole_steps": dg.Field([str], default_value=[],
+                                description="Steps of unpartitioned assets (built whole)."),
+    },
     description="One line per finished step, for headless runs (funnelwatch run).",
 )
 def stage_progress_logger(init_context: dg.InitLoggerContext) -> logging.Logger:
     # A fresh logger per run (as Dagster's console logger): a shared one would keep the
     # handlers of earlier runs in the process and print their lines again.
     logger = logging.Logger("funnelwatch_stage_progress", level=logging.DEBUG)  # noqa: LOG001
-    logger.addHandler(StageProgressHandler(init_context.logger_config["total_steps"],
-                                           init_context.logger_config["partitions"]))
+    config = init_context.logger_config
+    logger.addHandler(StageProgressHandler(config["total_steps"], config["partitions"],
+                                           config["whole_steps"]))
     return logger
