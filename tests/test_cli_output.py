@@ -19,8 +19,9 @@ from tests.test_pipeline import DAY, _simulate
 
 PROGRESS_BAR = re.compile(r"Calculating Metrics|\d+%\|")
 CHOSEN_FEATURE_WARNINGS = ("BetaWarning", "PreviewWarning")
-STEP_LINE = re.compile(r"^\[(\d+)/(\d+)\] (.+): (1 partition|built whole) \.\.\. \d+ s$",
-                       re.MULTILINE)
+STEP_LINE = re.compile(
+    r"^\[(\d+)/(\d+)\] (.+): (1 partition|built whole) \.\.\. \d+ s \(CPU \d+ s\)$",
+    re.MULTILINE)
 DBT_NODE_LINE = re.compile(r"\b\d+ of \d+ START\b")
 
 
