@@ -78,19 +78,19 @@ def _run_dbt_build(dbt: DbtCliResource, context, dbt_vars: str) -> list:
         raise
 
 
-# dbt selector of the models built per hour window (`tags=['hourly']` in their config).
+# dbt selector of the models built per hour window (`+tags: ["hourly"]` in dbt_project.yml).
 HOURLY_SELECTOR = "tag:hourly"
+# What both sets share: the project, the warehouse pool (one DuckDB writer), the names.
+_DBT_ASSETS = {
+    "manifest": dbt_project.manifest_path,
+    "project": dbt_project,
+    "pool": WAREHOUSE_POOL,
+    "dagster_dbt_translator": FunnelwatchDbtTranslator(),
+}
 
 
-@dbt_assets(
-    manifest=dbt_project.manifest_path,
-    project=dbt_project,
-    select=HOURLY_SELECTOR,
-    partitions_def=hourly_partitions,
-    backfill_policy=single_run_backfill,
-    pool=WAREHOUSE_POOL,
-    dagster_dbt_translator=FunnelwatchDbtTranslator(),
-)
+@dbt_assets(**_DBT_ASSETS, select=HOURLY_SELECTOR, partitions_def=hourly_partitions,
+            backfill_policy=single_run_backfill)
 def funnelwatch_dbt_hourly(
     context: dg.AssetExecutionContext, dbt: DbtCliResource, warehouse: WarehouseResource
 ):
@@ -98,13 +98,7 @@ def funnelwatch_dbt_hourly(
     yield from _build(context, dbt, warehouse, window.start, window.end)
 
 
-@dbt_assets(
-    manifest=dbt_project.manifest_path,
-    project=dbt_project,
-    exclude=HOURLY_SELECTOR,
-    pool=WAREHOUSE_POOL,
-    dagster_dbt_translator=FunnelwatchDbtTranslator(),
-)
+@dbt_assets(**_DBT_ASSETS, exclude=HOURLY_SELECTOR)
 def funnelwatch_dbt_whole(
     context: dg.AssetExecutionContext, dbt: DbtCliResource, warehouse: WarehouseResource
 ):
