@@ -142,6 +142,13 @@ def build_dbt_vars(
     return {
         "window_start": start.strftime(DBT_TIME_FORMAT),
         "window_end": end.strftime(DBT_TIME_FORMAT),
+        **cohort_vars(cohorts),
+    }
+
+
+def cohort_vars(cohorts: CohortConfig) -> dict[str, Any]:
+    """The cohort configuration's vars alone (no window: models built whole)."""
+    return {
         "cohort_dimension_sets": cohorts.dimension_sets(),
         "cohort_min_sessions_per_hour": cohorts.min_sessions_per_hour,
         "monitor_window_days": cohorts.monitor_window_days,
@@ -155,3 +162,9 @@ def dbt_vars_json(
     """`build_dbt_vars` as the JSON string for `--vars` (cohorts default: config/cohorts.yml)."""
     cohorts = cohorts if cohorts is not None else load_cohort_config()
     return json.dumps(build_dbt_vars(window_start, window_end, cohorts), sort_keys=True)
+
+
+def cohort_vars_json(cohorts: CohortConfig | None = None) -> str:
+    """`cohort_vars` as the JSON string for `--vars` (cohorts default: config/cohorts.yml)."""
+    cohorts = cohorts if cohorts is not None else load_cohort_config()
+    return json.dumps(cohort_vars(cohorts), sort_keys=True)

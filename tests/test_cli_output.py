@@ -19,7 +19,9 @@ from tests.test_pipeline import DAY, _simulate
 
 PROGRESS_BAR = re.compile(r"Calculating Metrics|\d+%\|")
 CHOSEN_FEATURE_WARNINGS = ("BetaWarning", "PreviewWarning")
-STEP_LINE = re.compile(r"^\[(\d+)/(\d+)\] (.+): 1 partition \.\.\. \d+ s$", re.MULTILINE)
+STEP_LINE = re.compile(
+    r"^\[(\d+)/(\d+)\] (.+): (1 partition|built whole) \.\.\. \d+ s \(CPU \d+ s\)$",
+    re.MULTILINE)
 DBT_NODE_LINE = re.compile(r"\b\d+ of \d+ START\b")
 
 
@@ -52,12 +54,17 @@ def test_run_is_quiet_by_default_and_verbose_shows_everything(run_env):
     # Dagster's per-event lines, dbt's line per node ("1 of 120 START ...")
     assert "STEP_SUCCESS" not in both and not DBT_NODE_LINE.search(both)
     steps = STEP_LINE.findall(quiet.stdout)
-    # hourly_pipeline's 8 steps (ingest, reference, the unknown-values check, GE, dbt, mart GE,
-    # publish, detection), then the respond job's 2
-    assert [(int(n), int(t)) for n, t, _ in steps] == [(i, 8) for i in range(1, 9)] + [
+    # hourly_pipeline's 9 steps (ingest, reference, the unknown-values check, GE, dbt of the
+    # models built whole, hourly dbt, mart GE, publish, detection), then the respond job's 2
+    assert [(int(n), int(t)) for n, t, _, _ in steps] == [(i, 9) for i in range(1, 10)] + [
         (1, 2), (2, 2)], quiet.stdout
-    assert {label for _, _, label in steps} >= {"dbt build (staging, intermediate, marts)",
-                                                "data-quality checks on raw events (GE)"}
+    assert {label for _, _, label, _ in steps} >= {
+        "dbt build of the hourly models (staging, intermediate, marts)",
+        "data-quality checks on raw events (GE)"}
+    # the reference tables and the views and dimensions built whole say so
+    whole = {label for _, _, label, scope in steps if scope == "built whole"}
+    assert whole == {"ingest reference data (deploys, campaigns, holidays)",
+                     "dbt build of the views and dimensions built whole"}, quiet.stdout
     # real warnings still reach the terminal
     assert "DEMO key" in quiet.stderr
 

@@ -141,7 +141,11 @@ def test_rerun_of_a_partition_is_idempotent(paths, simulated):
     assert first[0][0][0] == first[0][0][1]  # no duplicate event ids
 
 
-def test_history_loads_as_one_run(paths, simulated):
+def test_history_loads_as_one_run(paths, simulated, monkeypatch):
+    from funnelwatch.cli import PLANNED_EVENTS_AS_RANGE, _one_planned_event_per_asset
+
+    monkeypatch.delenv(PLANNED_EVENTS_AS_RANGE, raising=False)
+    _one_planned_event_per_asset()  # as `funnelwatch run` does for a range
     instance = dg.DagsterInstance.ephemeral()
     job = _defs().resolve_job_def("hourly_pipeline")
     result = job.execute_in_process(
@@ -158,6 +162,19 @@ def test_history_loads_as_one_run(paths, simulated):
     assert _metadata(result, "raw_events")["hours"] == 6
     # one run, and every hour of the range is recorded as materialized
     assert len(_materializations(result, "raw_events")) == 6
+    # but planned once per asset (the range), not once per asset and hour
+    planned = [e for e in instance.all_logs(result.run_id)
+               if e.dagster_event and e.dagster_event.event_type_value
+               == "ASSET_MATERIALIZATION_PLANNED"]
+    planned_keys = [e.dagster_event.event_specific_data.asset_key for e in planned]
+    assert len(planned_keys) == len(set(planned_keys)) > 0
+    assert dg.AssetKey("raw_events") in planned_keys
+    # the reference tables and the dbt models built whole are materialized once per run
+    assert len(_materializations(result, "raw_deploys")) == 1
+    assert len([e for e in result.get_asset_materialization_events()
+                if e.asset_key == dg.AssetKey(["marts", "fct_funnel_hourly"])]) == 6
+    assert len([e for e in result.get_asset_materialization_events()
+                if e.asset_key == dg.AssetKey(["marts", "dim_deploys"])]) == 1
 
 
 def test_schedule_runs_the_hour_that_just_ended(dbt_manifest):

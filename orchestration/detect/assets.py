@@ -5,14 +5,13 @@ import io
 
 import dagster as dg
 import pandas as pd
-from dagster_dbt import get_asset_key_for_model
 
 from funnelwatch.detection.run import holidays_frame, score_window
 from funnelwatch.detection.store import replace_window
 from orchestration.partitions import hourly_partitions, single_run_backfill
 from orchestration.resources import WAREHOUSE_POOL, WarehouseResource
 from orchestration.settings import DetectionSettings
-from orchestration.transform.assets import funnelwatch_dbt_models
+from orchestration.transform.assets import dbt_model_key
 
 SEVERITY_BANDS = [(90, "critical"), (70, "major"), (50, "minor")]
 
@@ -56,8 +55,8 @@ def _chart_markdown(history: pd.DataFrame, title: str) -> str:
     backfill_policy=single_run_backfill,
     pool=WAREHOUSE_POOL,
     deps=[
-        get_asset_key_for_model([funnelwatch_dbt_models], "fct_cohort_metrics_hourly"),
-        get_asset_key_for_model([funnelwatch_dbt_models], "dim_holidays"),
+        dbt_model_key("fct_cohort_metrics_hourly"),
+        dbt_model_key("dim_holidays"),
     ],
     description=(
         "Every monitored (metric, cohort) series scored for the partition's hours by the "

@@ -1,4 +1,5 @@
-"""Ingest: landing files -> raw tables in DuckDB, one hour per partition."""
+"""Ingest: landing files -> raw tables in DuckDB: events one hour per partition, the reference
+tables (deploys, campaigns, holidays) whole on every run."""
 
 
 from pathlib import Path
@@ -144,13 +145,13 @@ def ingest_metadata(results, is_demo_key: bool) -> dict:
         _spec("raw_holidays", "`raw.holidays`: holidays and promotions (expected surges), "
               "from `<landing>/reference/holidays.csv`."),
     ],
-    partitions_def=hourly_partitions,
-    backfill_policy=single_run_backfill,
     pool=WAREHOUSE_POOL,
 )
 def ingest_reference(warehouse: WarehouseResource, landing: LandingResource):
     """Reference data the detection and root-cause layers correlate with. Each run reloads the
-    whole (small) files, so it is partitioned only to run beside the hourly events."""
+    whole (small) files, so it is not partitioned: the hourly job runs it once per run, beside
+    the hour's events (an hourly partition would only add two Dagster events per hour and
+    table to a range run)."""
     with warehouse.get_connection() as con:
         counts = load_reference(con, Path(landing.root))
     for name, n in counts.items():

@@ -13,7 +13,6 @@ incident covers either way.
 import json
 
 import dagster as dg
-from dagster_dbt import get_asset_key_for_model
 
 from funnelwatch.quality.incidents import record_outcomes
 from funnelwatch.quality.mart_suites import (
@@ -21,13 +20,13 @@ from funnelwatch.quality.mart_suites import (
     MART_CHECK_NAMES,
     run_mart_suites,
 )
-from funnelwatch.quality.suites import CHECK_DESCRIPTIONS, CHECK_NAMES, run_suites
+from funnelwatch.quality.suites import CHECK_DESCRIPTIONS, CHECK_NAMES, run_suites_over
 from funnelwatch.quality.unknown_values import unknown_values
 from orchestration.partitions import hourly_partitions, partition_hours
 from orchestration.resources import WAREHOUSE_POOL, WarehouseResource
-from orchestration.transform.assets import funnelwatch_dbt_models
+from orchestration.transform.assets import dbt_model_key
 
-COHORT_METRICS = get_asset_key_for_model([funnelwatch_dbt_models], "fct_cohort_metrics_hourly")
+COHORT_METRICS = dbt_model_key("fct_cohort_metrics_hourly")
 
 
 @dg.multi_asset_check(
@@ -42,7 +41,7 @@ COHORT_METRICS = get_asset_key_for_model([funnelwatch_dbt_models], "fct_cohort_m
     pool=WAREHOUSE_POOL,
 )
 def raw_events_quality(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource):
-    yield from _check_hours(context, warehouse, "raw_events", CHECK_NAMES, run_suites)
+    yield from _check_hours(context, warehouse, "raw_events", CHECK_NAMES, run_suites_over)
 
 
 @dg.multi_asset_check(
@@ -57,20 +56,26 @@ def raw_events_quality(context: dg.AssetCheckExecutionContext, warehouse: Wareho
     pool=WAREHOUSE_POOL,
 )
 def cohort_metrics_quality(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource):
-    yield from _check_hours(context, warehouse, COHORT_METRICS, MART_CHECK_NAMES, run_mart_suites)
+    yield from _check_hours(context, warehouse, COHORT_METRICS, MART_CHECK_NAMES,
+                            _mart_suites_over)
 
 
-def _check_hours(context, warehouse: WarehouseResource, asset_key, names, run):
-    """Run one suite over every hour of the partition range, record each hour's outcome (and
-    its data-quality incident), and yield one check result per check with the evidence."""
+def _mart_suites_over(con, hours):
+    for hour in hours:
+        yield hour, run_mart_suites(con, hour)
+
+
+def _check_hours(context, warehouse: WarehouseResource, asset_key, names, suites_over):
+    """Run one suite over every hour of the partition range (`suites_over(con, hours)` yields
+    each hour's outcomes), record each hour's outcome (and its data-quality incident), and
+    yield one check result per check with the evidence."""
     hours = partition_hours(context.op_execution_context)
     severity = dg.AssetCheckSeverity.ERROR if len(hours) == 1 else dg.AssetCheckSeverity.WARN
     failures: dict[str, list[str]] = {name: [] for name in names}
     evidence: dict[str, dict] = {}
     incidents = []
     with warehouse.get_connection() as con:
-        for hour in hours:
-            outcomes = run(con, hour)
+        for hour, outcomes in suites_over(con, hours):
             incident = record_outcomes(con, hour, outcomes)
             if incident and incident not in incidents:  # one incident spans many hours
                 incidents.append(incident)

@@ -4,13 +4,12 @@
 from datetime import timedelta
 
 import dagster as dg
-from dagster_dbt import get_asset_key_for_model
 
 from funnelwatch.publish import PUBLISHED_MARTS, open_snapshot, publish_marts
 from funnelwatch.reports import funnel_markdown, hourly_funnel
 from orchestration.partitions import hourly_partitions, single_run_backfill
 from orchestration.resources import WAREHOUSE_POOL, WarehouseResource
-from orchestration.transform.assets import funnelwatch_dbt_models
+from orchestration.transform.assets import dbt_model_key
 
 EXAMPLE_QUERY = (
     "funnelwatch sql \"SELECT event_hour, sum(purchase_sessions) / sum(checkout_start_sessions) "
@@ -25,7 +24,7 @@ EXAMPLE_QUERY = (
     partitions_def=hourly_partitions,
     backfill_policy=single_run_backfill,
     pool=WAREHOUSE_POOL,
-    deps=[get_asset_key_for_model([funnelwatch_dbt_models], m) for m in PUBLISHED_MARTS],
+    deps=[dbt_model_key(m) for m in PUBLISHED_MARTS],
     description=(
         "The analyst snapshot: the marts of the partition's days written as immutable Parquet "
         "parts, and `analytics.duckdb` (views over them) swapped in atomically. Analysts open "
