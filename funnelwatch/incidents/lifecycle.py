@@ -240,7 +240,7 @@ def nested(a: str, b: str, closures: dict[str, dict[str, str]] | None = None) ->
 
 
 def localise_points(con, points: pd.DataFrame, hour: datetime,
-                    localise: Localise | None) -> pd.DataFrame:
+                    localise: Localise | None, cache: dict | None = None) -> pd.DataFrame:
     """Each point's localised cohort (`where`, `localised`): the cause the store-wide
     localisation of its metric (over the hours of evidence behind its flags, `window_hours`,
     at most `MAX_EVIDENCE_HOURS`) accepts and that explains the point (its deviation is
@@ -263,7 +263,8 @@ def localise_points(con, points: pd.DataFrame, hour: datetime,
         try:
             _causes, explained = localise(
                 con, metric=metric, start=hour - timedelta(hours=hours - 1),
-                end=hour + timedelta(hours=1), cohorts=sorted(set(out.loc[rows, "cohort"])))
+                end=hour + timedelta(hours=1), cohorts=sorted(set(out.loc[rows, "cohort"])),
+                **({"cache": cache} if cache is not None else {}))
         except ValueError as exc:  # unknown metric, no data: the points keep their cohorts
             log.info("no localisation of %s at %s: %s", metric, hour, exc)
             continue
@@ -387,7 +388,9 @@ def process_hour(
     hour = as_utc_hour(hour)
     ensure_incident_schema(con)
     result = HourResult(hour)
-    points = localise_points(con, anomalies_of_hour(con, hour), hour, localise)
+    # query results shared by this hour's localisations and analyses (same data, same windows)
+    cache: dict = {}
+    points = localise_points(con, anomalies_of_hour(con, hour), hour, localise, cache)
     result.points = len(points)
     closed = _closures_of(con, points, hour, policy, closures)
     con.execute("BEGIN TRANSACTION")
@@ -537,10 +540,26 @@ def process_hour(
     # transaction (DuckDB has no savepoints), and the warehouse is held for less time.
     if analyse is not None:
         for inc_id in result.touched:
-            update_root_cause(con, inc_id, hour, analyse)
+            if _due_for_analysis(con, inc_id, hour, result):
+                update_root_cause(con, inc_id, hour, analyse, cache)
         for survivor in _merge_by_cause(con, hour, result, policy, closed):
-            update_root_cause(con, survivor, hour, analyse)
+            update_root_cause(con, survivor, hour, analyse, cache)
     return result
+
+
+def _due_for_analysis(con, inc_id: str, hour: datetime, result: HourResult) -> bool:
+    """Whether root cause runs again for an incident this hour: when it opens, re-opens or
+    escalates, has no analysis yet, and then at ages 1, 2, 4, 8 ... hours (with more hours
+    of data the answer firms up, but an analysis costs seconds, and re-running every open
+    incident every hour was most of a 14-day backfill's time)."""
+    if inc_id in result.opened or inc_id in result.reopened or inc_id in result.escalated:
+        return True
+    row = con.execute(f"SELECT started_at, rca IS NULL FROM {SCHEMA}.incidents "
+                      "WHERE incident_id = $id", {"id": inc_id}).fetchone()
+    if row is None or row[1]:
+        return True
+    age = int((hour - row[0]).total_seconds() // 3600)
+    return age > 0 and (age & (age - 1)) == 0
 
 
 def _cause_of(rca_json) -> tuple[str, str | None] | None:
@@ -643,7 +662,8 @@ def _merge_by_cause(con, hour: datetime, result: HourResult, policy: IncidentPol
     return sorted(set(merged.values()))
 
 
-def update_root_cause(con, inc_id: str, hour: datetime, analyse: Analyse) -> None:
+def update_root_cause(con, inc_id: str, hour: datetime, analyse: Analyse,
+                      cache: dict | None = None) -> None:
     """Run `analyse` over the incident's span so far and store where, step, cause and impact.
     A failing analysis is recorded in the incident (rca.error) instead of losing it."""
     # the analysis starts from where the grouping localised the problem, not from the
@@ -664,7 +684,7 @@ def update_root_cause(con, inc_id: str, hour: datetime, analyse: Analyse) -> Non
     try:
         end = hour + timedelta(hours=1)
         rca = mask_small_cohorts(con, localise_top_down(con, analyse, metric, cohort, started,
-                                                        end, flagged), started, end)
+                                                        end, flagged, cache), started, end)
     except Exception as exc:  # an analysis bug must not lose the incident
         log.exception("root cause of %s failed", inc_id)
         rca = {"error": f"{type(exc).__name__}: {exc}"}
@@ -690,7 +710,8 @@ def update_root_cause(con, inc_id: str, hour: datetime, analyse: Analyse) -> Non
 
 
 def localise_top_down(con, analyse: Analyse, metric: str, cohort: str, start: datetime,
-                      end: datetime, first_flagged: datetime | None = None) -> dict:
+                      end: datetime, first_flagged: datetime | None = None,
+                      cache: dict | None = None) -> dict:
     """Root cause from the whole store first (localisation explains the parent KPI, so the
     cohort detection flagged first, often a narrow one, does not fence the answer in: a bot
     campaign flagged in `os=Linux&browser=Chrome&utm_campaign=fb_retarget` is named
@@ -698,15 +719,17 @@ def localise_top_down(con, analyse: Analyse, metric: str, cohort: str, start: da
     compatible with the flagged cohort, the flagged cohort's own analysis is used (a small
     cohort's drop is invisible in the store's totals). On the evaluation's pipeline incidents
     this raised where-top-1 from 0.36 to 0.71 (docs/evaluation.md)."""
-    flagged = {} if first_flagged is None or first_flagged <= start else {
+    extra: dict = {} if first_flagged is None or first_flagged <= start else {
         "first_flagged": first_flagged}
-    rca = analyse(con, metric=metric, cohort="all", start=start, end=end, **flagged)
+    if cache is not None:
+        extra["cache"] = cache
+    rca = analyse(con, metric=metric, cohort="all", start=start, end=end, **extra)
     if cohort == "all":
         return {**rca, "scope": "store"}
     top = (rca.get("where") or [None])[0]
     if top and top.get("root_cause") and compatible(top.get("cohort") or "all", cohort):
         return {**rca, "scope": "store"}
-    return {**analyse(con, metric=metric, cohort=cohort, start=start, end=end, **flagged),
+    return {**analyse(con, metric=metric, cohort=cohort, start=start, end=end, **extra),
             "scope": "flagged cohort"}
 
 

@@ -38,6 +38,7 @@ def analyse_incident(
     lookback_hours: int = 24,
     cause_window_hours: float | None = None,
     first_flagged: datetime | None = None,
+    cache: dict | None = None,
 ) -> dict:
     """Root cause of one incident (see the module docstring); a JSON-serialisable dict.
 
@@ -47,7 +48,9 @@ def analyse_incident(
     ``CAUSE_WINDOW``); older ones only when nothing else fits (rca/hypotheses.py).
     ``first_flagged``: the first hour detection flagged, when ``start`` is earlier (the
     window then holds the hours of evidence behind the flag): the onset is searched up to it,
-    and it is the onset when the data show no clear change point."""
+    and it is the onset when the data show no clear change point. ``cache``: a dict shared by
+    the analyses of one pass over the same data (query results are reused; start a new one
+    whenever the warehouse may have changed)."""
     if metric not in KNOWN_METRICS:
         raise ValueError(f"unknown metric {metric!r}; expected one of {sorted(KNOWN_METRICS)}")
     start, end = _utc(start, "start"), _utc(end, "end")
@@ -71,7 +74,7 @@ def analyse_incident(
     bad = [d for d in flagged if d not in (*SESSION_DIMENSIONS, "category", "payment_provider")]
     if bad:
         raise ValueError(f"cohort {cohort!r} has unknown dimension(s) {bad}")
-    ctx = _Context(con, metric, cohort, flagged, start, end, history_days)
+    ctx = _Context(con, metric, cohort, flagged, start, end, history_days, cache)
     ctx.lookback = timedelta(hours=lookback_hours)
     ctx.cause_window = window
     if first_flagged is not None:
@@ -177,6 +180,7 @@ def explain_points(
     end: datetime,
     cohorts: list[str],
     history_days: int = 7,
+    cache: dict | None = None,
 ) -> tuple[list[dict], dict[str, str | None]]:
     """Localise the store's change of ``metric`` over ``[start, end)`` (the causes
     ``localise_change`` returns) and say which of them explains each flagged cohort:
@@ -194,7 +198,8 @@ def explain_points(
     none: dict[str, str | None] = dict.fromkeys(cohorts)
     if not has_table(con, "marts.fct_funnel_hourly"):
         return [], none
-    ctx = _Context(con, metric, "all", {}, _utc(start, "start"), _utc(end, "end"), history_days)
+    ctx = _Context(con, metric, "all", {}, _utc(start, "start"), _utc(end, "end"), history_days,
+                   cache)
     cube = ctx.load_cube()
     if cube.empty or cube["cur_sessions"].sum() <= 0:
         return [], none

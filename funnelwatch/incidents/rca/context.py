@@ -29,8 +29,11 @@ class _WindowData:
     """The incident's window and the queries over it (the analysis steps are mixins, see
     ``analyse._Context``)."""
 
-    def __init__(self, con, metric, cohort, flagged, start, end, history_days):
+    def __init__(self, con, metric, cohort, flagged, start, end, history_days, cache=None):
         self.con = con
+        # query results shared by the analyses of one pass (the lifecycle passes one dict per
+        # hour: its incidents and localisations read the same windows); None: no sharing
+        self.cache = cache
         self.metric = metric
         self.cohort = cohort
         self.flagged = flagged
@@ -61,7 +64,22 @@ class _WindowData:
             h += timedelta(hours=1)
         return hours, weights
 
+    def _memo(self, key: tuple, compute):
+        """``compute()``, or its result for the same ``key`` earlier in this pass (a copy:
+        callers may add columns)."""
+        if self.cache is None:
+            return compute()
+        if key not in self.cache:
+            self.cache[key] = compute()
+        found = self.cache[key]
+        return found.copy() if isinstance(found, pd.DataFrame) else found
+
     def load_cube(self) -> pd.DataFrame:
+        key = ("cube", self.start, self.end, self.history_days,
+               tuple(sorted(self.session_flagged.items())))
+        return self._memo(key, self._load_cube)
+
+    def _load_cube(self) -> pd.DataFrame:
         where_flagged, fparams = _filter_sql(self.session_flagged)
         cur = ", ".join(
             f"sum({c}) filter (where f.event_hour >= ?) as cur_{c}" for c in CUBE_COLUMNS
@@ -89,6 +107,10 @@ class _WindowData:
 
     # -- categories / providers ----------------------------------------------------------------
     def category_table(self) -> pd.DataFrame:
+        return self._memo(("categories", self.start, self.end, self.history_days),
+                          self._category_table)
+
+    def _category_table(self) -> pd.DataFrame:
         sql = """
             select category,
               sum(product_view_sessions) filter (where event_hour >= ?) as cur_pv,
@@ -118,6 +140,10 @@ class _WindowData:
         return df.sort_values("z").reset_index(drop=True)
 
     def provider_table(self) -> pd.DataFrame:
+        return self._memo(("providers", self.start, self.end, self.history_days,
+                           tuple(sorted(self.session_flagged.items()))), self._provider_table)
+
+    def _provider_table(self) -> pd.DataFrame:
         where_flagged, fparams = _filter_sql(self.session_flagged)
         sql = f"""
             select payment_provider as provider,

@@ -491,12 +491,15 @@ class _Hypotheses:
             group by error_code
         """
         s = self.start
-        errs = self.con.execute(sql, [s, s, s, self.hist_start, self.end, *params]).df()
-        pv = self.con.execute(
-            f"select count(*) filter (where event_time >= ?), count(*) filter (where event_time < ?) "
-            f"from raw.events where event_type = 'page_view' and event_time >= ? and event_time < ? and {where_f}",
-            [s, s, self.hist_start, self.end, *params],
-        ).fetchone()
+        key = ("js_errors", s, self.end, self.hist_start, where_f, tuple(params))
+        errs, pv = self._memo(key, lambda: (
+            self.con.execute(sql, [s, s, s, self.hist_start, self.end, *params]).df(),
+            self.con.execute(
+                "select count(*) filter (where event_time >= ?), count(*) filter (where "
+                "event_time < ?) from raw.events where event_type = 'page_view' and "
+                f"event_time >= ? and event_time < ? and {where_f}",
+                [s, s, self.hist_start, self.end, *params],
+            ).fetchone()))
         if errs.empty or not pv or not pv[1]:
             return []
         scale = pv[0] / pv[1]
@@ -568,9 +571,15 @@ class _Hypotheses:
         """
         s = self.start
         span_end = min(self.end, self.start + day)
-        try:
-            row = self.con.execute(sql, [s] * 6 + [s - day, span_end, *params]).fetchone()
-        except duckdb.CatalogException:  # a warehouse without raw events
+
+        def query():
+            try:
+                return self.con.execute(sql, [s] * 6 + [s - day, span_end, *params]).fetchone()
+            except duckdb.CatalogException:  # a warehouse without raw events
+                return None
+
+        row = self._memo(("bot_stats", s, span_end, where_f, tuple(params)), query)
+        if row is None:
             return None
         keys = ("cur_s", "cur_u", "cur_e", "hist_s", "hist_u", "hist_e")
         return dict(zip(keys, (float(x or 0) for x in row), strict=True)) if row else None
