@@ -7,7 +7,7 @@ Rules (see docs/detectors.md):
   (1 = at its own threshold); only deviations in the metric's alerting direction
   (``config.METRIC_DIRECTIONS``) count. E_shape = max of those.
 * Verdict (``mode='rate'``): the sequential test on counts (``detectors/sequential.py``: a
-  window-limited one-sided binomial / Poisson GLR over the last 1..48 hours against the seasonal
+  window-limited one-sided binomial / Poisson GLR over the last 1..72 hours against the seasonal
   expectation, overdispersion from history, thresholds from a false-alarm budget per day over
   all monitored series) gives E_seq = -log10(p_seq) / -log10(p*); raw = E_seq, on its own. The
   shape detectors and the point test (beta-binomial / negative binomial on the hour alone,

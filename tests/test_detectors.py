@@ -276,8 +276,8 @@ def test_ensemble_gating_directions_volume_and_severity():
 
 
 def test_ensemble_low_volume_and_cold_start():
-    # a tiny cohort (~0.5 sessions/h): not even 48 hours pool the 30 trials a window needs
-    hist, cur = split(funnel(n_cohorts=1, base_sessions=0.5))
+    # a tiny cohort (~0.2 sessions/h): not even 72 hours pool the 30 trials a window needs
+    hist, cur = split(funnel(n_cohorts=1, base_sessions=0.2))
     cur = cur.copy()
     m = cur["series_id"] == "session_conversion_rate|c0"
     cur.loc[m, ["numerator", "value"]] = 0.0

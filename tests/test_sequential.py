@@ -123,7 +123,7 @@ def test_bad_input_gets_a_defined_answer():
 
 
 def test_window_grid_and_arguments():
-    assert WINDOW_GRID[0] == 1 and max(WINDOW_GRID) == 48
+    assert WINDOW_GRID[0] == 1 and max(WINDOW_GRID) == 72
     with pytest.raises(ValueError, match="windows"):
         SequentialTest(windows=(0, 2))
     with pytest.raises(ValueError, match="false_alarms_per_day"):
