@@ -21,8 +21,9 @@ Rules (see docs/detectors.md):
   severity 0, not an anomaly, reason 'low volume'.
 * Cold start: a series with less than ``cold_start_hours`` of history -> severity 0, reason
   'cold start'; under ``warm_up_hours``: baselines only (no Prophet), the shape detectors'
-  normalised scores divided by ``WARM_UP_BAND_FACTOR`` (bands 1.5x wider); the sequential
-  test's evidence is not (its variance holds the young expectation's error).
+  normalised scores divided by ``WARM_UP_BAND_FACTOR`` (bands 1.5x wider), and so is the
+  sequential test's evidence on counts; on rates it is not (its variance holds the young
+  expectation's error).
 * Multivariate (PyOD) verdicts per (cohort, ts) are in ``multivariate_`` after ``score``; when one
   fires, 'multivariate' is added to ``detectors_fired`` of that cohort's rows at that ts (context
   only: it does not by itself make a row an anomaly).
@@ -356,9 +357,12 @@ class Ensemble(Detector):
             seq = self.seq_._score(current)
             window_hours = seq["window_hours"].to_numpy(dtype=float)
             p_value = seq["p_value"].to_numpy(dtype=float)
-            # not widened in warm-up: the test's variance holds the error of a young series'
-            # expectation already (its pooled trials and the prior's, detectors/sequential.py)
-            e_seq = np.nan_to_num(seq["score"].to_numpy(dtype=float))
+            # a rate's evidence is not widened in warm-up: the test's variance holds the error
+            # of a young series' expectation already (its pooled trials and the prior's,
+            # detectors/sequential.py); a count's is (its hour-of-week expectation from a few
+            # days has no such term: a week-old campaign's sessions paged on its own ramp-up)
+            e_seq = np.nan_to_num(seq["score"].to_numpy(dtype=float)) / np.where(
+                is_rate, 1.0, band)
             norm["sequential"] = e_seq
             fired["sequential"] = e_seq > 1.0
             raw = e_seq
