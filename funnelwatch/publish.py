@@ -33,7 +33,7 @@ from typing import Self
 
 import duckdb
 
-from funnelwatch.warehouse import connect
+from funnelwatch.warehouse import attach_read_only, connect
 
 # The marts analysts get; fct_sessions stays in the warehouse (it carries session ids).
 PUBLISHED_MARTS = (
@@ -424,7 +424,7 @@ def open_analyst_connection(publish_dir: Path | str) -> AnalystConnection:
     con = duckdb.connect()
     try:
         con.execute("SET TimeZone = 'UTC'")
-        con.execute("ATTACH ? AS snapshot (READ_ONLY)", [str(path)])
+        attach_read_only(con, path, "snapshot")
         con.execute("USE snapshot")
         # A trailing separator: a prefix of "parts" must not also allow "parts-other".
         con.execute("SET allowed_directories = ?", [[str(publish_dir / "parts") + os.sep]])
