@@ -138,14 +138,22 @@ def load_extensions(con: duckdb.DuckDBPyConnection) -> None:
 
 
 def connect_lake(settings: LakeSettings) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB with the lake attached as the default database (UTC)."""
+    """An in-memory DuckDB with the lake attached as the default database (UTC). A catalog
+    that does not answer or a data path that is not there raises LakeSettingError naming the
+    variable, before anything is written."""
+    settings.check_data_path()
     con = duckdb.connect()
     try:
         load_extensions(con)
-        con.execute(
-            f"ATTACH {sql_string(settings.attach_path)} AS {LAKE_ALIAS} "
-            f"(DATA_PATH {sql_string(settings.data_folder)}, "
-            f"METADATA_SCHEMA {sql_string(settings.metadata_schema)})")
+        try:
+            con.execute(
+                f"ATTACH {sql_string(settings.attach_path)} AS {LAKE_ALIAS} "
+                f"(DATA_PATH {sql_string(settings.data_folder)}, "
+                f"METADATA_SCHEMA {sql_string(settings.metadata_schema)})")
+        except duckdb.Error as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+            raise LakeSettingError(
+                f"{CATALOG_ENV}: cannot attach the lake's catalog ({first})") from exc
         con.execute(f"USE {LAKE_ALIAS}")
         con.execute("SET TimeZone = 'UTC'")
     except BaseException:

@@ -68,3 +68,7 @@ def hourly_pipeline() -> dg.JobDefinition:
 
 def respond_to_anomalies() -> dg.JobDefinition:
     return defs.resolve_job_def("respond_to_anomalies")
+
+
+def detect_anomalies() -> dg.JobDefinition:
+    return defs.resolve_job_def("detect_anomalies")
