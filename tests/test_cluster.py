@@ -109,6 +109,9 @@ def _step_workers(instance_db: str, step_key: str) -> list[str]:
     import psycopg
 
     with psycopg.connect(instance_db) as con:
+        exists = con.execute("SELECT to_regclass('event_logs') IS NOT NULL").fetchone()[0]
+        if not exists:  # the run has not created the instance's tables yet
+            return []
         rows = con.execute(
             "SELECT event FROM event_logs WHERE step_key = %s AND event LIKE %s ORDER BY id",
             [step_key, "%in celery worker%"]).fetchall()
