@@ -56,7 +56,7 @@ def backfill(base: Path, landing: Path, workers: int, first: str, last: str) -> 
                "FUNNELWATCH_WAREHOUSE": str(base / "local" / "funnelwatch.duckdb"),
                "FUNNELWATCH_PUBLISH_DIR": str(base / "published"),
                "FUNNELWATCH_DAGSTER_POSTGRES_URL":
-                   f"postgresql://postgres@127.0.0.1:5432/{params['dbname']}",
+                   f"postgresql+psycopg2://postgres@127.0.0.1:5432/{params['dbname']}",
                "FUNNELWATCH_CELERY_BROKER": broker, "FUNNELWATCH_LAKE_CATALOG": database,
                "FUNNELWATCH_LAKE_DATA_PATH": str(base / "lake"),
                "FUNNELWATCH_LAKE_METADATA_SCHEMA": "funnelwatch_lake",

@@ -22,10 +22,13 @@ from funnelwatch.lake import (
 
 INSTANCE_DB_ENV = "FUNNELWATCH_DAGSTER_POSTGRES_URL"
 BROKER_ENV = "FUNNELWATCH_CELERY_BROKER"
+# dagster-postgres speaks psycopg2 (its NOTIFY takes no server-side parameters); SQLAlchemy 2.1
+# maps a bare postgresql:// to psycopg 3, so the URL names the driver.
+INSTANCE_DB_SCHEME = "postgresql+psycopg2"
 # variable -> what it is, for the messages
 CLUSTER_SETTINGS = {
     INSTANCE_DB_ENV: "Dagster's instance database (runs, event log, schedules, pools): a "
-                     "postgresql:// URL",
+                     f"{INSTANCE_DB_SCHEME}:// URL",
     BROKER_ENV: "the Celery broker: redis://host:6379/0 or amqp://user@host:5672//",
     CATALOG_ENV: "the lake's catalog database: a libpq connection string",
     DATA_PATH_ENV: "the lake's data path: a folder every worker mounts (or an object store "
@@ -90,9 +93,15 @@ def cluster_problems(env: Mapping[str, str] | None = None, broker: bool = True) 
     missing = [k for k in wanted if not env.get(k)]
     problems = [f"{k} is not set: {CLUSTER_SETTINGS[k]}" for k in missing]
     if env.get(INSTANCE_DB_ENV):
-        problem = check_postgres(env[INSTANCE_DB_ENV], INSTANCE_DB_ENV)
-        if problem:
-            problems.append(problem)
+        url = env[INSTANCE_DB_ENV]
+        scheme, _, rest = url.partition("://")
+        if scheme != INSTANCE_DB_SCHEME:
+            problems.append(f"{INSTANCE_DB_ENV}: must start with {INSTANCE_DB_SCHEME}:// "
+                            f"(dagster-postgres needs psycopg2), got {scheme}://")
+        else:
+            problem = check_postgres(f"postgresql://{rest}", INSTANCE_DB_ENV)
+            if problem:
+                problems.append(problem)
     if broker and env.get(BROKER_ENV):
         problem = check_broker(env[BROKER_ENV], BROKER_ENV)
         if problem:

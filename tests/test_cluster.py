@@ -104,11 +104,11 @@ def _start_worker(name: str, env: dict, log: Path) -> subprocess.Popen:
         start_new_session=True)  # its own process group: killed whole, dbt children too
 
 
-def _step_workers(instance_db: str, step_key: str) -> list[str]:
+def _step_workers(database: str, step_key: str) -> list[str]:
     """The Celery workers (hostnames) that started `step_key`, in order."""
     import psycopg
 
-    with psycopg.connect(instance_db) as con:
+    with psycopg.connect(database) as con:
         exists = con.execute("SELECT to_regclass('event_logs') IS NOT NULL").fetchone()[0]
         if not exists:  # the run has not created the instance's tables yet
             return []
@@ -153,7 +153,7 @@ def test_cluster_mode_equals_embedded_and_survives_a_killed_worker(tmp_path):
         shutil.copy(REPO / "deploy" / "cluster" / "dagster.yaml", dagster_home / "dagster.yaml")
         (tmp_path / "lake").mkdir()
         params = dict(p.split("=", 1) for p in database.split())
-        instance_db = (f"postgresql://{params['user']}@{params['host']}:{params['port']}/"
+        instance_db = (f"postgresql+psycopg2://{params['user']}@{params['host']}:{params['port']}/"
                        f"{params['dbname']}")
         env = {
             **os.environ,
@@ -176,7 +176,7 @@ def test_cluster_mode_equals_embedded_and_survives_a_killed_worker(tmp_path):
             stderr=subprocess.STDOUT)
         try:
             # Kill the worker that builds the dbt models, a few seconds into the build.
-            victim = _wait_for(lambda: _step_workers(instance_db, "funnelwatch_dbt_models"),
+            victim = _wait_for(lambda: _step_workers(database, "funnelwatch_dbt_models"),
                                600, "the dbt step to start on a worker")[0]
             time.sleep(8)
             assert coordinator.poll() is None, "the run ended before the worker was killed"
@@ -190,7 +190,7 @@ def test_cluster_mode_equals_embedded_and_survives_a_killed_worker(tmp_path):
                         else process.kill()
                     process.wait(timeout=60)
         # The killed worker's step ran again, on the other worker.
-        ran_on = _step_workers(instance_db, "funnelwatch_dbt_models")
+        ran_on = _step_workers(database, "funnelwatch_dbt_models")
         survivor = "w2" if victim == "w1" else "w1"
         assert ran_on[0] == victim and survivor in ran_on[1:], ran_on
 

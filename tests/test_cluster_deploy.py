@@ -22,7 +22,7 @@ def test_the_cluster_instance_runs_on_postgres_from_the_environment(tmp_path, mo
     shutil.copy(DEPLOY / "dagster.yaml", tmp_path / "dagster.yaml")
     with scratch_database("fw_instance") as database:
         params = dict(p.split("=", 1) for p in database.split())
-        monkeypatch.setenv(INSTANCE_DB_ENV, f"postgresql://postgres@127.0.0.1:5432/"
+        monkeypatch.setenv(INSTANCE_DB_ENV, f"postgresql+psycopg2://postgres@127.0.0.1:5432/"
                                             f"{params['dbname']}")
         with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
             assert type(instance.run_storage).__name__ == "PostgresRunStorage"
@@ -30,6 +30,11 @@ def test_the_cluster_instance_runs_on_postgres_from_the_environment(tmp_path, mo
             run = instance.create_run_for_job(
                 dg.GraphDefinition("noop", node_defs=[]).to_job(), run_id=None)
             assert instance.get_run_by_id(run.run_id) is not None
+            instance.report_engine_event("cluster instance check", run)  # an event (NOTIFY)
+            records = instance.get_records_for_run(run.run_id).records
+            assert any(r.event_log_entry.is_dagster_event
+                       and r.event_log_entry.dagster_event.message == "cluster instance check"
+                       for r in records)
             assert instance.get_concurrency_config().pool_config.default_pool_limit == 1
 
 

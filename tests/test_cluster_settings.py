@@ -41,7 +41,7 @@ def _good_env(database: str, tmp_path: Path) -> dict[str, str]:
     params = dict(p.split("=", 1) for p in database.split())
     (tmp_path / "lake").mkdir(exist_ok=True)
     return {
-        INSTANCE_DB_ENV: f"postgresql://postgres@127.0.0.1:5432/{params['dbname']}",
+        INSTANCE_DB_ENV: f"postgresql+psycopg2://postgres@127.0.0.1:5432/{params['dbname']}",
         BROKER_ENV: REDIS,
         CATALOG_ENV: database,
         DATA_PATH_ENV: str(tmp_path / "lake"),
@@ -54,7 +54,8 @@ def test_good_settings_pass(database, tmp_path):
 
 
 @pytest.mark.parametrize("setting, bad, says", [
-    (INSTANCE_DB_ENV, f"postgresql://postgres@{NOTHING_LISTENS}/x", "cannot connect to Postgres"),
+    (INSTANCE_DB_ENV, f"postgresql+psycopg2://postgres@{NOTHING_LISTENS}/x", "cannot connect to Postgres"),
+    (INSTANCE_DB_ENV, "postgresql://postgres@127.0.0.1:5432/test", "must start with"),
     (BROKER_ENV, f"redis://{NOTHING_LISTENS}/0", "cannot reach the Celery broker"),
     (CATALOG_ENV, "host=127.0.0.1 port=9 user=postgres dbname=x", "cannot connect to Postgres"),
     (DATA_PATH_ENV, "/nonexistent/lake", "no such folder"),
