@@ -1,6 +1,6 @@
 """Detection split by cohort shard and merged gives the single-process run's rows exactly:
-the same anomalies, severities, scores, bands and reasons, bit for bit
-(funnelwatch/detection/shards.py says what the shards share and why)."""
+every column detection.anomalies keeps (anomalies, severities, scores, bands, reasons) bit for
+bit (funnelwatch/detection/shards.py says what the shards share and why)."""
 
 from __future__ import annotations
 
@@ -16,12 +16,16 @@ from funnelwatch.detection.run import (
     plan_sharded_window,
     score_window,
 )
+from funnelwatch.detection.store import COLUMNS
 from orchestration.settings import DetectionSettings
 
 START = pd.Timestamp("2026-11-01", tz="UTC")
 DAYS = 10
+# More than 125 monitored series (40 cohorts x 4 metrics): below that the sequential test's
+# threshold is capped by the sensitivity and no longer depends on the series count.
 COHORTS = ["all", "os=iOS", "os=Android", "device_type=mobile", "device_type=desktop",
-           "country=US", "country=DE", "browser=Safari", "browser=Chrome", "utm_source=ig"]
+           "browser=Safari", "browser=Chrome", "utm_source=ig",
+           *(f"country=C{i:02d}" for i in range(32))]
 
 
 def _metrics_frame() -> pd.DataFrame:
@@ -31,7 +35,7 @@ def _metrics_frame() -> pd.DataFrame:
     hours = pd.date_range(START, periods=DAYS * 24, freq="h")
     rows = []
     for i, cohort in enumerate(COHORTS):
-        base = 600 if cohort == "all" else 40 + 25 * i
+        base = 2000 if cohort == "all" else 40 + 5 * i
         for hour in hours:
             cycle = 1 + 0.5 * np.sin(2 * np.pi * (hour.hour - 6) / 24)
             sessions = rng.poisson(base * cycle)
@@ -96,4 +100,12 @@ def test_sharded_detection_equals_the_single_process_run(warehouse, tmp_path, sh
     assert single.prophet_fitted > 0
     assert len(merged.scored) == len(single.scored)
     assert not merged.scored.duplicated(["series_id", "event_hour"]).any()
-    pd.testing.assert_frame_equal(merged.scored, single.scored, check_exact=True)
+    # What detection.anomalies keeps (and incidents read): bit for bit.
+    stored = [c for c in COLUMNS if c in single.scored.columns]
+    pd.testing.assert_frame_equal(merged.scored[stored], single.scored[stored],
+                                  check_exact=True)
+    # The rest (the detectors' normalised scores, kept in memory for context) to the last
+    # bits: pandas' groupby mean of a series (HourOfWeekBaseline.meanabs_) can differ in the
+    # last bit with the other series in the frame, so a shard's CUSUM state may too.
+    pd.testing.assert_frame_equal(merged.scored, single.scored, check_exact=False, rtol=1e-12,
+                                  atol=0)
