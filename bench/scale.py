@@ -63,7 +63,7 @@ def backfill(base: Path, landing: Path, workers: int, first: str, last: str) -> 
                "FUNNELWATCH_LAKE_EXTENSIONS": str(base / "extensions")}
         procs = [subprocess.Popen(
             [str(BIN / "celery"), "-A", "orchestration.cluster.worker", "worker", "-Q",
-             "dagster", "--pool", "solo", "-n", f"w{i}@%h", "--loglevel", "WARNING"],
+             "dagster", "--pool", "prefork", "--concurrency", "1", "-n", f"w{i}@%h", "--loglevel", "WARNING"],
             cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True) for i in range(workers)]
         try:

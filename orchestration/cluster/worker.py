@@ -1,5 +1,5 @@
 """The Celery worker of the cluster mode: `celery -A orchestration.cluster.worker worker -Q
-dagster --pool solo` on every worker machine (docs/scale-out.md).
+dagster --pool prefork --concurrency 1` on every worker machine (docs/scale-out.md).
 
 The app carries Dagster's step task (`execute_plan`) and the settings the executor in
 orchestration/cluster/definitions.py submits with. This module is a process entry point: it
