@@ -14,6 +14,8 @@ from dagster_celery import celery_executor
 from dagster_dbt import DbtCliResource
 
 from funnelwatch.cluster_check import BROKER_ENV
+from orchestration.cluster import detect_sharded
+from orchestration.cluster.detect_sharded import ShardingSettings
 from orchestration.cluster.resources import lake_warehouse
 from orchestration.definitions import defs as embedded_defs
 from orchestration.resources import default_resources
@@ -42,14 +44,19 @@ cluster_executor = celery_executor.configured(
 
 def cluster_resources() -> dict:
     resources = default_resources()
+    resources["sharding"] = ShardingSettings()
     resources["warehouse"] = lake_warehouse()
     resources["dbt"] = DbtCliResource(
         project_dir=dbt_project, dbt_executable=dbt_executable(), target="lake")
     return resources
 
 
+# Detection is the one asset replaced: the same key, split across workers by cohort shard.
+_single_process_detection = {a for a in embedded_defs.assets
+                             if "cohort_anomalies" in {k.path[-1] for k in a.keys}}
 defs = dg.Definitions(
-    assets=embedded_defs.assets,
+    assets=[a for a in embedded_defs.assets if a not in _single_process_detection]
+    + detect_sharded.assets,
     asset_checks=embedded_defs.asset_checks,
     jobs=embedded_defs.jobs,
     schedules=embedded_defs.schedules,

@@ -7,7 +7,7 @@ import dagster as dg
 import pandas as pd
 from dagster_dbt import get_asset_key_for_model
 
-from funnelwatch.detection.run import holidays_frame, score_window
+from funnelwatch.detection.run import WindowResult, holidays_frame, score_window
 from funnelwatch.detection.store import replace_window
 from orchestration.partitions import hourly_partitions, single_run_backfill
 from orchestration.resources import WAREHOUSE_POOL, WarehouseResource
@@ -80,6 +80,12 @@ def cohort_anomalies(
             history_days=detection.history_days,
         )
         written = replace_window(con, window.start, window.end, result.scored)
+    return dg.MaterializeResult(metadata=detection_metadata(result, written))
+
+
+def detection_metadata(result: WindowResult, written: int) -> dict:
+    """The materialization metadata of a scored window: counts, the anomalies by band, the
+    top 10 and the worst series' chart."""
     scored = result.scored
     metadata = {
         "series_scored": dg.MetadataValue.int(result.series),
@@ -92,7 +98,7 @@ def cohort_anomalies(
         "alerts_cleared_by_incident_feedback": dg.MetadataValue.int(result.feedback_cleared),
     }
     if scored.empty:
-        return dg.MaterializeResult(metadata=metadata)
+        return metadata
     flagged = scored[scored["is_anomaly"].fillna(False).astype(bool)].copy()
     flagged["band"] = flagged["severity"].map(_band)
     counts = flagged["band"].value_counts()
@@ -111,7 +117,7 @@ def cohort_anomalies(
         metadata["worst_series_chart"] = dg.MetadataValue.md(
             _chart_markdown(series.tail(24 * 7), f"{worst['metric']} | {worst['cohort']}")
         )
-    return dg.MaterializeResult(metadata=metadata)
+    return metadata
 
 
 assets = [cohort_anomalies]
