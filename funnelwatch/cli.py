@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from funnelwatch import replay_commands
+from funnelwatch import cluster_commands, replay_commands
 from funnelwatch.command_support import (
     LandingOption,
     fail,
@@ -44,7 +44,7 @@ def main(
 
 # The incident, feedback, privacy, replay and source commands live beside their code.
 for _commands in (incident_commands, feedback_commands, privacy_commands, replay_commands,
-                  source_commands):
+                  source_commands, cluster_commands):
     _commands.register(app)
 
 

@@ -26,6 +26,8 @@ import json
 import os
 import time
 import uuid
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -33,7 +35,7 @@ from typing import Self
 
 import duckdb
 
-from funnelwatch.warehouse import connect
+from funnelwatch.warehouse import attach_read_only, connect
 
 # The marts analysts get; fct_sessions stays in the warehouse (it carries session ids).
 PUBLISHED_MARTS = (
@@ -131,7 +133,7 @@ def _quote(identifier: str) -> str:
 
 
 def publish_marts(
-    warehouse: Path | str,
+    warehouse: Path | str | Callable[[], AbstractContextManager[duckdb.DuckDBPyConnection]],
     publish_dir: Path | str,
     dates: list[date] | None = None,
     marts: tuple[str, ...] = PUBLISHED_MARTS,
@@ -143,7 +145,8 @@ def publish_marts(
     snapshot. `only` (manifest keys, e.g. INCIDENT_TABLE_KEYS) limits which of them get new
     files; the snapshot still has views over the current files of all of them.
 
-    Opens the warehouse read-write only to read (the caller holds the writer slot)."""
+    `warehouse` is the DuckDB file or a function opening a connection to the warehouse (the
+    cluster mode's lake). Opens it read-write only to read (the caller holds the writer slot)."""
     # Absolute: the views name their files, and the analyst connection allows that folder only.
     publish_dir = Path(publish_dir).resolve()
     _published_dir(publish_dir)
@@ -152,7 +155,8 @@ def publish_marts(
     result = PublishResult(snapshot_path=publish_dir / "analytics.duckdb")
     version = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
 
-    with connect(warehouse) as con:
+    open_warehouse = warehouse if callable(warehouse) else (lambda: connect(warehouse))
+    with open_warehouse() as con:
         for mart, schema, name in _published_objects(marts, tables):
             columns = _table_columns(con, name, schema)
             if not columns:
@@ -424,7 +428,7 @@ def open_analyst_connection(publish_dir: Path | str) -> AnalystConnection:
     con = duckdb.connect()
     try:
         con.execute("SET TimeZone = 'UTC'")
-        con.execute("ATTACH ? AS snapshot (READ_ONLY)", [str(path)])
+        attach_read_only(con, path, "snapshot")
         con.execute("USE snapshot")
         # A trailing separator: a prefix of "parts" must not also allow "parts-other".
         con.execute("SET allowed_directories = ?", [[str(publish_dir / "parts") + os.sep]])

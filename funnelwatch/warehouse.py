@@ -149,6 +149,17 @@ def ensure_raw_schema(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(f"CREATE TABLE IF NOT EXISTS {RAW_SCHEMA}.{table.name} ({cols})")
 
 
+def sql_string(text: str) -> str:
+    """`text` as a SQL string literal. For statements that take no parameters on every DuckDB
+    release the project supports (ATTACH takes a `?` path only from DuckDB 2.0 on)."""
+    return "'" + str(text).replace("'", "''") + "'"
+
+
+def attach_read_only(con: duckdb.DuckDBPyConnection, path: Path | str, alias: str) -> None:
+    """ATTACH the database file `path` read-only as `alias` (an identifier of ours)."""
+    con.execute(f"ATTACH {sql_string(str(path))} AS {alias} (READ_ONLY)")
+
+
 def has_table(con: duckdb.DuckDBPyConnection, qualified: str) -> bool:
     """Whether `schema.table` exists. Readers ask first instead of catching the error: a
     failed query inside a transaction aborts it (DuckDB has no savepoints), and a reader must

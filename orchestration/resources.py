@@ -31,6 +31,11 @@ class WarehouseResource(dg.ConfigurableResource):
     def get_connection(self) -> AbstractContextManager[duckdb.DuckDBPyConnection]:
         return connection(self.path)
 
+    def dbt_environment(self) -> dict[str, str]:
+        """The variables dbt's profile reads to reach this warehouse (dbt runs in a
+        subprocess that sees this process's environment)."""
+        return {"FUNNELWATCH_WAREHOUSE": str(Path(self.path).resolve())}
+
 
 class LandingResource(dg.ConfigurableResource):
     """The landing folder collectors write hourly event files and reference CSVs into."""

@@ -519,7 +519,9 @@ def test_emptied_hour_becomes_zero(built, emptied):
 
 
 def test_data_tests_fail_on_bad_data(built, tmp_path):
-    warehouse = tmp_path / "bad.duckdb"
+    # The copy keeps the file name dbt built it under: DuckDB 1.5 binds the staging views to
+    # that catalog name ("warehouse"), so a renamed copy has no "warehouse" catalog.
+    warehouse = tmp_path / "warehouse.duckdb"
     shutil.copy(built["pristine"], warehouse)
     with connect(warehouse) as con:
         con.execute(

@@ -10,13 +10,13 @@ def test_campaign_cohorts_do_not_alert_outside_the_campaign(tmp_path):
     con = duckdb.connect(str(tmp_path / "w.duckdb"))
     con.execute("CREATE SCHEMA marts")
     con.execute("""CREATE TABLE marts.dim_campaigns AS SELECT * FROM (VALUES
-        ('ig_sale', TIMESTAMPTZ '2026-11-19 00:00+00', TIMESTAMPTZ '2026-11-29 00:00+00'))
+        ('ig_sale', TIMESTAMPTZ '2026-11-19 00:00:00+00', TIMESTAMPTZ '2026-11-29 00:00:00+00'))
         t(campaign_name, start_time, end_time)""")
     con.execute("""CREATE TABLE marts.fct_sessions AS SELECT * FROM (VALUES
-        ('instagram', 'social', 'ig_sale', TIMESTAMPTZ '2026-11-20 10:00+00'),
-        ('instagram', 'social', 'ig_sale', TIMESTAMPTZ '2026-11-20 11:00+00'),
-        ('facebook', 'social', 'fb_retarget', TIMESTAMPTZ '2026-11-20 11:00+00'),
-        ('google', 'cpc', 'brand_search', TIMESTAMPTZ '2026-11-20 11:00+00'))
+        ('instagram', 'social', 'ig_sale', TIMESTAMPTZ '2026-11-20 10:00:00+00'),
+        ('instagram', 'social', 'ig_sale', TIMESTAMPTZ '2026-11-20 11:00:00+00'),
+        ('facebook', 'social', 'fb_retarget', TIMESTAMPTZ '2026-11-20 11:00:00+00'),
+        ('google', 'cpc', 'brand_search', TIMESTAMPTZ '2026-11-20 11:00:00+00'))
         t(utm_source, utm_medium, utm_campaign, start_time)""")
     windows = campaign_windows(con, pd.Timestamp("2026-11-28", tz="UTC"),
                                pd.Timestamp("2026-11-30", tz="UTC"))

@@ -268,7 +268,7 @@ def test_quarantine_replay_after_fixing_the_mapping(tmp_path):
     assert result.rows_changed == 1
     assert quarantine_summary(con) == []
     rows = con.execute("SELECT event_id, event_type, user_id, session_id FROM raw.events "
-                       "WHERE event_hour = $h ORDER BY event_id", {"h": H11 + "Z"}).fetchall()
+                       "WHERE event_hour = $h ORDER BY event_id", {"h": H11 + ":00+00"}).fetchall()
     assert [r[0] for r in rows] == ["msg-10", "msg-11", "msg-12"]
     assert rows[2][1] == "product_view"
     # ids hashed once: the replayed row has the same pseudonyms as its session's other rows

@@ -12,7 +12,9 @@ import pandas as pd
 SCHEMA = "detection"
 TABLE = f"{SCHEMA}.prophet_models"
 COLUMNS = {
-    "series_id": "VARCHAR PRIMARY KEY",
+    # One row per series, kept by the MERGE below (no PRIMARY KEY: the cluster mode's lake
+    # has no constraints; a warehouse made before keeps its key, which MERGE respects).
+    "series_id": "VARCHAR",
     "fitted_at": "TIMESTAMP",  # last history timestamp the model saw, naive UTC
     "sigma": "DOUBLE",
     "fit_seconds": "DOUBLE",
@@ -79,19 +81,22 @@ def save_prophet_models(con: duckdb.DuckDBPyConnection, frame: pd.DataFrame) -> 
     try:
         con.register("_prophet_models", rows)
         written = con.execute(
-            f"""INSERT INTO {TABLE}
-                SELECT series_id, fitted_at, sigma, fit_seconds, model_json, now()
-                FROM _prophet_models
-                ON CONFLICT (series_id) DO UPDATE SET
-                    fitted_at = excluded.fitted_at, sigma = excluded.sigma,
-                    fit_seconds = excluded.fit_seconds, model_json = excluded.model_json,
-                    saved_at = excluded.saved_at
-                WHERE excluded.fitted_at >= {TABLE}.fitted_at
-                RETURNING series_id"""
-        ).fetchall()
+            f"""MERGE INTO {TABLE} AS stored
+                USING (SELECT series_id, fitted_at, sigma, fit_seconds, model_json,
+                              now() AS saved_at FROM _prophet_models) AS incoming
+                ON stored.series_id = incoming.series_id
+                WHEN MATCHED AND incoming.fitted_at >= stored.fitted_at THEN UPDATE SET
+                    fitted_at = incoming.fitted_at, sigma = incoming.sigma,
+                    fit_seconds = incoming.fit_seconds, model_json = incoming.model_json,
+                    saved_at = incoming.saved_at
+                WHEN NOT MATCHED THEN INSERT (series_id, fitted_at, sigma, fit_seconds,
+                    model_json, saved_at) VALUES (incoming.series_id, incoming.fitted_at,
+                    incoming.sigma, incoming.fit_seconds, incoming.model_json,
+                    incoming.saved_at)"""
+        ).fetchone()[0]
         con.unregister("_prophet_models")
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")
         raise
-    return len(written)
+    return int(written)

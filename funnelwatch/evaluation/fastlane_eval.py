@@ -39,6 +39,7 @@ from funnelwatch.fastlane.batch import score_range
 from funnelwatch.fastlane.config import FastLaneConfig
 from funnelwatch.incidents.alerts import notification_for
 from funnelwatch.incidents.lifecycle import compatible, process_window
+from funnelwatch.warehouse import attach_read_only
 
 CHECKOUT_TYPES = ("checkout_conversion_drop", "cohort_checkout_drop", "payment_provider_errors")
 # The series that count as an alert for a label: a conversion drop shows in conversion and
@@ -72,7 +73,7 @@ def build(folder: Path, warehouse: Path, config: FastLaneConfig | None = None,
     partial.unlink(missing_ok=True)
     with duckdb.connect(str(partial)) as con:
         con.execute("SET TimeZone = 'UTC'")
-        con.execute("ATTACH $p AS wh (READ_ONLY)", {"p": str(warehouse)})
+        attach_read_only(con, warehouse, "wh")
         for schema in ("raw", "detection", "quality", "evaluation"):
             con.execute(f"CREATE SCHEMA {schema}")
         con.execute(f"CREATE TABLE raw.events AS SELECT {', '.join(RAW_COLUMNS)} "

@@ -6,7 +6,7 @@ import io
 import dagster as dg
 import pandas as pd
 
-from funnelwatch.detection.run import holidays_frame, score_window
+from funnelwatch.detection.run import WindowResult, holidays_frame, score_window
 from funnelwatch.detection.store import replace_window
 from orchestration.partitions import hourly_partitions, single_run_backfill
 from orchestration.resources import WAREHOUSE_POOL, WarehouseResource
@@ -82,6 +82,12 @@ def cohort_anomalies(
             cube_scan_false_alarms_per_day=detection.cube_scan_false_alarms_per_day,
         )
         written = replace_window(con, window.start, window.end, result.scored)
+    return dg.MaterializeResult(metadata=detection_metadata(result, written))
+
+
+def detection_metadata(result: WindowResult, written: int) -> dict:
+    """The materialization metadata of a scored window: counts, the anomalies by band, the
+    top 10 and the worst series' chart."""
     scored = result.scored
     metadata = {
         "series_scored": dg.MetadataValue.int(result.series),
@@ -95,7 +101,7 @@ def cohort_anomalies(
         "cube_scan_alerts": dg.MetadataValue.int(result.scan_alerts),
     }
     if scored.empty:
-        return dg.MaterializeResult(metadata=metadata)
+        return metadata
     flagged = scored[scored["is_anomaly"].fillna(False).astype(bool)].copy()
     flagged["band"] = flagged["severity"].map(_band)
     counts = flagged["band"].value_counts()
@@ -114,7 +120,7 @@ def cohort_anomalies(
         metadata["worst_series_chart"] = dg.MetadataValue.md(
             _chart_markdown(series.tail(24 * 7), f"{worst['metric']} | {worst['cohort']}")
         )
-    return dg.MaterializeResult(metadata=metadata)
+    return metadata
 
 
 assets = [cohort_anomalies]

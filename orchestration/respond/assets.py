@@ -87,7 +87,7 @@ def incidents(
     # The incident page reads the analyst snapshot (it must never hold the warehouse), and the
     # snapshot asset runs before detection: publish the incident tables and the window's
     # scored series now, so the page shows this run's incidents and applied actions.
-    publish_marts(warehouse.path, warehouse.publish_dir, dates=_window_days(window),
+    publish_marts(warehouse.get_connection, warehouse.publish_dir, dates=_window_days(window),
                   only=INCIDENT_TABLE_KEYS)
     metadata = {
         "anomaly_points": dg.MetadataValue.int(sum(r.points for r in results)),

@@ -39,7 +39,7 @@ def analyst_snapshot(
     while day <= (window.end - timedelta(microseconds=1)).date():
         days.append(day)
         day += timedelta(days=1)
-    result = publish_marts(warehouse.path, warehouse.publish_dir, dates=days)
+    result = publish_marts(warehouse.get_connection, warehouse.publish_dir, dates=days)
     con = open_snapshot(warehouse.publish_dir)
     try:
         preview = hourly_funnel(con, until=window.end, hours=24, table="fct_funnel_hourly")

@@ -16,7 +16,6 @@ import io
 import os
 import sys
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -26,7 +25,6 @@ from funnelwatch.config_files import ConfigError
 from funnelwatch.dbt_vars import cohort_vars_json, dbt_vars_json, load_cohort_config
 from funnelwatch.reports import funnel_markdown, hourly_funnel
 from funnelwatch.verbosity import quiet_terminal
-from funnelwatch.warehouse import connect
 from orchestration.partitions import hourly_partitions, single_run_backfill
 from orchestration.resources import WAREHOUSE_POOL, WarehouseResource
 from orchestration.transform.project import dbt_project
@@ -109,9 +107,9 @@ def funnelwatch_dbt_whole(
 def _build(context, dbt: DbtCliResource, warehouse: WarehouseResource, start, end):
     """`dbt build` of the op's models (for the window [start, end) when partitioned), each
     model's output with its row count (in the window) and the funnel preview."""
-    # The warehouse resource is the one source of truth for the file; dbt's profile reads it
-    # from this variable in the dbt subprocess.
-    os.environ["FUNNELWATCH_WAREHOUSE"] = str(Path(warehouse.path).resolve())
+    # The warehouse resource is the one source of truth for the file (or the lake); dbt's
+    # profile reads it from these variables in the dbt subprocess.
+    os.environ.update(warehouse.dbt_environment())
     try:
         cohorts = load_cohort_config()
     except ConfigError as exc:  # one line (file, key, expectation) instead of a traceback
@@ -124,7 +122,7 @@ def _build(context, dbt: DbtCliResource, warehouse: WarehouseResource, start, en
     # Collect every event first: dbt holds the DuckDB file until it exits, and the row counts
     # below need to open it.
     events = _run_dbt_build(dbt, context, dbt_vars)
-    with connect(warehouse.path) as con:
+    with warehouse.get_connection() as con:
         for event in events:
             if isinstance(event, dg.Output):
                 key = context.assets_def.keys_by_output_name[event.output_name]
