@@ -177,7 +177,7 @@ def test_cluster_mode_equals_embedded_and_survives_a_killed_worker(tmp_path):
             stderr=subprocess.STDOUT)
         try:
             # Kill the worker that builds the dbt models, a few seconds into the build.
-            victim = _wait_for(lambda: _step_workers(database, "funnelwatch_dbt_models"),
+            victim = _wait_for(lambda: _step_workers(database, "funnelwatch_dbt_hourly"),
                                600, "the dbt step to start on a worker")[0]
             time.sleep(8)
             assert coordinator.poll() is None, "the run ended before the worker was killed"
@@ -191,7 +191,7 @@ def test_cluster_mode_equals_embedded_and_survives_a_killed_worker(tmp_path):
                         else process.kill()
                     process.wait(timeout=60)
         # The killed worker's step ran again, on the other worker.
-        ran_on = _step_workers(database, "funnelwatch_dbt_models")
+        ran_on = _step_workers(database, "funnelwatch_dbt_hourly")
         survivor = "w2" if victim == "w1" else "w1"
         assert ran_on[0] == victim and survivor in ran_on[1:], ran_on
 

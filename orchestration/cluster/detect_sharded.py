@@ -11,7 +11,6 @@ the warehouse pool.
 
 
 import dagster as dg
-from dagster_dbt import get_asset_key_for_model
 
 from funnelwatch.detection.run import (
     Shard,
@@ -26,7 +25,7 @@ from orchestration.detect.assets import detection_metadata
 from orchestration.partitions import hourly_partitions, single_run_backfill
 from orchestration.resources import WAREHOUSE_POOL, WarehouseResource
 from orchestration.settings import DetectionSettings
-from orchestration.transform.assets import funnelwatch_dbt_models
+from orchestration.transform.assets import dbt_model_key
 
 
 class ShardingSettings(dg.ConfigurableResource):
@@ -88,10 +87,10 @@ def merge_detection_shards(context: dg.OpExecutionContext, shards: list[WindowRe
     backfill_policy=single_run_backfill,
     ins={
         "metrics": dg.AssetIn(
-            key=get_asset_key_for_model([funnelwatch_dbt_models], "fct_cohort_metrics_hourly"),
+            key=dbt_model_key("fct_cohort_metrics_hourly"),
             dagster_type=dg.Nothing),
         "holidays": dg.AssetIn(
-            key=get_asset_key_for_model([funnelwatch_dbt_models], "dim_holidays"),
+            key=dbt_model_key("dim_holidays"),
             dagster_type=dg.Nothing),
     },
     description=(
