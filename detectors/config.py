@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from scipy import stats
 
 SEP = "|"  # series_id = f"{metric}|{cohort}"
+STORE_COHORT = "all"  # the cohort of the whole store's series
 
 COUNT_METRICS = ("sessions", "events", "purchases", "revenue", "product_view_sessions")
 RATE_METRICS = (

@@ -360,7 +360,13 @@ def _shrunk_pool(pool: pd.DataFrame, hour_rel_sd: float, cohort_rel_sd: float
     sids = pool.index.get_level_values(0)
     metric = pd.Index([cfg.split_series_id(s)[0] for s in sids])
     per_series = pool.groupby(level=0)[["k", "n"]].sum()
-    per_metric = pool.groupby(metric.to_numpy())[["k", "n"]].sum()
+    # The metric's level is its whole-store series where the fit has one (it does in every
+    # shard of a sharded run, so a shard's priors equal the single process's), else the pool of
+    # every cohort the fit holds.
+    split = [cfg.split_series_id(s) for s in per_series.index]
+    is_store = np.array([cohort == cfg.STORE_COHORT for _, cohort in split], dtype=bool)
+    store = per_series[is_store].set_axis([m for (m, _), s in zip(split, is_store) if s])
+    per_metric = store.combine_first(pool.groupby(metric.to_numpy())[["k", "n"]].sum())
     with np.errstate(divide="ignore", invalid="ignore"):
         metric_p = per_metric["k"] / per_metric["n"]
         metric_m = prior_trials(metric_p.to_numpy(), cohort_rel_sd)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
@@ -44,8 +45,9 @@ def test_evaluate_smoke_suite_finds_the_labelled_break(tmp_path, dbt_manifest):
         purchases, starts = con.execute(
             """SELECT sum(numerator), sum(denominator) FROM marts.fct_cohort_metrics_hourly
                WHERE metric = 'checkout_conversion_rate' AND cohort = 'all'
-                 AND event_hour >= '2026-11-19 12:00+00' AND event_hour < '2026-11-19 16:00+00'
-            """).fetchone()
+                 AND event_hour >= $start AND event_hour < $end
+            """, {"start": datetime(2026, 11, 19, 12, tzinfo=UTC),
+                  "end": datetime(2026, 11, 19, 16, tzinfo=UTC)}).fetchone()
     assert oracle_hours["units"].sum() == pytest.approx(starts, rel=0.08)
     assert oracle_hours["observed"].sum() == pytest.approx(purchases, rel=0.08)
     from funnelwatch.evaluation.incident_eval import end_to_end

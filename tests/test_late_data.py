@@ -222,7 +222,9 @@ def test_a_late_later_hour_updates_the_incident_and_sends_nothing(con):
     write(con, [point(0, m, c, severity=90), point(1, m, c, severity=80)])
     process_window(con, hour(0), hour(2))
     enqueue_incident_alerts(con, routing, hour(2))
-    write(con, [point(1, m, c, severity=80), point(1, "sessions", "os=iOS", severity=55)])
+    # The late symptom is the same step in a cohort inside the incident's: it joins it. (A
+    # different step in an unlocalised cohort is a problem of its own: see test_incidents.)
+    write(con, [point(1, m, c, severity=80), point(1, m, "os=iOS", severity=55)])
     process_hour(con, hour(1))
     inc = incidents(con).iloc[0]
     assert len(incidents(con)) == 1 and inc["anomaly_count"] == 3
