@@ -640,7 +640,9 @@ def ground_truth(
         elif inc.type == "tracking_outage":
             cause["ref"] = inc.params["event_type"]
         elif inc.type == "bot_spike":
-            cause["ref"] = inc.cohort.get("utm_campaign")
+            # bot traffic is named by the bots' cohort, as the marts key it (the root cause's
+            # "bot traffic on utm_campaign=fb_retarget")
+            cause["ref"] = "&".join(f"{k}={inc.cohort[k]}" for k in sorted(inc.cohort)) or None
             label["bot_users"] = int(inc.params["n_users"])
             if inc.params.get("campaigns"):
                 label["bot_campaigns"] = list(inc.params["campaigns"])

@@ -339,3 +339,34 @@ def test_a_store_wide_change_joins_only_a_localised_problem_on_its_metric():
     assert not same_problem("all", False, "os=iOS", False, False)
     assert same_problem("os=iOS", False, "browser=Safari&os=iOS", False, False)
     assert not same_problem("country=AU", False, "device_type=desktop&os=Windows", False, True)
+
+
+def test_a_store_wide_answer_must_move_the_way_the_flagged_series_did():
+    from funnelwatch.incidents.lifecycle import _moves
+
+    newsletter_down = {"cohort": "utm_campaign=weekly_newsletter", "z": -5.4}
+    assert not _moves(newsletter_down, "up")  # bots' sessions rose: not this answer
+    assert _moves(newsletter_down, "down")
+    assert _moves(newsletter_down, None) and _moves({"z": None}, "up")
+
+
+def test_bot_traffic_absorbs_only_what_bots_do_where_the_bots_are():
+    from types import SimpleNamespace
+
+    from funnelwatch.incidents.lifecycle import _bots_explain
+
+    def inc(cause, metric, where, direction="down"):
+        return SimpleNamespace(cause=cause, metric=metric, where_cohort=where,
+                               direction=direction)
+
+    bots = inc(("bot_traffic", "utm_campaign=fb_retarget"), "sessions",
+               "utm_campaign=fb_retarget", "up")
+    # the store's add-to-cart rate diluted; more sessions in a category of the bots' pages
+    assert _bots_explain(bots, inc(("none", None), "add_to_cart_rate", "all"))
+    assert _bots_explain(inc(("none", None), "sessions", "category=apparel", "up"), bots)
+    # fewer sessions, a payment step, another campaign, or a known cause: not the bots
+    assert not _bots_explain(bots, inc(("none", None), "sessions", "all", "down"))
+    assert not _bots_explain(bots, inc(("none", None), "payment_step_rate", "all"))
+    assert not _bots_explain(bots, inc(("none", None), "add_to_cart_rate",
+                                       "utm_campaign=ig_sale"))
+    assert not _bots_explain(bots, inc(("deploy", "2.9.0"), "add_to_cart_rate", "all"))

@@ -167,6 +167,24 @@ def test_bot_traffic_is_named_with_its_cohort_and_only_explains_what_bots_do(war
     assert result["explained_by_planned"] is False
 
 
+@pytest.mark.parametrize("carts", ["continue", "vanish"])
+def test_a_stock_out_empties_the_carts_bots_only_dilute_them(warehouse, carts):
+    """A category's add-to-cart rate at a fifth of its usual: bots viewing its products (x5
+    product-view sessions, the humans' carts continue) are no stock-out; the same rate with
+    the carts gone (views as usual) is."""
+    start, end = INC_START, INC_END
+    change = ("update intermediate.int_category_hourly set product_view_sessions = "
+              "product_view_sessions * 5 where category = 'home' and event_hour >= ? "
+              "and event_hour < ?") if carts == "continue" else (
+              "update intermediate.int_category_hourly set add_to_cart_sessions = "
+              "add_to_cart_sessions // 5 where category = 'home' and event_hour >= ? "
+              "and event_hour < ?")
+    result = warehouse((change, [start, end]), metric="add_to_cart_rate",
+                       cohort="category=home", start=start, end=end)
+    stock = [h for h in result["hypotheses"] if h["kind"] == "stock_out"]
+    assert bool(stock) is (carts == "vanish"), _kinds(result)
+
+
 def test_bots_over_several_campaigns_are_one_cause_named_by_their_own_cohort(warehouse):
     """One scraper (US desktop Windows Chrome) behind two campaigns' landing pages: one bot
     traffic cause named by the sessions' shared cohort, not one per campaign."""
@@ -252,6 +270,28 @@ def test_a_weekly_send_of_a_running_campaign_is_planned_traffic(warehouse, sent_
         first = result["hypotheses"][0]
         assert (first["kind"], first["ref"]) == ("planned_traffic", "ig_sale")
         assert "a week before" in first["evidence"]
+
+
+@pytest.mark.parametrize("channel", ["email", "social"])
+def test_an_email_send_with_no_week_before_to_compare_is_planned_traffic(warehouse, channel):
+    """Three days into the warehouse there is no week before to hold a send against: a surge of
+    a running e-mail campaign's own traffic is its send; a social campaign's is not explained."""
+    start = INC_START - timedelta(days=5)  # day 3 of the warehouse
+    result = warehouse(
+        ("update marts.dim_campaigns set channel = ? where campaign_name = 'ig_sale'", [channel]),
+        *_newsletter_sends("ig_sale", start),
+        metric="sessions",
+        cohort="utm_campaign=ig_sale",
+        start=start,
+        end=start + timedelta(hours=12),
+    )
+    is_email = channel == "email"
+    assert result["planned_context"][0]["explains"] is is_email
+    assert result["explained_by_planned"] is is_email
+    if is_email:
+        first = result["hypotheses"][0]
+        assert (first["kind"], first["ref"]) == ("planned_traffic", "ig_sale")
+        assert "no week before" in first["evidence"]
 
 
 def test_a_real_problem_during_planned_traffic_is_still_found(warehouse):

@@ -436,7 +436,7 @@ def test_tracking_outage_drops_add_to_cart_but_sessions_convert(quiet, noisy):
 def test_bot_spike(quiet, noisy):
     lab = label(noisy, "bots")
     assert lab["cohort"] == {"utm_campaign": "fb_retarget"} and lab["metric"] == "sessions"
-    assert lab["cause"] == {"type": "bot", "ref": "fb_retarget"} and lab["bot_sessions"] > 0
+    assert lab["cause"] == {"type": "bot", "ref": "utm_campaign=fb_retarget"} and lab["bot_sessions"] > 0
 
     def fb_sessions(result):
         ev = result.events
@@ -667,7 +667,8 @@ def test_explain_scenario_labels_say_what_the_answer_should_be(explain):
     assert labels["ig-sale-launch-loss"]["expected_cause"] == {"kind": "campaign", "ref": "ig_sale"}
     bots = labels["bots-over-campaigns"]
     assert bots["expected_where"] == "browser=Chrome&country=US&device_type=desktop&os=Windows"
-    assert bots["expected_cause"] == {"kind": "bot_traffic", "ref": None}
+    assert bots["expected_cause"] == {
+        "kind": "bot_traffic", "ref": "browser=Chrome&country=US&device_type=desktop&os=Windows"}
     deep = labels["three-dimension-cohort-drop"]
     assert deep["expected_where"] == "browser=Chrome&country=US&os=Windows"
     assert deep["expected_cause"] == {"kind": "none", "ref": None}

@@ -2,8 +2,9 @@
 answers which labelled incident (for root-cause accuracy), and false incidents per day.
 
 An incident answers a labelled business incident when its span [started_at, last anomaly
-+ 1 h) overlaps the label's window and its cohort (or its localised cohort) is compatible
-with the label's cohort; the most severe such incident is taken.
++ 1 h) overlaps the label's window and the cohort it names (its localised where, else its
+worst symptom's cohort) is compatible with the label's cohort; the most severe such incident
+is taken.
 
 End to end (issue 14 §5, `end_to_end`), per labelled business problem:
 
@@ -15,10 +16,10 @@ End to end (issue 14 §5, `end_to_end`), per labelled business problem:
   one are not scored on step); the first hypothesis of its `rca` has the label's
   `expected_cause` kind (and ref, when the label gives one); no hypothesis, or a first one of
   kind "none", is "no known cause", right when the label expects kind "none";
-* **false incidents**: incidents that overlap no labelled incident of any kind; **from
-  planned traffic**: false incidents that overlap a planned change the reference data
-  announces (newsletter send day, campaign launch or end, holiday, promotion) in a
-  compatible cohort (aim 0).
+* **false incidents**: incidents about no labelled incident of any kind (its window plus
+  two hours, a compatible cohort); **from planned traffic**: false incidents that overlap a
+  planned change the reference data announces (newsletter send day, campaign launch or end,
+  holiday, promotion) in a compatible cohort (aim 0).
 """
 
 from __future__ import annotations
@@ -57,15 +58,22 @@ def answering(incidents: pd.DataFrame, label: dict) -> pd.DataFrame:
     severe first."""
     if incidents.empty:
         return incidents
+    ok = _about(incidents, label, pd.Timedelta(0))
+    return incidents[ok].sort_values("severity", ascending=False)
+
+
+def _about(incidents: pd.DataFrame, label: dict, grace: pd.Timedelta) -> pd.Series:
+    """Whether each incident is about the label: its span overlaps the label's window (its end
+    extended by ``grace``) and the cohort it names fits the label's: its localised where when
+    it has one (an incident that says "Chrome on mobile" does not answer an iOS Safari drop,
+    whichever series flagged it), else the cohort of its worst symptom."""
     start, end = _span(incidents)
-    t0, t1 = pd.Timestamp(label["start"]), pd.Timestamp(label["end"])
+    t0, t1 = pd.Timestamp(label["start"]), pd.Timestamp(label["end"]) + grace
     truth = cohort_string({k: v for k, v in (label.get("cohort") or {}).items()
                            if k != "payment_provider"})
-    overlaps = (start < t1) & (end > t0)
-    fits = [_fits(truth, c) or _fits(truth, w)
+    fits = [_fits(truth, w if _cohort_text(w) is not None else c)
             for c, w in zip(incidents["cohort"], incidents["where_cohort"], strict=True)]
-    ok = overlaps & pd.Series(fits, index=incidents.index)
-    return incidents[ok].sort_values("severity", ascending=False)
+    return (start < t1) & (end > t0) & pd.Series(fits, index=incidents.index)
 
 
 def match_incidents(incidents: pd.DataFrame, labels: list[dict]) -> list[tuple[dict, dict | None]]:
@@ -80,15 +88,15 @@ def match_incidents(incidents: pd.DataFrame, labels: list[dict]) -> list[tuple[d
 
 
 def false_incidents(incidents: pd.DataFrame, labels: list[dict]) -> pd.DataFrame:
-    """Incidents that overlap no labelled incident of any kind (data-quality faults
-    included: their aftermath is not a business false alarm of the incident layer)."""
+    """Incidents about no labelled incident of any kind (`_about`, with two hours' grace
+    after the label's end; data-quality faults included: their aftermath is not a business
+    false alarm of the incident layer). An incident during a long labelled problem that names
+    another cohort is false."""
     if incidents.empty:
         return incidents
-    start, end = _span(incidents)
     hit = pd.Series(False, index=incidents.index)
     for label in labels:
-        t0, t1 = pd.Timestamp(label["start"]), pd.Timestamp(label["end"])
-        hit |= (start < t1 + pd.Timedelta(hours=2)) & (end > t0)
+        hit |= _about(incidents, label, pd.Timedelta(hours=2))
     return incidents[~hit]
 
 

@@ -45,10 +45,12 @@ from datetime import datetime, timedelta
 import duckdb
 import pandas as pd
 
+from detectors.sequential import WINDOW_GRID
 from funnelwatch.detection import store as detection_store
 from funnelwatch.fastlane import store as fastlane_store
 from funnelwatch.incidents.masking import mask_small_cohorts
 from funnelwatch.incidents.rca import explained_by_planned
+from funnelwatch.incidents.rca.constants import BOT_METRICS
 from funnelwatch.incidents.store import SCHEMA, add_timeline, ensure_incident_schema
 from funnelwatch.landing import as_utc_hour
 from rootcause import parse_cohort
@@ -68,8 +70,10 @@ Localise = Callable[..., tuple[list[dict], dict[str, str | None]]]
 # closures(con, cohorts, start, end) -> {cohort: its filters and every dimension its sessions
 # share}: rca.cohort_closures (two names of the same sessions compare as nested)
 Closures = Callable[..., dict[str, dict[str, str]]]
-# Longest evidence window (hours) a localisation or root cause looks back over.
-MAX_EVIDENCE_HOURS = 24
+# Longest evidence window (hours) a localisation or root cause looks back over: the sequential
+# test's longest window, so a slow drop flagged on three days of pooled hours (the seeded iOS
+# Safari x ig_sale case) is analysed from its onset and its deploy is in reach.
+MAX_EVIDENCE_HOURS = max(WINDOW_GRID)
 # 5-minute slots per hour of the fast lane, and the share of them a recovered hour needs.
 SLOTS_PER_HOUR = 12
 FASTLANE_RECOVERY_COVERAGE = 0.9
@@ -488,17 +492,8 @@ def process_hour(
                  "ms": sorted({r[2] for r in rows}), "cs": sorted({r[3] for r in rows})},
             )
             if reopening:
-                reopen_count = con.execute(
-                    f"SELECT count(*) FROM {SCHEMA}.timeline WHERE incident_id = $id "
-                    "AND kind = 'reopened'", {"id": inc_id}).fetchone()[0]
-                con.execute(
-                    f"""UPDATE {SCHEMA}.incidents SET state = 'open', resolved_at = NULL,
-                          alert_key = $key, alert_version = alert_version + 1
-                        WHERE incident_id = $id""",
-                    {"id": inc_id, "key": f"{inc_id}-r{reopen_count + 1}"},
-                )
-                add_timeline(con, inc_id, hour, "reopened",
-                          f"anomalous again {hour - inc['resolved_at']} after resolving")
+                _reopen(con, inc_id, hour,
+                        f"anomalous again {hour - inc['resolved_at']} after resolving")
                 result.reopened.append(inc_id)
             elif severity_band(new_severity) != before_band and new_severity > inc["severity"]:
                 add_timeline(con, inc_id, hour, "escalated",
@@ -584,6 +579,37 @@ def _same_cause(a, b) -> bool:
     return "none" in (a.cause[0], b.cause[0]) and step_a is not None and step_a == step_b
 
 
+def _reopen(con, inc_id: str, hour: datetime, why: str) -> None:
+    """A resolved incident is open again: a fresh alert key, so receivers page again."""
+    reopen_count = con.execute(
+        f"SELECT count(*) FROM {SCHEMA}.timeline WHERE incident_id = $id "
+        "AND kind = 'reopened'", {"id": inc_id}).fetchone()[0]
+    con.execute(
+        f"""UPDATE {SCHEMA}.incidents SET state = 'open', resolved_at = NULL,
+              alert_key = $key, alert_version = alert_version + 1
+            WHERE incident_id = $id""",
+        {"id": inc_id, "key": f"{inc_id}-r{reopen_count + 1}"},
+    )
+    add_timeline(con, inc_id, hour, "reopened", why)
+
+
+def _bots_explain(a, b) -> bool:
+    """Bot traffic named by one analysis explains the other's unexplained change when that
+    change is one bots make (sessions up; a view, add-to-cart, conversion or JS-error rate
+    diluted) in a where that overlaps the bots' cohort: the store-wide add-to-cart rate that
+    falls while the scraper's sessions never add to cart is the bots, not a second problem."""
+    for bots, other in ((a, b), (b, a)):
+        if bots.cause[0] != "bot_traffic" or other.cause[0] != "none":
+            continue
+        if other.metric not in BOT_METRICS:
+            continue
+        if other.metric in TRAFFIC_METRICS and other.direction != "up":
+            continue
+        if compatible(_text(bots.where_cohort) or "all", _text(other.where_cohort) or "all"):
+            return True
+    return False
+
+
 def _where_nested(a: str | None, b: str | None, closures: dict[str, dict[str, str]]) -> bool:
     """Nested wheres; a where over a provider or a product category is not a set of sessions
     and spans every session cohort (an Adyen outage seen in mobile, in Google traffic ...)."""
@@ -601,17 +627,24 @@ def _merge_by_cause(con, hour: datetime, result: HourResult, policy: IncidentPol
     add-to-cart drop seen per product category, which no session cohort explains; one
     provider's failures flagged in cohorts the localiser could not attribute). The one that
     paged, else the earliest, else the most severe, absorbs the others (members, timeline,
-    span, severity); one that paged is never absorbed. Returns the survivors that changed."""
+    span, severity); one that paged is never absorbed. An incident resolved less than
+    `reopen_hours` ago absorbs a new one with the same known cause for a nested where (or one
+    its bots explain) and re-opens: a slow drop whose flags paused for the recovery hours is
+    still one problem (the seeded iOS Safari drop, deploy 1.13.0, flagged again three hours
+    after it resolved). Returns the survivors that changed."""
     touched = set(result.touched)
     if not touched:
         return []
     live = con.execute(
-        f"""SELECT incident_id, category, where_cohort, funnel_step, rca, started_at,
-                   last_anomaly_at, severity, coalesce(alerted_version, 0) AS alerted
+        f"""SELECT incident_id, state, category, metric, direction, where_cohort, funnel_step,
+                   rca, started_at, last_anomaly_at, severity,
+                   coalesce(alerted_version, 0) AS alerted
             FROM {SCHEMA}.incidents
-            WHERE state IN ('open', 'acknowledged') AND started_at <= $h
-              AND last_anomaly_at >= $since AND rca IS NOT NULL""",
-        {"h": hour, "since": hour - timedelta(hours=policy.merge_gap_hours)},
+            WHERE started_at <= $h AND rca IS NOT NULL
+              AND ((state IN ('open', 'acknowledged') AND last_anomaly_at >= $since)
+                   OR (state = 'resolved' AND resolved_at >= $reopen))""",
+        {"h": hour, "since": hour - timedelta(hours=policy.merge_gap_hours),
+         "reopen": hour - timedelta(hours=policy.reopen_hours)},
     ).df()
     if len(live) < 2:
         return []
@@ -628,12 +661,16 @@ def _merge_by_cause(con, hour: datetime, result: HourResult, policy: IncidentPol
             continue
         for other in rows[i + 1:]:
             if (other.incident_id in merged or other.alerted or other.category != keep.category
+                    or other.state == "resolved"
                     or not (keep.incident_id in touched or other.incident_id in touched)
-                    or not _same_cause(keep, other)
-                    or not _where_nested(_text(keep.where_cohort), _text(other.where_cohort),
-                                         closures)):
+                    or (keep.state == "resolved" and keep.cause[0] == "none")
+                    or not (_bots_explain(keep, other) or (
+                        _same_cause(keep, other)
+                        and _where_nested(_text(keep.where_cohort), _text(other.where_cohort),
+                                          closures)))):
                 continue
             merged[other.incident_id] = keep.incident_id
+    states = dict(zip(live["incident_id"], live["state"], strict=True))
     for victim, survivor in merged.items():
         con.execute(f"UPDATE {SCHEMA}.members SET incident_id = $s WHERE incident_id = $v",
                     {"s": survivor, "v": victim})
@@ -653,7 +690,12 @@ def _merge_by_cause(con, hour: datetime, result: HourResult, policy: IncidentPol
         )
         con.execute(f"DELETE FROM {SCHEMA}.incidents WHERE incident_id = $v", {"v": victim})
         add_timeline(con, survivor, hour, "updated",
-                     f"absorbed {victim}: the same cause for the same or a nested where")
+                     f"absorbed {victim}: the same cause for the same or a nested where, "
+                     "or a change its bot traffic explains")
+        if states.get(survivor) == "resolved":
+            _reopen(con, survivor, hour, f"the same cause again in {victim}")
+            states[survivor] = "open"
+            result.reopened.append(survivor)
         for bucket in (result.opened, result.updated, result.escalated, result.reopened):
             if victim in bucket:
                 bucket.remove(victim)
@@ -668,9 +710,9 @@ def update_root_cause(con, inc_id: str, hour: datetime, analyse: Analyse,
     A failing analysis is recorded in the incident (rca.error) instead of losing it."""
     # the analysis starts from where the grouping localised the problem, not from the
     # incident's worst symptom series
-    metric, cohort, started = con.execute(
-        f"SELECT metric, coalesce(localised_cohort, cohort), started_at FROM {SCHEMA}.incidents "
-        "WHERE incident_id = $id",
+    metric, cohort, started, direction = con.execute(
+        f"SELECT metric, coalesce(localised_cohort, cohort), started_at, direction "
+        f"FROM {SCHEMA}.incidents WHERE incident_id = $id",
         {"id": inc_id},
     ).fetchone()
     # from the first hour of evidence behind its flags (a slow drop's pooled hours), at most
@@ -684,7 +726,8 @@ def update_root_cause(con, inc_id: str, hour: datetime, analyse: Analyse,
     try:
         end = hour + timedelta(hours=1)
         rca = mask_small_cohorts(con, localise_top_down(con, analyse, metric, cohort, started,
-                                                        end, flagged, cache), started, end)
+                                                        end, flagged, cache, direction),
+                                 started, end)
     except Exception as exc:  # an analysis bug must not lose the incident
         log.exception("root cause of %s failed", inc_id)
         rca = {"error": f"{type(exc).__name__}: {exc}"}
@@ -709,16 +752,28 @@ def update_root_cause(con, inc_id: str, hour: datetime, analyse: Analyse,
     )
 
 
+def _moves(where: dict, direction: str | None) -> bool:
+    """Whether a localised cohort changed the way a flagged series did (its z's sign; any way
+    when the direction or the z is unknown)."""
+    z = where.get("z")
+    if direction not in ("up", "down") or z is None or not math.isfinite(float(z)):
+        return True
+    return (float(z) > 0) == (direction == "up")
+
+
 def localise_top_down(con, analyse: Analyse, metric: str, cohort: str, start: datetime,
                       end: datetime, first_flagged: datetime | None = None,
-                      cache: dict | None = None) -> dict:
+                      cache: dict | None = None, direction: str | None = None) -> dict:
     """Root cause from the whole store first (localisation explains the parent KPI, so the
     cohort detection flagged first, often a narrow one, does not fence the answer in: a bot
     campaign flagged in `os=Linux&browser=Chrome&utm_campaign=fb_retarget` is named
     `utm_campaign=fb_retarget`). When the store-wide analysis has no confident cause that is
     compatible with the flagged cohort, the flagged cohort's own analysis is used (a small
     cohort's drop is invisible in the store's totals). On the evaluation's pipeline incidents
-    this raised where-top-1 from 0.36 to 0.71 (docs/evaluation.md)."""
+    this raised where-top-1 from 0.36 to 0.71 (docs/evaluation.md). The store's answer must
+    also move the way the flagged series did (`direction`): bots' sessions rise in one cohort
+    while the store's sessions fall short of a baseline that still holds yesterday's newsletter,
+    and the store-wide answer (the newsletter's cohort, down) explains the store, not the bots."""
     extra: dict = {} if first_flagged is None or first_flagged <= start else {
         "first_flagged": first_flagged}
     if cache is not None:
@@ -727,7 +782,8 @@ def localise_top_down(con, analyse: Analyse, metric: str, cohort: str, start: da
     if cohort == "all":
         return {**rca, "scope": "store"}
     top = (rca.get("where") or [None])[0]
-    if top and top.get("root_cause") and compatible(top.get("cohort") or "all", cohort):
+    if (top and top.get("root_cause") and compatible(top.get("cohort") or "all", cohort)
+            and _moves(top, direction)):
         return {**rca, "scope": "store"}
     return {**analyse(con, metric=metric, cohort=cohort, start=start, end=end, **extra),
             "scope": "flagged cohort"}

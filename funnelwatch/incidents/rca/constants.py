@@ -148,6 +148,12 @@ BOT_METRICS = {
 # planned traffic: a running campaign whose cohort was as far above its daily baseline at the
 # same hours a week before (a weekly send) within this proportional tolerance
 WEEKLY_MATCH = 0.25
+# a stock-out empties a category's add-to-carts, not only its rate: at most this share of the
+# category's average hourly add-to-carts over the window (bots viewing products and never
+# adding dilute the rate while the humans' carts continue at ~1x)
+STOCK_OUT_MAX_ATC_RATIO = 0.5
+# the reference campaigns' channel of e-mail sends (compared lower-case)
+EMAIL_CHANNEL = "email"
 SURGE_RATIO = 1.3  # sessions at least this much above the baseline make a surge
 # the traffic metrics a holiday explains a change of, in either direction
 HOLIDAY_METRICS = frozenset({"sessions", "events", "product_view_sessions"})

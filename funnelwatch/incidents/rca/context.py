@@ -137,6 +137,11 @@ class _WindowData:
         # product views against the store's traffic: a stock-out keeps the views
         pv_share = df.cur_pv.sum() / max(df.hist_pv.sum(), 1.0)
         df["pv_ratio"] = df.cur_pv / np.maximum(df.hist_pv * pv_share, 1.0)
+        # add-to-carts against the category's own hourly average: a stock-out empties them,
+        # bots that view and never add only dilute the rate (the humans' carts continue)
+        hours_ratio = (self.end - self.start) / max(self.start - self.hist_start,
+                                                    timedelta(hours=1))
+        df["atc_ratio"] = df.cur_atc / np.maximum(df.hist_atc * hours_ratio, 1.0)
         return df.sort_values("z").reset_index(drop=True)
 
     def provider_table(self) -> pd.DataFrame:
