@@ -666,3 +666,50 @@ def test_incidents_whose_root_cause_is_the_same_are_merged(tmp_path):
         assert any("absorbed" in d for (d,) in timeline)
     finally:
         con.close()
+
+
+def test_a_problem_flagged_again_after_it_resolved_reopens_its_incident(tmp_path):
+    """A slow drop's flags pause for the recovery hours and come back in another series: the
+    new incident's analysis names the same deploy for a nested where, so the resolved incident
+    absorbs it and re-opens (one problem, one incident, paged again under a fresh key)."""
+    from funnelwatch.detection.store import replace_window
+    from funnelwatch.incidents.lifecycle import IncidentPolicy, process_hour
+    from funnelwatch.incidents.rca import cohort_closures
+
+    path = tmp_path / "funnelwatch.duckdb"
+    _build(path, review_factor=0.1)
+    first = ("review_step_rate", "os=iOS&browser=Safari")
+
+    def row(at, metric, cohort, flagged):
+        return {"event_hour": at, "metric": metric, "cohort": cohort,
+                "value": 0.3 if flagged else 0.5, "expected": 0.5, "lower": 0.45,
+                "upper": 0.55, "severity": 70.0 if flagged else 0.0,
+                "direction": "down" if flagged else "none", "is_anomaly": flagged}
+
+    policy = IncidentPolicy(recovery_hours=3, reopen_hours=6)
+    con = duckdb.connect(str(path))
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        for n in range(5):
+            at = INC_START + timedelta(hours=n)
+            rows = [row(at, *first, flagged=n == 0)]
+            if n == 4:
+                rows.append(row(at, "checkout_conversion_rate", "utm_campaign=ig_sale", True))
+            replace_window(con, at, at + timedelta(hours=1), pd.DataFrame(rows))
+            result = process_hour(con, at, policy, analyse=analyse_incident,
+                                  closures=cohort_closures)
+            if n == 3:
+                assert len(result.resolved) == 1
+        rows = con.execute("SELECT incident_id, state, alert_key, anomaly_count, top_cause "
+                           "FROM incidents.incidents").fetchall()
+        assert len(rows) == 1, rows
+        inc_id, state, alert_key, count, cause = rows[0]
+        assert state == "open" and alert_key == f"{inc_id}-r1" and count == 2
+        assert cause == "deploy payment-widget 9.9.0"
+        assert result.reopened == [inc_id]
+        kinds = [k for (k,) in con.execute(
+            "SELECT kind FROM incidents.timeline WHERE incident_id = $i ORDER BY event_time, "
+            "recorded_at", {"i": inc_id}).fetchall()]
+        assert kinds[:2] == ["opened", "resolved"] and "reopened" in kinds
+    finally:
+        con.close()
