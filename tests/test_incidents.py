@@ -370,3 +370,19 @@ def test_bot_traffic_absorbs_only_what_bots_do_where_the_bots_are():
     assert not _bots_explain(bots, inc(("none", None), "add_to_cart_rate",
                                        "utm_campaign=ig_sale"))
     assert not _bots_explain(bots, inc(("deploy", "2.9.0"), "add_to_cart_rate", "all"))
+
+
+def test_one_deploy_seen_in_cohorts_that_are_not_nested_is_one_change():
+    from types import SimpleNamespace
+
+    from funnelwatch.incidents.lifecycle import _common_where, _one_change
+
+    def inc(cause):
+        return SimpleNamespace(cause=cause)
+
+    assert _one_change(inc(("deploy", "2.9.0")), inc(("deploy", "2.9.0")))
+    assert not _one_change(inc(("deploy", "2.9.0")), inc(("deploy", "2.8.1")))
+    assert not _one_change(inc(("none", None)), inc(("none", None)))
+    assert _common_where("utm_campaign=ig_sale", "device_type=desktop") == "all"
+    assert _common_where("country=US&os=iOS", "country=US&device_type=mobile") == "country=US"
+    assert _common_where(None, "os=iOS") == "all"

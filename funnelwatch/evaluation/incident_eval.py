@@ -71,7 +71,7 @@ def _about(incidents: pd.DataFrame, label: dict, grace: pd.Timedelta) -> pd.Seri
     t0, t1 = pd.Timestamp(label["start"]), pd.Timestamp(label["end"]) + grace
     truth = cohort_string({k: v for k, v in (label.get("cohort") or {}).items()
                            if k != "payment_provider"})
-    fits = [_fits(truth, w if _cohort_text(w) is not None else c)
+    fits = [_fits(truth, w if isinstance(w, str) and w else c)
             for c, w in zip(incidents["cohort"], incidents["where_cohort"], strict=True)]
     return (start < t1) & (end > t0) & pd.Series(fits, index=incidents.index)
 

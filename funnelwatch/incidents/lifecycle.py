@@ -70,6 +70,9 @@ Localise = Callable[..., tuple[list[dict], dict[str, str | None]]]
 # closures(con, cohorts, start, end) -> {cohort: its filters and every dimension its sessions
 # share}: rca.cohort_closures (two names of the same sessions compare as nested)
 Closures = Callable[..., dict[str, dict[str, str]]]
+# Causes that are one change wherever they show: two incidents whose analyses name the same
+# deploy are one problem even when their wheres are not nested (its where widens to theirs).
+ONE_CHANGE_CAUSES = frozenset({"deploy"})
 # Longest evidence window (hours) a localisation or root cause looks back over: the sequential
 # test's longest window, so a slow drop flagged on three days of pooled hours (the seeded iOS
 # Safari x ig_sale case) is analysed from its onset and its deploy is in reach.
@@ -610,6 +613,19 @@ def _bots_explain(a, b) -> bool:
     return False
 
 
+def _one_change(a, b) -> bool:
+    """Both analyses name the same deploy: one change, whatever cohorts it showed in (checkout
+    2.9.0 breaking the shipping step, found as ig_sale, desktop and Safari in three hours)."""
+    return a.cause[0] in ONE_CHANGE_CAUSES and a.cause == b.cause
+
+
+def _common_where(a: str | None, b: str | None) -> str:
+    """The cohort both wheres lie in: the dimensions they share with equal values."""
+    fa, fb = parse_filters(a or "all"), parse_filters(b or "all")
+    common = {k: v for k, v in fa.items() if fb.get(k) == v}
+    return "&".join(f"{k}={common[k]}" for k in sorted(common)) or "all"
+
+
 def _where_nested(a: str | None, b: str | None, closures: dict[str, dict[str, str]]) -> bool:
     """Nested wheres; a where over a provider or a product category is not a set of sessions
     and spans every session cohort (an Adyen outage seen in mobile, in Google traffic ...)."""
@@ -656,6 +672,8 @@ def _merge_by_cause(con, hour: datetime, result: HourResult, policy: IncidentPol
                             ascending=[False, False, True, False], kind="stable")
     merged: dict[str, str] = {}
     rows = list(live.itertuples())
+    # a survivor's where widens to the cohort all its deploy's wheres share
+    wheres = {r.incident_id: _text(r.where_cohort) for r in rows}
     for i, keep in enumerate(rows):
         if keep.incident_id in merged:
             continue
@@ -666,11 +684,17 @@ def _merge_by_cause(con, hour: datetime, result: HourResult, policy: IncidentPol
                     or (keep.state == "resolved" and keep.cause[0] == "none")
                     or not (_bots_explain(keep, other) or (
                         _same_cause(keep, other)
-                        and _where_nested(_text(keep.where_cohort), _text(other.where_cohort),
-                                          closures)))):
+                        and (_where_nested(wheres[keep.incident_id], _text(other.where_cohort),
+                                           closures)
+                             or (keep.state != "resolved" and _one_change(keep, other)))))):
                 continue
             merged[other.incident_id] = keep.incident_id
+            if (_one_change(keep, other) and not _where_nested(
+                    wheres[keep.incident_id], _text(other.where_cohort), closures)):
+                wheres[keep.incident_id] = _common_where(wheres[keep.incident_id],
+                                                         _text(other.where_cohort))
     states = dict(zip(live["incident_id"], live["state"], strict=True))
+    live_where = dict(zip(live["incident_id"], live["where_cohort"], strict=True))
     for victim, survivor in merged.items():
         con.execute(f"UPDATE {SCHEMA}.members SET incident_id = $s WHERE incident_id = $v",
                     {"s": survivor, "v": victim})
@@ -689,6 +713,9 @@ def _merge_by_cause(con, hour: datetime, result: HourResult, policy: IncidentPol
             {"s": survivor, "v": victim},
         )
         con.execute(f"DELETE FROM {SCHEMA}.incidents WHERE incident_id = $v", {"v": victim})
+        if wheres[survivor] != _text(live_where[survivor]):
+            con.execute(f"UPDATE {SCHEMA}.incidents SET where_cohort = $w WHERE incident_id = $s",
+                        {"w": wheres[survivor], "s": survivor})
         add_timeline(con, survivor, hour, "updated",
                      f"absorbed {victim}: the same cause for the same or a nested where, "
                      "or a change its bot traffic explains")
