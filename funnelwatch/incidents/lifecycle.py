@@ -614,9 +614,14 @@ def _bots_explain(a, b) -> bool:
 
 
 def _one_change(a, b) -> bool:
-    """Both analyses name the same deploy: one change, whatever cohorts it showed in (checkout
-    2.9.0 breaking the shipping step, found as ig_sale, desktop and Safari in three hours)."""
-    return a.cause[0] in ONE_CHANGE_CAUSES and a.cause == b.cause
+    """Both analyses name the same deploy, or one names it and the other found no cause (at
+    the same step, which `_same_cause` checks): one change, whatever cohorts it showed in
+    (checkout 2.9.0 breaking the shipping step, found as Safari, desktop and ig_sale in
+    three hours, named in one of them)."""
+    if a.cause == b.cause:
+        return a.cause[0] in ONE_CHANGE_CAUSES
+    kinds = {a.cause[0], b.cause[0]}
+    return "none" in kinds and bool(kinds - {"none"}) and (kinds - {"none"}) <= ONE_CHANGE_CAUSES
 
 
 def _common_where(a: str | None, b: str | None) -> str:
@@ -737,16 +742,21 @@ def update_root_cause(con, inc_id: str, hour: datetime, analyse: Analyse,
     A failing analysis is recorded in the incident (rca.error) instead of losing it."""
     # the analysis starts from where the grouping localised the problem, not from the
     # incident's worst symptom series
-    metric, cohort, started, direction = con.execute(
-        f"SELECT metric, coalesce(localised_cohort, cohort), started_at, direction "
+    metric, symptom, cohort, started, direction = con.execute(
+        f"SELECT metric, cohort, coalesce(localised_cohort, cohort), started_at, direction "
         f"FROM {SCHEMA}.incidents WHERE incident_id = $id",
         {"id": inc_id},
     ).fetchone()
-    # from the first hour of evidence behind its flags (a slow drop's pooled hours), at most
-    # MAX_EVIDENCE_HOURS before the incident opened
+    # from the first hour of evidence behind the flag of its main series when it opened (a
+    # slow drop's pooled hours), at most MAX_EVIDENCE_HOURS before. Not every member's: among
+    # a sudden store-wide break's dozens of flags some pick a two-day window, which would
+    # stretch the analysis over days of normal traffic (and a smaller cohort explains that
+    # best); the main series of a slow drop was flagged on its long window.
     members = con.execute(f"SELECT metric, cohort, event_hour FROM {SCHEMA}.members "
-                          "WHERE incident_id = $id", {"id": inc_id}).fetchall()
-    evidence = detection_store.evidence_start(con, members)
+                          "WHERE incident_id = $id AND event_hour <= $started",
+                          {"id": inc_id, "started": started}).fetchall()
+    main = [m for m in members if m[0] == metric and m[1] == symptom]
+    evidence = detection_store.evidence_start(con, main or members)
     flagged = started
     if evidence is not None:
         started = max(min(started, evidence), started - timedelta(hours=MAX_EVIDENCE_HOURS - 1))
