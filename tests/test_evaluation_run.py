@@ -79,8 +79,10 @@ def test_evaluate_smoke_suite_finds_the_labelled_break(tmp_path, dbt_manifest):
         found = con.execute(
             """SELECT incident_id, where_cohort, funnel_step, lost_orders, report_path, state
                FROM incidents.incidents
-               WHERE started_at < '2026-11-19 16:00+00' AND last_anomaly_at >= '2026-11-19 12:00+00'
-               ORDER BY severity DESC""").fetchall()
+               WHERE started_at < $end AND last_anomaly_at >= $start
+               ORDER BY severity DESC""",
+            {"start": datetime(2026, 11, 19, 12, tzinfo=UTC),
+             "end": datetime(2026, 11, 19, 16, tzinfo=UTC)}).fetchall()
     assert found, "the labelled break opened no incident"
     inc_id, where, step, lost, report_path, state = found[0]
     assert where == "all" and step == "shipping_step"
