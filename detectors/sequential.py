@@ -364,13 +364,13 @@ def _shrunk_pool(pool: pd.DataFrame, hour_rel_sd: float, cohort_rel_sd: float
     # shard of a sharded run, so a shard's priors equal the single process's), else the pool of
     # every cohort the fit holds.
     split = [cfg.split_series_id(s) for s in per_series.index]
+    series_metric = pd.Index([m for m, _ in split])
     is_store = np.array([cohort == cfg.STORE_COHORT for _, cohort in split], dtype=bool)
-    store = per_series[is_store].set_axis([m for (m, _), s in zip(split, is_store) if s])
+    store = per_series[is_store].set_axis(series_metric[is_store])
     per_metric = store.combine_first(pool.groupby(metric.to_numpy())[["k", "n"]].sum())
     with np.errstate(divide="ignore", invalid="ignore"):
         metric_p = per_metric["k"] / per_metric["n"]
         metric_m = prior_trials(metric_p.to_numpy(), cohort_rel_sd)
-        series_metric = pd.Index([cfg.split_series_id(s)[0] for s in per_series.index])
         p_parent = metric_p.reindex(series_metric).to_numpy()
         m_parent = pd.Series(metric_m, index=metric_p.index).reindex(series_metric).to_numpy()
         series_p = (per_series["k"].to_numpy() + m_parent * np.nan_to_num(p_parent)) / (

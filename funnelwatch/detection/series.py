@@ -12,13 +12,11 @@ from datetime import datetime, timedelta
 import duckdb
 import pandas as pd
 
+from detectors.config import STORE_COHORT  # every detection shard reads it as context
 from funnelwatch.quality.incidents import ensure_quality_schema, failed_hours
 
 METRICS_TABLE = "marts.fct_cohort_metrics_hourly"
 SEPARATOR = "|"  # as detectors.config.make_series_id
-
-
-STORE_COHORT = "all"  # the whole store's series; every detection shard reads it as context
 
 
 def load_series(

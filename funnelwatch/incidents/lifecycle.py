@@ -53,7 +53,7 @@ from funnelwatch.incidents.rca import explained_by_planned
 from funnelwatch.incidents.rca.constants import BOT_METRICS
 from funnelwatch.incidents.store import SCHEMA, add_timeline, ensure_incident_schema
 from funnelwatch.landing import as_utc_hour
-from rootcause import parse_cohort
+from rootcause import format_cohort, parse_cohort
 
 log = logging.getLogger(__name__)
 
@@ -627,8 +627,24 @@ def _one_change(a, b) -> bool:
 def _common_where(a: str | None, b: str | None) -> str:
     """The cohort both wheres lie in: the dimensions they share with equal values."""
     fa, fb = parse_filters(a or "all"), parse_filters(b or "all")
-    common = {k: v for k, v in fa.items() if fb.get(k) == v}
-    return "&".join(f"{k}={common[k]}" for k in sorted(common)) or "all"
+    return format_cohort({k: v for k, v in fa.items() if fb.get(k) == v})
+
+
+def _absorbed_where(keep, other, where: str | None,
+                    closures: dict[str, dict[str, str]]) -> str | None:
+    """`keep`'s where (`where`, as widened so far) once it absorbs `other`, or None when it
+    does not: bots explain `other`; or the same cause for a nested where; or, while `keep` is
+    live, one deploy's change (the where widens to what both share)."""
+    if _bots_explain(keep, other):
+        return where
+    if not _same_cause(keep, other):
+        return None
+    other_where = _text(other.where_cohort)
+    if _where_nested(where, other_where, closures):
+        return where
+    if keep.state != "resolved" and _one_change(keep, other):
+        return _common_where(where, other_where)
+    return None
 
 
 def _where_nested(a: str | None, b: str | None, closures: dict[str, dict[str, str]]) -> bool:
@@ -682,22 +698,18 @@ def _merge_by_cause(con, hour: datetime, result: HourResult, policy: IncidentPol
     for i, keep in enumerate(rows):
         if keep.incident_id in merged:
             continue
+        if keep.state == "resolved" and keep.cause[0] == "none":
+            continue  # only a known cause re-opens a resolved incident
         for other in rows[i + 1:]:
             if (other.incident_id in merged or other.alerted or other.category != keep.category
                     or other.state == "resolved"
-                    or not (keep.incident_id in touched or other.incident_id in touched)
-                    or (keep.state == "resolved" and keep.cause[0] == "none")
-                    or not (_bots_explain(keep, other) or (
-                        _same_cause(keep, other)
-                        and (_where_nested(wheres[keep.incident_id], _text(other.where_cohort),
-                                           closures)
-                             or (keep.state != "resolved" and _one_change(keep, other)))))):
+                    or not (keep.incident_id in touched or other.incident_id in touched)):
+                continue
+            where = _absorbed_where(keep, other, wheres[keep.incident_id], closures)
+            if where is None:
                 continue
             merged[other.incident_id] = keep.incident_id
-            if (_one_change(keep, other) and not _where_nested(
-                    wheres[keep.incident_id], _text(other.where_cohort), closures)):
-                wheres[keep.incident_id] = _common_where(wheres[keep.incident_id],
-                                                         _text(other.where_cohort))
+            wheres[keep.incident_id] = where
     states = dict(zip(live["incident_id"], live["state"], strict=True))
     live_where = dict(zip(live["incident_id"], live["where_cohort"], strict=True))
     for victim, survivor in merged.items():
