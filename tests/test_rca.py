@@ -713,3 +713,51 @@ def test_a_problem_flagged_again_after_it_resolved_reopens_its_incident(tmp_path
         assert kinds[:2] == ["opened", "resolved"] and "reopened" in kinds
     finally:
         con.close()
+
+
+def test_a_new_deploy_during_an_incident_is_a_new_problem_when_root_cause_names_it(tmp_path):
+    """Back-to-back releases of one service: payment-widget 9.9.0 halves iOS Safari x ig_sale's
+    review step from 12:00; 9.9.1 at 17:55 breaks the review step of every iOS visitor from
+    18:00. The 18:00 points (os=iOS, around the open incident's cohort) would join the open
+    incident; after a deploy that can move its step they open one of their own, and root cause
+    keeps them apart: two problems, each with its own deploy."""
+    from funnelwatch.detection.store import replace_window
+    from funnelwatch.incidents.lifecycle import process_hour
+    from funnelwatch.incidents.rca import COUNT_COLUMNS, cohort_closures
+
+    path = tmp_path / "funnelwatch.duckdb"
+    _build(path)
+    second = INC_START + timedelta(hours=6)
+    later = ["review_step_sessions", "payment_attempt_sessions", "purchase_sessions",
+             *COUNT_COLUMNS]
+    con = duckdb.connect(str(path))
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        con.execute(
+            "update marts.fct_funnel_hourly set "
+            + ", ".join(f"{c} = round({c} * 0.2)" for c in later)
+            + " where os = 'iOS' and event_hour >= ?", [second])
+        con.execute(
+            "insert into marts.dim_deploys (deploy_id, deploy_time, service, version, "
+            "description, deploy_hour) values ('d4', ?, 'payment-widget', '9.9.1', "
+            "'wallet button fix', ?)", [second - timedelta(minutes=5), second - timedelta(hours=1)])
+
+        def flag(at, cohort):
+            return {"event_hour": at, "metric": "review_step_rate", "cohort": cohort,
+                    "value": 0.3, "expected": 0.9, "lower": 0.85, "upper": 0.95,
+                    "severity": 70.0, "direction": "down", "is_anomaly": True}
+
+        for n in range(9):
+            at = INC_START + timedelta(hours=n)
+            rows = [flag(at, "os=iOS&browser=Safari")]
+            if at >= second:
+                rows.append(flag(at, "os=iOS"))
+            replace_window(con, at, at + timedelta(hours=1), pd.DataFrame(rows))
+            process_hour(con, at, analyse=analyse_incident, closures=cohort_closures)
+        rows = con.execute("SELECT started_at, top_cause FROM incidents.incidents "
+                           "ORDER BY started_at").fetchall()
+        assert [cause for _, cause in rows] == ["deploy payment-widget 9.9.0",
+                                                "deploy payment-widget 9.9.1"], rows
+        assert rows[1][0] == second
+    finally:
+        con.close()

@@ -18,7 +18,11 @@ One problem is one incident, however many series and cohorts it moves:
   store-wide scan does not see) group by the same rule on their own cohorts. An ongoing incident
   (last anomaly at most `merge_gap_hours` earlier, or resolved less than `reopen_hours` ago)
   absorbs new symptoms of its localised cohort and updates instead of opening a new one. The
-  metric does not matter: one cause moves several steps of the funnel.
+  metric does not matter: one cause moves several steps of the funnel. A deploy that could
+  move the incident's step, made after it began and not its cause, is a new candidate cause:
+  points up to `CAUSE_WINDOW` after it open a provisional incident of their own and root
+  cause decides (`_merge_by_cause` merges it back when it names the same cause; back-to-back
+  checkout releases, each breaking the shipping step, stay two problems).
 - **State.** `open` -> (`acknowledged`) -> `resolved` once the localised cohort has
   recovered: the incident's main series back inside its expected band, unflagged, for
   `recovery_hours` consecutive scored hours, and none of its symptom series flagged in either
@@ -50,7 +54,8 @@ from funnelwatch.detection import store as detection_store
 from funnelwatch.fastlane import store as fastlane_store
 from funnelwatch.incidents.masking import mask_small_cohorts
 from funnelwatch.incidents.rca import explained_by_planned
-from funnelwatch.incidents.rca.constants import BOT_METRICS
+from funnelwatch.incidents.rca.constants import BOT_METRICS, CAUSE_WINDOW, SERVICE_STEPS
+from funnelwatch.incidents.rca.context import deploys_between
 from funnelwatch.incidents.store import SCHEMA, add_timeline, ensure_incident_schema
 from funnelwatch.landing import as_utc_hour
 from rootcause import format_cohort, parse_cohort
@@ -341,7 +346,7 @@ def _closures_of(con, points: pd.DataFrame, hour: datetime, policy: IncidentPoli
 def _live_incidents(con, hour: datetime, policy: IncidentPolicy) -> pd.DataFrame:
     return con.execute(
         f"""SELECT incident_id, state, metric, cohort, direction, localised_cohort, metrics,
-                   severity,
+                   severity, funnel_step, rca,
                    started_at, last_anomaly_at, resolved_at, alert_key
             FROM {SCHEMA}.incidents
             WHERE started_at <= $h
@@ -350,6 +355,30 @@ def _live_incidents(con, hour: datetime, policy: IncidentPolicy) -> pd.DataFrame
             ORDER BY severity DESC, started_at""",
         {"h": hour, "reopen": hour - timedelta(hours=policy.reopen_hours)},
     ).df()
+
+
+def _after_new_deploy(con, incidents: dict[str, dict], hour: datetime) -> set[str]:
+    """The incidents a deploy made after they began makes a new problem possible for (see
+    the module docstring): one within `CAUSE_WINDOW` before the hour's end, not the
+    incident's own cause, of a service that serves its funnel step (any service when either
+    is unknown). The deploy in an incident's first hour is its own onset's candidate."""
+    if not incidents:
+        return set()
+    deploys = deploys_between(con, hour - CAUSE_WINDOW, hour + timedelta(hours=1))
+    out = set()
+    for inc_id, inc in incidents.items():
+        cause = _cause_of(inc.get("rca"))
+        step = _text(inc.get("funnel_step"))
+        for service, version, at in deploys:
+            if at < inc["started_at"] + timedelta(hours=1):
+                continue
+            if cause is not None and cause == ("deploy", str(version)):
+                continue
+            steps = SERVICE_STEPS.get(str(service).lower())
+            if steps is None or step is None or step in steps:
+                out.add(inc_id)
+                break
+    return out
 
 
 def _recovered(con, inc: dict, hour: datetime, hours: int) -> bool:
@@ -411,6 +440,8 @@ def process_hour(
             inc["metric_set"] = {inc["metric"], *(list(inc["metrics"]) if inc["metrics"]
                                                    is not None else [])}
             incidents[inc["incident_id"]] = inc
+        # with root cause to judge, a new deploy opens a provisional incident (see above)
+        changed = _after_new_deploy(con, incidents, hour) if analyse is not None else set()
         fresh: dict[str, dict] = {}
         members: list[tuple] = []
         for point in points.itertuples():
@@ -418,7 +449,7 @@ def process_hour(
             for inc in list(incidents.values()) + list(fresh.values()):
                 # Fresh and recently resolved incidents are eligible; open ones only while
                 # their last anomaly is within the merge gap.
-                eligible = (
+                eligible = inc["incident_id"] not in changed and (
                     inc["incident_id"] in fresh
                     or inc["state"] == "resolved"
                     or hour - inc["last_anomaly_at"] <= timedelta(hours=policy.merge_gap_hours)

@@ -67,6 +67,7 @@ from funnelwatch.incidents.rca.constants import (
     UNKNOWN_LABEL,
     stage_column,
 )
+from funnelwatch.incidents.rca.context import deploys_between
 from funnelwatch.incidents.rca.hypotheses import NO_KNOWN_CAUSE, deploy_platform
 
 __all__ = [
@@ -103,6 +104,7 @@ __all__ = [
     "cohort_closures",
     "cohort_deviation",
     "deploy_platform",
+    "deploys_between",
     "explain_points",
     "explained_by_planned",
     "localise_change",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import duckdb
 import numpy as np
 import pandas as pd
 
@@ -178,3 +179,15 @@ class _WindowData:
         ]
         df["latency_ratio"] = df.cur_latency / df.hist_latency
         return df.sort_values("z", ascending=False).reset_index(drop=True)
+
+
+def deploys_between(con, start, end) -> list[tuple[str, str, object]]:
+    """(service, version, deploy_time) of the deploys in [start, end), oldest first; none
+    before the reference data is built (``marts.dim_deploys`` missing)."""
+    try:
+        return [tuple(r) for r in con.execute(
+            "select service, version, deploy_time from marts.dim_deploys "
+            "where deploy_time >= ? and deploy_time < ? order by deploy_time",
+            [start, end]).fetchall()]
+    except duckdb.CatalogException:
+        return []
