@@ -300,3 +300,31 @@ def test_end_to_end_reads_incidents_without_a_root_cause_and_runs_with_none_visi
     assert len(incident_eval.answering(masked, LABELS[0])) <= 1  # a masked where: no crash
     summary = incident_eval.end_to_end_summary(rows, len(false), 1, days=4.0, visible_ids=set())
     assert summary["visible_with_incident"] == 0 and summary["where_top1"] != summary["where_top1"]
+
+
+def test_two_problems_at_once_are_each_scored_by_the_incident_that_names_their_cohort():
+    """A GB checkout deploy and an iOS Safari payment deploy in the same hours, one incident
+    each: the GB incident (more severe) also intersects the iOS Safari label's cohort, but
+    the incident that names iOS Safari answers that label; a label no incident names is
+    still answered by the most severe one that intersects it."""
+    from funnelwatch.evaluation import incident_eval
+
+    labels = [
+        {"id": "gb", "type": "checkout_conversion_drop", "kind": "business",
+         "start": str(hour(10)), "end": str(hour(14)), "cohort": {"country": "GB"},
+         "expected_where": "country=GB", "expected_step": "shipping_step",
+         "expected_cause": {"kind": "deploy", "ref": "2.8.0"}},
+        {"id": "ios", "type": "cohort_checkout_drop", "kind": "business",
+         "start": str(hour(10)), "end": str(hour(14)), "cohort": {"os": "iOS", "browser": "Safari"},
+         "expected_where": "browser=Safari&os=iOS", "expected_step": "review_step",
+         "expected_cause": {"kind": "deploy", "ref": "1.13.0"}},
+    ]
+    gb = _incident("gb-inc", 10, 13, "country=GB", "country=GB", "shipping_step",
+                   [{"kind": "deploy", "ref": "2.8.0"}], severity=70)
+    ios = _incident("ios-inc", 11, 13, "os=iOS", "browser=Safari&os=iOS", "review_step",
+                    [{"kind": "deploy", "ref": "1.13.0"}], severity=65)
+    rows = incident_eval.end_to_end(pd.DataFrame([gb, ios]), labels, "r1").set_index("id")
+    assert rows.loc["gb", "incident"] == "gb-inc" and rows.loc["ios", "incident"] == "ios-inc"
+    assert rows["where_ok"].all() and rows["cause_ok"].all()
+    rows = incident_eval.end_to_end(pd.DataFrame([gb]), labels, "r1").set_index("id")
+    assert rows.loc["ios", "incident"] == "gb-inc" and not rows.loc["ios", "where_ok"]

@@ -3,8 +3,12 @@ answers which labelled incident (for root-cause accuracy), and false incidents p
 
 An incident answers a labelled business incident when its span [started_at, last anomaly
 + 1 h) overlaps the label's window and the cohort it names (its localised where, else its
-worst symptom's cohort) is compatible with the label's cohort; the most severe such incident
-is taken.
+worst symptom's cohort) is compatible with the label's cohort. Of those, one whose cohort is
+nested with the label's (the same cohort, one around it or inside it) is taken before one
+that only intersects it, then the most severe: when two problems run at once (a GB checkout
+deploy and an iOS Safari payment deploy in the same hours) and the pipeline opened one
+incident for each, the GB incident also intersects the iOS Safari label, and "most severe"
+alone scored the iOS Safari problem by the GB incident.
 
 End to end (issue 14 §5, `end_to_end`), per labelled business problem:
 
@@ -30,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from funnelwatch.evaluation.rca_accuracy import cohort_string
-from funnelwatch.incidents.lifecycle import compatible
+from funnelwatch.incidents.lifecycle import compatible, nested
 from simulator.incidents import expected_answers
 
 
@@ -54,12 +58,28 @@ def _fits(truth: str, cohort) -> bool:
 
 
 def answering(incidents: pd.DataFrame, label: dict) -> pd.DataFrame:
-    """The incidents that answer one label (overlap its window, compatible cohort), most
-    severe first."""
+    """The incidents that answer one label (overlap its window, compatible cohort): those whose
+    cohort is nested with the label's first, then the most severe (see the module docstring)."""
     if incidents.empty:
         return incidents
-    ok = _about(incidents, label, pd.Timedelta(0))
-    return incidents[ok].sort_values("severity", ascending=False)
+    found = incidents[_about(incidents, label, pd.Timedelta(0))]
+    truth = _truth_cohort(label)
+    specific = pd.Series([_nested_with(truth, w if isinstance(w, str) and w else c)
+                          for c, w in zip(found["cohort"], found["where_cohort"], strict=True)],
+                         index=found.index)
+    order = pd.DataFrame({"specific": specific, "severity": found["severity"]})
+    order = order.sort_values(["specific", "severity"], ascending=False, kind="stable")
+    return found.loc[order.index]
+
+
+def _truth_cohort(label: dict) -> str:
+    return cohort_string({k: v for k, v in (label.get("cohort") or {}).items()
+                          if k != "payment_provider"})
+
+
+def _nested_with(truth: str, cohort) -> bool:
+    text = _cohort_text(cohort)
+    return text is not None and nested(truth, text)
 
 
 def _about(incidents: pd.DataFrame, label: dict, grace: pd.Timedelta) -> pd.Series:
@@ -69,8 +89,7 @@ def _about(incidents: pd.DataFrame, label: dict, grace: pd.Timedelta) -> pd.Seri
     whichever series flagged it), else the cohort of its worst symptom."""
     start, end = _span(incidents)
     t0, t1 = pd.Timestamp(label["start"]), pd.Timestamp(label["end"]) + grace
-    truth = cohort_string({k: v for k, v in (label.get("cohort") or {}).items()
-                           if k != "payment_provider"})
+    truth = _truth_cohort(label)
     fits = [_fits(truth, w if isinstance(w, str) and w else c)
             for c, w in zip(incidents["cohort"], incidents["where_cohort"], strict=True)]
     return (start < t1) & (end > t0) & pd.Series(fits, index=incidents.index)
