@@ -53,6 +53,9 @@ CAMPAIGNS = {
     "brand_search": ("google", "cpc"),
 }
 CATEGORIES = ["electronics", "books", "home", "toys"]
+# the counts a break at the review step scales (that step's sessions and every one after it)
+FROM_REVIEW_STEP = ("review_step_sessions", "payment_attempt_sessions", "purchase_sessions",
+                    "payment_attempts", "payment_failures", "purchases", "revenue")
 
 
 def _build(path: Path, seed: int = 3, review_factor: float = 0.5) -> None:
@@ -723,19 +726,17 @@ def test_a_new_deploy_during_an_incident_is_a_new_problem_when_root_cause_names_
     keeps them apart: two problems, each with its own deploy."""
     from funnelwatch.detection.store import replace_window
     from funnelwatch.incidents.lifecycle import process_hour
-    from funnelwatch.incidents.rca import COUNT_COLUMNS, cohort_closures
+    from funnelwatch.incidents.rca import cohort_closures
 
     path = tmp_path / "funnelwatch.duckdb"
     _build(path)
     second = INC_START + timedelta(hours=6)
-    later = ["review_step_sessions", "payment_attempt_sessions", "purchase_sessions",
-             *COUNT_COLUMNS]
     con = duckdb.connect(str(path))
     try:
         con.execute("SET TimeZone = 'UTC'")
         con.execute(
             "update marts.fct_funnel_hourly set "
-            + ", ".join(f"{c} = round({c} * 0.2)" for c in later)
+            + ", ".join(f"{c} = round({c} * 0.2)" for c in FROM_REVIEW_STEP)
             + " where os = 'iOS' and event_hour >= ?", [second])
         con.execute(
             "insert into marts.dim_deploys (deploy_id, deploy_time, service, version, "

@@ -98,6 +98,9 @@ PRIOR_WEIGHT = 20.0  # pseudo-denominators shrinking a leaf's history rate to it
 LOOKBACK_BEFORE = timedelta(hours=6)  # changes up to this long before the onset are candidates
 ONSET_NORMAL_LLR = 3.0  # a stretch favouring "no change" by e^3 ends an older deviation
 ONSET_MIN_GAIN = 3.0  # log-LR an onset before start must gain over start itself (else start)
+# log-LR a second level must gain over one for the onset to move to where the deviation
+# deepened (an earlier, milder deviation of the same cohort is another cause's or the mix's)
+ONSET_SPLIT_GAIN = 6.0
 ONSET_DECAY_HOURS = 6.0  # mild preference for changes nearer the estimated onset
 BASELINE_ERROR = 0.05  # proportional error of a baseline, in every z below
 RATIO_DRIFT = 0.01  # cohort-level proportional error of an expected conversion (drift)

@@ -13,6 +13,7 @@ from funnelwatch.incidents.rca.constants import (
     LEAF_DIMENSIONS,
     ONSET_MIN_GAIN,
     ONSET_NORMAL_LLR,
+    ONSET_SPLIT_GAIN,
     OTHER_RATE_METRICS,
     RATE_METRICS,
     SESSION_DIMENSIONS,
@@ -92,13 +93,20 @@ class _Funnel:
         (``first_flagged``, default ``start``).
 
         The rate before the lookback (history) is r0; for a change at hour tau the rate after it
-        is the MLE r1 over [tau, end) (in the incident's direction, else no evidence). Profile
+        is the MLE r1 over [tau, first flagged hour] (in the incident's direction, else no
+        evidence): hours after the first flag do not move the onset. Profile
         log-likelihood ratio ``S(tau) = sum_{t >= tau} llr_t(r1, r0)``. A tau is admissible only
         when the deviation is sustained from it through ``start``: no stretch inside
         [tau, start) favours r0 over r1 by more than ``ONSET_NORMAL_LLR`` (so an older,
         already-ended deviation with normal hours between is not taken). The onset is the
         admissible tau with the largest S; ``self.change_curve`` keeps S per hour (candidate
         changes are scored by how close their S comes to the best).
+
+        One level from tau to the flag can hide two: a milder deviation (a mix change, an
+        earlier drop in a cohort around this one) and the break that deepened it. While
+        splitting [tau, first flag] into two levels gains ``ONSET_SPLIT_GAIN`` over one and
+        the later level is the further from r0, the onset moves to the split
+        (`_deepened_at`): the cause is sought where the current level began.
         """
         self.change_curve = None
         flagged = getattr(self, "first_flagged", None) or self.start
@@ -122,7 +130,11 @@ class _Funnel:
         if d[before].sum() <= 0 or n[before].sum() <= 0:
             return flagged
         r0 = min(max(n[before].sum() / d[before].sum(), 1e-6), 1 - 1e-6)
-        seg = (ts >= lo).to_numpy()
+        # only the hours up to the first flag: the onset belongs to the incident's beginning,
+        # and later hours (its recovery, a later drop of an overlapping cohort) pooled into r1
+        # moved it with every re-analysis (the newsletter day's 11:00 break, found at 13:00,
+        # was put at 07:00 once the break had ended)
+        seg = ((ts >= lo) & (ts <= start_h)).to_numpy()
         hours, n, d = list(ts[seg]), n[seg], d[seg]
         if not hours:
             return flagged
@@ -156,6 +168,36 @@ class _Funnel:
             ONSET_MIN_GAIN
         ):
             return flagged  # no clear evidence the deviation began before it was flagged
+        while (later := _deepened_at(n, d, best_i, i_start, direction)) is not None:
+            best_i = later
         self.change_curve = curve
-        self.change_best = best_s
+        # changes before a deepened onset are not penalised by the curve (their S is higher);
+        # the time check and the closeness to the onset rank them
+        self.change_best = curve.get(hours[best_i], best_s)
         return pd.Timestamp(hours[best_i]).to_pydatetime()
+
+
+def _binomial_ll(n: float, d: float) -> float:
+    """Binomial log-likelihood of n in d at its own MLE rate (0 for an empty or pure segment)."""
+    if d <= 0 or n <= 0 or n >= d:
+        return 0.0
+    r = n / d
+    return n * math.log(r) + (d - n) * math.log(1 - r)
+
+
+def _deepened_at(n: np.ndarray, d: np.ndarray, first: int, last: int,
+                 direction: int) -> int | None:
+    """The hour j in (first, last] that best splits the hours from ``first`` into two rates,
+    when the split gains ``ONSET_SPLIT_GAIN`` log-likelihood over one rate and the rate from
+    j on is further in ``direction`` than the one before it; None otherwise."""
+    total = _binomial_ll(float(n[first:].sum()), float(d[first:].sum()))
+    best_j, best_gain = None, ONSET_SPLIT_GAIN
+    for j in range(first + 1, min(last, len(n) - 1) + 1):
+        na, da = float(n[first:j].sum()), float(d[first:j].sum())
+        nb, db = float(n[j:].sum()), float(d[j:].sum())
+        if da <= 0 or db <= 0 or (nb / db - na / da) * direction <= 0:
+            continue
+        gain = _binomial_ll(na, da) + _binomial_ll(nb, db) - total
+        if gain > best_gain:
+            best_j, best_gain = j, gain
+    return best_j
