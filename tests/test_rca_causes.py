@@ -460,22 +460,3 @@ def test_the_onset_is_where_a_milder_deviation_deepened(warehouse):
     assert result["onset"] == INC_START.isoformat()
     assert _kinds(result)[0] == ("deploy", "9.9.0")
 
-
-def test_the_onset_is_read_up_to_the_first_flag_not_moved_by_the_recovery(warehouse):
-    """The iOS Safari x ig_sale break (9.9.0 at 11:55; the review step at 15% of its rate)
-    ends at 16:00, and the review step runs 20% low from 06:00 before it. Analysed again at midnight, eight recovered hours
-    pooled into the deviation's rate pulled its onset back to 06:00 (and ruled 9.9.0 out as
-    "after the change began"); read up to the first flag (13:00), the onset is 12:00."""
-    cohort = ("os = 'iOS' and browser = 'Safari' and utm_campaign = 'ig_sale' "
-              "and event_hour >= ? and event_hour < ?")
-
-    def scaled(factor, start, end):
-        sets = ", ".join(f"{c} = round({c} * {factor})" for c in FROM_REVIEW_STEP)
-        return f"update marts.fct_funnel_hourly set {sets} where {cohort}", [start, end]
-
-    recovered = INC_START + timedelta(hours=4)
-    result = warehouse(scaled(0.8, INC_START - timedelta(hours=6), INC_START),
-                       scaled(0.3, INC_START, recovered), scaled(2.0, recovered, INC_END),
-                       first_flagged=INC_START + timedelta(hours=1))
-    assert result["onset"] == INC_START.isoformat()
-    assert _kinds(result)[0] == ("deploy", "9.9.0")

@@ -93,8 +93,7 @@ class _Funnel:
         (``first_flagged``, default ``start``).
 
         The rate before the lookback (history) is r0; for a change at hour tau the rate after it
-        is the MLE r1 over [tau, first flagged hour] (in the incident's direction, else no
-        evidence): hours after the first flag do not move the onset. Profile
+        is the MLE r1 over [tau, end) (in the incident's direction, else no evidence). Profile
         log-likelihood ratio ``S(tau) = sum_{t >= tau} llr_t(r1, r0)``. A tau is admissible only
         when the deviation is sustained from it through ``start``: no stretch inside
         [tau, start) favours r0 over r1 by more than ``ONSET_NORMAL_LLR`` (so an older,
@@ -102,9 +101,9 @@ class _Funnel:
         admissible tau with the largest S; ``self.change_curve`` keeps S per hour (candidate
         changes are scored by how close their S comes to the best).
 
-        One level from tau to the flag can hide two: a milder deviation (a mix change, an
+        One level from tau on can hide two: a milder deviation (a mix change, an
         earlier drop in a cohort around this one) and the break that deepened it. While
-        splitting [tau, first flag] into two levels gains ``ONSET_SPLIT_GAIN`` over one and
+        splitting [tau, end) into two levels gains ``ONSET_SPLIT_GAIN`` over one and
         the later level is the further from r0, the onset moves to the split
         (`_deepened_at`): the cause is sought where the current level began.
         """
@@ -130,11 +129,7 @@ class _Funnel:
         if d[before].sum() <= 0 or n[before].sum() <= 0:
             return flagged
         r0 = min(max(n[before].sum() / d[before].sum(), 1e-6), 1 - 1e-6)
-        # only the hours up to the first flag: the onset belongs to the incident's beginning,
-        # and later hours (its recovery, a later drop of an overlapping cohort) pooled into r1
-        # moved it with every re-analysis (the newsletter day's 11:00 break, found at 13:00,
-        # was put at 07:00 once the break had ended)
-        seg = ((ts >= lo) & (ts <= start_h)).to_numpy()
+        seg = (ts >= lo).to_numpy()
         hours, n, d = list(ts[seg]), n[seg], d[seg]
         if not hours:
             return flagged
