@@ -346,7 +346,10 @@ def _closures_of(con, points: pd.DataFrame, hour: datetime, policy: IncidentPoli
 def _live_incidents(con, hour: datetime, policy: IncidentPolicy) -> pd.DataFrame:
     return con.execute(
         f"""SELECT incident_id, state, metric, cohort, direction, localised_cohort, metrics,
-                   severity, funnel_step, rca,
+                   severity, funnel_step,
+                   -- the best hypothesis is all grouping needs of the analysis
+                   json_extract_string(rca, '$.hypotheses[0].kind') AS cause_kind,
+                   json_extract_string(rca, '$.hypotheses[0].ref') AS cause_ref,
                    started_at, last_anomaly_at, resolved_at, alert_key
             FROM {SCHEMA}.incidents
             WHERE started_at <= $h
@@ -367,12 +370,12 @@ def _after_new_deploy(con, incidents: dict[str, dict], hour: datetime) -> set[st
     deploys = deploys_between(con, hour - CAUSE_WINDOW, hour + timedelta(hours=1))
     out = set()
     for inc_id, inc in incidents.items():
-        cause = _cause_of(inc.get("rca"))
+        own_deploy = inc["cause_ref"] if inc["cause_kind"] == "deploy" else None
         step = _text(inc.get("funnel_step"))
-        for service, version, at in deploys:
+        for service, version, at, _ in deploys:
             if at < inc["started_at"] + timedelta(hours=1):
                 continue
-            if cause is not None and cause == ("deploy", str(version)):
+            if own_deploy is not None and own_deploy == str(version):
                 continue
             steps = SERVICE_STEPS.get(str(service).lower())
             if steps is None or step is None or step in steps:

@@ -181,12 +181,12 @@ class _WindowData:
         return df.sort_values("z", ascending=False).reset_index(drop=True)
 
 
-def deploys_between(con, start, end) -> list[tuple[str, str, object]]:
-    """(service, version, deploy_time) of the deploys in [start, end), oldest first; none
-    before the reference data is built (``marts.dim_deploys`` missing)."""
+def deploys_between(con, start, end) -> list[tuple[str, str, object, str | None]]:
+    """(service, version, deploy_time, description) of the deploys in [start, end), oldest
+    first; none before the reference data is built (``marts.dim_deploys`` missing)."""
     try:
         return [tuple(r) for r in con.execute(
-            "select service, version, deploy_time from marts.dim_deploys "
+            "select service, version, deploy_time, description from marts.dim_deploys "
             "where deploy_time >= ? and deploy_time < ? order by deploy_time",
             [start, end]).fetchall()]
     except duckdb.CatalogException:

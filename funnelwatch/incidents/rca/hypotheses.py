@@ -59,7 +59,7 @@ from funnelwatch.incidents.rca.constants import (
     TRACKED_EVENTS,
     WEEKLY_MATCH,
 )
-from funnelwatch.incidents.rca.context import _filter_sql
+from funnelwatch.incidents.rca.context import _filter_sql, deploys_between
 from funnelwatch.incidents.rca.util import _count_z, _f, _iso, _relative
 from rootcause import format_cohort, parse_cohort
 
@@ -272,11 +272,7 @@ class _Hypotheses:
 
     # -- deploys and campaigns -----------------------------------------------------------------
     def _deploy_hyps(self, lo, step, filters, cohort, expl, strength, main) -> list[dict]:
-        deploys = self.con.execute(
-            "select service, version, deploy_time, description from marts.dim_deploys "
-            "where deploy_time >= ? and deploy_time < ? order by deploy_time",
-            [lo, self.end],
-        ).fetchall()
+        deploys = deploys_between(self.con, lo, self.end)
         out = []
         step_here = step or ("sessions" if self.metric in ("sessions", "events") else None)
         for service, version, at, desc in deploys:
