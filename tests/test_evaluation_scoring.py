@@ -166,6 +166,12 @@ def test_oracle_efficiency_and_delay():
     head = oracle_eval.headline(oracle_eval.per_incident(_oracle_rows(), incidents), events, 2.0)
     assert head["efficiency"] == 0.0 and pd.isna(head["median_delay"])
 
+    # a quiet run (no business incident at all): nothing visible, its false alerts still count
+    events, incidents = scoring.match(flagged((40, "sessions", "all", 40)), TRUTH.iloc[:0])
+    head = oracle_eval.headline(oracle_eval.per_incident(_oracle_rows(), incidents), events, 2.0)
+    assert head["visible"] == 0 and pd.isna(head["efficiency"])
+    assert head["false_alerts_per_day"] == 0.5
+
 
 def test_cumulative_z_and_first_visible_hour():
     from simulator.oracle import cumulative_z, first_visible

@@ -114,8 +114,10 @@ def per_incident(oracle_incidents: pd.DataFrame, scored: pd.DataFrame,
 
 def headline(rows: pd.DataFrame, events: pd.DataFrame, days: float) -> dict[str, float]:
     """Efficiency, delay vs the oracle hour, false alerts per day and precision."""
-    visible = rows[rows["visible"]]
-    found = visible[visible["detected"]]
+    # as bool: a run without business incidents (the quiet one) gives an empty object column,
+    # which pandas would read as a list of column names
+    visible = rows[rows["visible"].astype(bool)]
+    found = visible[visible["detected"].astype(bool)]
     delays = found["delay_partitions"].dropna()
     head = scoring.summary(events, rows.assign(kind="business"), days)
     return {
