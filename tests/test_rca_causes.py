@@ -368,6 +368,39 @@ def test_planned_traffic_opens_no_incident_and_a_real_problem_inside_it_does(bas
         con.close()
 
 
+def test_a_deploy_during_planned_traffic_does_not_split_it_into_a_new_incident(base_warehouse,
+                                                                               tmp_path):
+    """The weekly send's sessions surge, flagged for six hours, with a web release in its third
+    hour: the surge is the send's, not a new problem the release made (the demo store on a
+    Saturday had named web 4.18.2 and 4.18.3 as the causes of two pages in the newsletter's
+    own traffic). One context incident, nothing business."""
+    from funnelwatch.detection.store import replace_window
+    from funnelwatch.incidents.lifecycle import process_hour
+    from funnelwatch.incidents.rca import cohort_closures, explain_points
+
+    path = tmp_path / "w.duckdb"
+    shutil.copy(base_warehouse, path)
+    con = duckdb.connect(str(path))
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        for sql, params in (*_newsletter_sends("ig_sale", INC_START, INC_START - timedelta(days=7)),
+                            _deploy("web", "4.18.2", INC_START + timedelta(hours=2, minutes=37),
+                                    "bump from 4.18.1")):
+            con.execute(sql, params)
+        for n in range(6):
+            hour = INC_START + timedelta(hours=n)
+            replace_window(con, hour, hour + timedelta(hours=1), pd.DataFrame([
+                {"event_hour": hour, "metric": "sessions", "cohort": "utm_campaign=ig_sale",
+                 "value": 300.0, "expected": 100.0, "lower": 80.0, "upper": 120.0,
+                 "severity": 90.0, "direction": "up", "is_anomaly": True}]))
+            process_hour(con, hour, analyse=analyse_incident, localise=explain_points,
+                         closures=cohort_closures)
+        rows = con.execute("SELECT category, top_cause FROM incidents.incidents").fetchall()
+        assert [category for category, _ in rows] == ["context"], rows
+    finally:
+        con.close()
+
+
 def _traffic_of(campaign: str, factor: float, start, end) -> tuple[str, list]:
     """Every count of a campaign's traffic times `factor` in [start, end)."""
     sets = ", ".join(f"{c} = round({c} * {factor})" for c in CUBE_COLUMNS)

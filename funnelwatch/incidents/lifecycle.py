@@ -18,10 +18,10 @@ One problem is one incident, however many series and cohorts it moves:
   store-wide scan does not see) group by the same rule on their own cohorts. An ongoing incident
   (last anomaly at most `merge_gap_hours` earlier, or resolved less than `reopen_hours` ago)
   absorbs new symptoms of its localised cohort and updates instead of opening a new one. The
-  metric does not matter: one cause moves several steps of the funnel. A deploy that could
-  move the incident's step, made after it began and not its cause, is a new candidate cause:
-  points up to `CAUSE_WINDOW` after it open a provisional incident of their own and root
-  cause decides (`_merge_by_cause` merges it back when it names the same cause; back-to-back
+  metric does not matter: one cause moves several steps of the funnel. For an incident that
+  root cause put on a deploy, another deploy that could move its step, made after it began, is
+  a new candidate cause: points up to `CAUSE_WINDOW` after it open a provisional incident of
+  their own and root cause decides (`_merge_by_cause` merges it back when it names the same cause; back-to-back
   checkout releases, each breaking the shipping step, stay two problems).
 - **State.** `open` -> (`acknowledged`) -> `resolved` once the localised cohort has
   recovered: the incident's main series back inside its expected band, unflagged, for
@@ -362,20 +362,23 @@ def _live_incidents(con, hour: datetime, policy: IncidentPolicy) -> pd.DataFrame
 
 def _after_new_deploy(con, incidents: dict[str, dict], hour: datetime) -> set[str]:
     """The incidents a deploy made after they began makes a new problem possible for (see
-    the module docstring): one within `CAUSE_WINDOW` before the hour's end, not the
-    incident's own cause, of a service that serves its funnel step (any service when either
-    is unknown). The deploy in an incident's first hour is its own onset's candidate."""
+    the module docstring): those root cause put on a deploy, and a later one within
+    `CAUSE_WINDOW` before the hour's end, of a service that serves the incident's funnel step
+    (any service when either is unknown). The deploy in an incident's first hour is its own
+    onset's candidate. An incident explained otherwise (planned traffic, bots, a provider, a
+    stock-out) is not made a new problem by a release in its window (the newsletter's own
+    surge was paged as two web releases' doing), and one with no known cause is analysed
+    again with the release in its window anyway."""
     if not incidents:
         return set()
     deploys = deploys_between(con, hour - CAUSE_WINDOW, hour + timedelta(hours=1))
     out = set()
     for inc_id, inc in incidents.items():
-        own_deploy = inc["cause_ref"] if inc["cause_kind"] == "deploy" else None
+        if inc["cause_kind"] != "deploy":
+            continue
         step = _text(inc.get("funnel_step"))
         for service, version, at, _ in deploys:
-            if at < inc["started_at"] + timedelta(hours=1):
-                continue
-            if own_deploy is not None and own_deploy == str(version):
+            if at < inc["started_at"] + timedelta(hours=1) or str(version) == inc["cause_ref"]:
                 continue
             steps = SERVICE_STEPS.get(str(service).lower())
             if steps is None or step is None or step in steps:
