@@ -219,6 +219,44 @@ def test_bots_over_several_campaigns_are_one_cause_named_by_their_own_cohort(war
     assert result["where"][0]["cohort"] == cohort
 
 
+def test_bots_are_named_by_what_they_share_when_other_traffic_grows_beside_them(warehouse):
+    """The same scraper on a US holiday (every US session x1.4): store-wide, Windows holds
+    under 80 % of the extra sessions and only coarser dimensions pass; among US Chrome desktop
+    sessions the bots' OS does."""
+    start, end = INC_START, INC_START + timedelta(hours=6)
+    holiday = (
+        (
+            "update marts.fct_funnel_hourly set sessions = round(sessions * 1.4) "
+            "where country = 'US' and event_hour >= ? and event_hour < ?"
+        ),
+        [start, end],
+    )
+    surge = (
+        (
+            "update marts.fct_funnel_hourly set sessions = sessions * 5, events = events * 2 "
+            "where os = 'Windows' and country = 'US' and utm_campaign in ('brand_search', "
+            "'ig_sale') and event_hour >= ? and event_hour < ?"
+        ),
+        [start, end],
+    )
+    raw_cols = (
+        "event_time, event_hour, event_type, user_id, session_id, device_type, os, "
+        "browser, country, utm_source, utm_medium, utm_campaign"
+    )
+    bots = (
+        (
+            f"insert into raw.events ({raw_cols}) select ? + to_minutes(i % 360), "
+            "date_trunc('hour', ? + to_minutes(i % 360)), 'page_view', 'bot' || (i % 5), "
+            "'bs' || i, 'desktop', 'Windows', 'Chrome', 'US', 'google', 'cpc', "
+            "CASE WHEN i % 2 = 0 THEN 'brand_search' ELSE 'ig_sale' END from range(2000) t(i)"
+        ),
+        [start, start],
+    )
+    result = warehouse(holiday, surge, bots, metric="sessions", start=start, end=end)
+    bot = [h for h in result["hypotheses"] if h["kind"] == "bot_traffic"]
+    assert [h["ref"] for h in bot] == ["browser=Chrome&country=US&device_type=desktop&os=Windows"]
+
+
 def test_tracking_loss_is_a_data_quality_cause(warehouse):
     start, end = DAY8 + timedelta(hours=6), DAY8 + timedelta(hours=10)
     gone = (

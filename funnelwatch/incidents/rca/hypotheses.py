@@ -600,17 +600,30 @@ class _Hypotheses:
     def bots_cohort(self) -> dict:
         """Where the window's extra sessions are: every dimension (campaign, country, OS,
         browser, device) one value of which holds >= 80 % of the excess sessions ({} when
-        nothing surged)."""
+        nothing surged), then again inside the cohort found so far until no dimension is
+        added. The second passes matter when other traffic grows beside the bots (Black
+        Friday in the US under a US Windows scraper): a coarse dimension (desktop) passes
+        store-wide, the one the bots share (Windows) only among the cohort's sessions."""
         inside = self.inside
         extra = (inside.cur_sessions - inside.base_sessions).clip(lower=0)
         if extra.sum() <= 0:
             return {}
-        out = {}
-        for dim in ("utm_campaign", "country", "os", "browser", "device_type"):
-            got = extra.groupby(inside[dim]).sum()
-            if got.max() >= 0.8 * got.sum():
-                out[dim] = str(got.idxmax())
-        return out
+        dims = ("utm_campaign", "country", "os", "browser", "device_type")
+        out: dict[str, str] = {}
+        rows = pd.Series(True, index=inside.index)
+        while True:
+            found = {}
+            for dim in dims:
+                if dim in out:
+                    continue
+                got = extra[rows].groupby(inside.loc[rows, dim]).sum()
+                if got.sum() > 0 and got.max() >= 0.8 * got.sum():
+                    found[dim] = str(got.idxmax())
+            if not found:
+                return out
+            out.update(found)
+            for dim, value in found.items():
+                rows &= inside[dim].astype(str) == value
 
     def _bot_hyps(self, filters, step, cohort) -> list[dict]:
         """Bot traffic: the window's extra sessions concentrate in one cohort (``bots_cohort``)
