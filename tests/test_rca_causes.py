@@ -185,32 +185,36 @@ def test_a_stock_out_empties_the_carts_bots_only_dilute_them(warehouse, carts):
     assert bool(stock) is (carts == "vanish"), _kinds(result)
 
 
-def test_bots_over_several_campaigns_are_one_cause_named_by_their_own_cohort(warehouse):
-    """One scraper (US desktop Windows Chrome) behind two campaigns' landing pages: one bot
-    traffic cause named by the sessions' shared cohort, not one per campaign."""
-    start, end = INC_START, INC_START + timedelta(hours=6)
-    surge = (
-        (
-            "update marts.fct_funnel_hourly set sessions = sessions * 5, events = events * 2 "
-            "where os = 'Windows' and country = 'US' and utm_campaign in ('brand_search', "
-            "'ig_sale') and event_hour >= ? and event_hour < ?"
-        ),
-        [start, end],
-    )
+def _scraper(start, end) -> list[tuple[str, list]]:
+    """One scraper (US desktop Windows Chrome, five users, one-page sessions) behind the landing
+    pages of brand_search and ig_sale in [start, end): their sessions x5 in the marts and its
+    2000 sessions in raw.events."""
     raw_cols = (
         "event_time, event_hour, event_type, user_id, session_id, device_type, os, "
         "browser, country, utm_source, utm_medium, utm_campaign"
     )
-    bots = (
+    return [
         (
-            f"insert into raw.events ({raw_cols}) select ? + to_minutes(i % 360), "
-            "date_trunc('hour', ? + to_minutes(i % 360)), 'page_view', 'bot' || (i % 5), "
-            "'bs' || i, 'desktop', 'Windows', 'Chrome', 'US', 'google', 'cpc', "
-            "CASE WHEN i % 2 = 0 THEN 'brand_search' ELSE 'ig_sale' END from range(2000) t(i)"
+            ("update marts.fct_funnel_hourly set sessions = sessions * 5, events = events * 2 "
+             "where os = 'Windows' and country = 'US' and utm_campaign in ('brand_search', "
+             "'ig_sale') and event_hour >= ? and event_hour < ?"),
+            [start, end],
         ),
-        [start, start],
-    )
-    result = warehouse(surge, bots, metric="sessions", start=start, end=end)
+        (
+            (f"insert into raw.events ({raw_cols}) select ? + to_minutes(i % 360), "
+             "date_trunc('hour', ? + to_minutes(i % 360)), 'page_view', 'bot' || (i % 5), "
+             "'bs' || i, 'desktop', 'Windows', 'Chrome', 'US', 'google', 'cpc', "
+             "CASE WHEN i % 2 = 0 THEN 'brand_search' ELSE 'ig_sale' END from range(2000) t(i)"),
+            [start, start],
+        ),
+    ]
+
+
+def test_bots_over_several_campaigns_are_one_cause_named_by_their_own_cohort(warehouse):
+    """One scraper (US desktop Windows Chrome) behind two campaigns' landing pages: one bot
+    traffic cause named by the sessions' shared cohort, not one per campaign."""
+    start, end = INC_START, INC_START + timedelta(hours=6)
+    result = warehouse(*_scraper(start, end), metric="sessions", start=start, end=end)
     first = result["hypotheses"][0]
     cohort = "browser=Chrome&country=US&device_type=desktop&os=Windows"
     assert (first["kind"], first["ref"]) == ("bot_traffic", cohort)
@@ -231,28 +235,8 @@ def test_bots_are_named_by_what_they_share_when_other_traffic_grows_beside_them(
         ),
         [start, end],
     )
-    surge = (
-        (
-            "update marts.fct_funnel_hourly set sessions = sessions * 5, events = events * 2 "
-            "where os = 'Windows' and country = 'US' and utm_campaign in ('brand_search', "
-            "'ig_sale') and event_hour >= ? and event_hour < ?"
-        ),
-        [start, end],
-    )
-    raw_cols = (
-        "event_time, event_hour, event_type, user_id, session_id, device_type, os, "
-        "browser, country, utm_source, utm_medium, utm_campaign"
-    )
-    bots = (
-        (
-            f"insert into raw.events ({raw_cols}) select ? + to_minutes(i % 360), "
-            "date_trunc('hour', ? + to_minutes(i % 360)), 'page_view', 'bot' || (i % 5), "
-            "'bs' || i, 'desktop', 'Windows', 'Chrome', 'US', 'google', 'cpc', "
-            "CASE WHEN i % 2 = 0 THEN 'brand_search' ELSE 'ig_sale' END from range(2000) t(i)"
-        ),
-        [start, start],
-    )
-    result = warehouse(holiday, surge, bots, metric="sessions", start=start, end=end)
+    result = warehouse(holiday, *_scraper(start, end), metric="sessions", start=start,
+                       end=end)
     bot = [h for h in result["hypotheses"] if h["kind"] == "bot_traffic"]
     assert [h["ref"] for h in bot] == ["browser=Chrome&country=US&device_type=desktop&os=Windows"]
 

@@ -21,8 +21,8 @@ One problem is one incident, however many series and cohorts it moves:
   metric does not matter: one cause moves several steps of the funnel. For an incident that
   root cause put on a deploy, another deploy that could move its step, made after it began, is
   a new candidate cause: points up to `CAUSE_WINDOW` after it open a provisional incident of
-  their own and root cause decides (`_merge_by_cause` merges it back when it names the same cause; back-to-back
-  checkout releases, each breaking the shipping step, stay two problems).
+  their own and root cause decides (`_merge_by_cause` merges it back when it names the same
+  cause; back-to-back checkout releases, each breaking the shipping step, stay two problems).
 - **State.** `open` -> (`acknowledged`) -> `resolved` once the localised cohort has
   recovered: the incident's main series back inside its expected band, unflagged, for
   `recovery_hours` consecutive scored hours, and none of its symptom series flagged in either
